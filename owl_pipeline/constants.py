@@ -1,0 +1,29 @@
+"""Names shared across the package: tokens, stages, artifact file names. One definition each."""
+
+IMAGE_TOKEN = "<image>"
+
+SYSTEM_PROMPT = (
+    "The following is a conversation between a curious human and AI assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+HUMAN_PREFIX = "Human: "
+AI_PREFIX = "AI: "
+
+IGNORE_INDEX = -100
+
+STAGE_PRETRAIN = 1
+STAGE_INSTRUCT = 2
+STAGES = (STAGE_PRETRAIN, STAGE_INSTRUCT)
+
+# CLIP's image normalization (the vision tower is a CLIP ViT).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# The one layout of a saved model folder (see model/builders.py).
+OWL_CONFIG_FILE = "owl_config.json"
+ABSTRACTOR_WEIGHTS_FILE = "abstractor.safetensors"
+VISION_DIR = "vision"
+LLM_DIR = "llm"
+ADAPTER_DIR = "adapter"
+PROCESSOR_DIR = "processor"
+PROCESSOR_CONFIG_FILE = "processor_config.json"

@@ -1,0 +1,97 @@
+"""OwlModel: vision encoder + visual abstractor + LLM, composed (built elsewhere, in builders.py).
+
+Each ``<image>`` of a prompt is expanded by the processor into ``num_image_tokens`` placeholder ids; here the
+placeholders' embeddings are overwritten, in order, by the abstractor's output for the batch's images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from owl_pipeline.config import OwlConfig
+from owl_pipeline.constants import IGNORE_INDEX
+from owl_pipeline.model.abstractor import VisualAbstractor
+from owl_pipeline.model.vision import VisionEncoder
+
+
+@dataclass
+class OwlOutput:
+    logits: torch.Tensor  # (B, L, vocab)
+    loss: torch.Tensor | None = None
+    num_target_tokens: int = 0
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Mean next-token cross-entropy over labelled tokens.
+
+    Divides by max(count, 1): a batch whose every label is masked (truncation can remove all answers)
+    gives a loss of 0 with a valid graph instead of the NaN of a mean over nothing.
+    """
+    shift_logits = logits[:, :-1].float()  # (B, L-1, V)
+    shift_labels = labels[:, 1:]  # (B, L-1)
+    total = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                            ignore_index=IGNORE_INDEX, reduction="sum")
+    count = int((shift_labels != IGNORE_INDEX).sum())
+    return total / max(count, 1), count
+
+
+class OwlModel(nn.Module):
+    def __init__(self, vision: VisionEncoder, abstractor: VisualAbstractor, llm: nn.Module, image_token_id: int,
+                 config: OwlConfig):
+        super().__init__()
+        self.config = config  # kept for set_trainable and save_pretrained; the modules hold their own sizes
+        self.vision = vision
+        self.abstractor = abstractor
+        self.llm = llm
+        self.image_token_id = image_token_id
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.abstractor.num_output_tokens
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, num_image_tokens, D_llm)."""
+        return self.abstractor(self.vision(pixel_values))
+
+    def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with every image placeholder replaced by its image's abstractor output."""
+        is_image = input_ids == self.image_token_id  # (B, L)
+        # The placeholder id may lie outside the LLM's vocabulary: embed id 0 there, it is overwritten below.
+        embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_image, 0))  # (B, L, D)
+        num_slots = int(is_image.sum())
+        num_images = 0 if pixel_values is None else pixel_values.shape[0]
+        if num_slots != num_images * self.num_image_tokens:
+            raise ValueError(
+                f"the batch has {num_slots} image placeholder tokens but {num_images} images x "
+                f"{self.num_image_tokens} tokens per image = {num_images * self.num_image_tokens}; "
+                "each <image> must be expanded by the processor and have exactly one image")
+        if num_images == 0:
+            return embeds
+        image_embeds = self.encode_images(pixel_values).to(embeds.dtype)  # (N, T, D)
+        return embeds.masked_scatter(is_image.unsqueeze(-1), image_embeds)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> OwlOutput:
+        embeds = self.embed_inputs(input_ids, pixel_values)
+        logits = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).logits
+        if labels is None:
+            return OwlOutput(logits=logits)
+        loss, count = causal_lm_loss(logits, labels)
+        return OwlOutput(logits=logits, loss=loss, num_target_tokens=count)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 pixel_values: torch.Tensor | None = None, max_new_tokens: int = 512, do_sample: bool = False,
+                 top_k: int = 3, **kwargs) -> torch.Tensor:
+        """New token ids (B, <= max_new_tokens). Greedy by default; ``do_sample=True`` uses the demo's top-k 3.
+
+        Prompts in a batch must be left-padded (the processor's ``collate(..., padding_side="left")``).
+        """
+        embeds = self.embed_inputs(input_ids, pixel_values)
+        sampling = {"do_sample": True, "top_k": top_k} if do_sample else {"do_sample": False}
+        return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask,
+                                 max_new_tokens=max_new_tokens, **sampling, **kwargs)

@@ -1,0 +1,1 @@
+"""Training: one loop (accelerate) for both stages."""

@@ -1,0 +1,55 @@
+"""Shared fixtures: a tokenizer trained here, the tiny preset, a processor and a model. Offline always."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from owl_pipeline.config import OwlConfig  # noqa: E402
+from owl_pipeline.model.builders import build_model, processor_config_for  # noqa: E402
+from owl_pipeline.model.processor import OwlProcessor  # noqa: E402
+from owl_pipeline.model.tokenizer import train_bpe_tokenizer  # noqa: E402
+
+CORPUS = [
+    "a red circle on the left", "two blue squares at the top", "one green triangle in the middle",
+    "What color is the shape?", "How many shapes are there?", "Where is the circle?",
+    "The following is a conversation between a curious human and AI assistant.",
+    "Human: AI: red blue green yellow circle square triangle left right top bottom",
+]
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return train_bpe_tokenizer(CORPUS * 20, vocab_size=400)
+
+
+@pytest.fixture
+def tiny_config():
+    return OwlConfig.from_name("tiny")
+
+
+@pytest.fixture
+def processor(tokenizer, tiny_config):
+    return OwlProcessor(tokenizer, processor_config_for(tiny_config, train_hflip=False))
+
+
+@pytest.fixture
+def model(tiny_config, processor):
+    torch.manual_seed(0)
+    return build_model(tiny_config, processor)
+
+
+@pytest.fixture
+def red_image():
+    return Image.new("RGB", (64, 64), (220, 30, 30))
+
+
+@pytest.fixture
+def noise_image():
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8))

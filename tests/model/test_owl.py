@@ -1,0 +1,93 @@
+import pytest
+import torch
+
+from owl_pipeline.constants import IGNORE_INDEX, IMAGE_TOKEN
+from owl_pipeline.model.processor import AI, HUMAN, Turn
+
+IMG = Turn(HUMAN, IMAGE_TOKEN)
+
+
+def mixed_batch(processor, red_image, noise_image):
+    samples = [
+        processor.encode([IMG, Turn(HUMAN, "What color?"), Turn(AI, "red")], [red_image]),
+        processor.encode([Turn(HUMAN, "Say hi"), Turn(AI, "hi")], []),
+        processor.encode([IMG, IMG, Turn(HUMAN, "Same?"), Turn(AI, "no")], [noise_image, red_image]),
+    ]
+    return processor.collate(samples)
+
+
+def test_forward_backward_on_a_mixed_batch(model, processor, red_image, noise_image):
+    batch = mixed_batch(processor, red_image, noise_image)
+    out = model(**batch)
+    assert out.logits.shape == (*batch["input_ids"].shape, model.llm.config.vocab_size)
+    assert torch.isfinite(out.loss) and out.num_target_tokens == int((batch["labels"][:, 1:] != -100).sum())
+    out.loss.backward()
+    assert model.vision.clip.embeddings.patch_embedding.weight.grad.abs().sum() > 0
+    assert model.abstractor.query_embeds.grad.abs().sum() > 0
+
+
+def test_images_land_on_their_placeholders_in_order(model, processor, red_image, noise_image):
+    model.eval()
+    batch = mixed_batch(processor, red_image, noise_image)
+    embeds = model.embed_inputs(batch["input_ids"], batch["pixel_values"])
+    images = model.encode_images(batch["pixel_values"])  # (3, 65, D): red, noise, red
+    assert images.shape[1] == 65 == model.num_image_tokens
+    slots = batch["input_ids"] == processor.image_token_id
+    assert slots.sum(dim=1).tolist() == [65, 0, 130]
+    torch.testing.assert_close(embeds[0][slots[0]], images[0])
+    torch.testing.assert_close(embeds[2][slots[2]], images[1:].reshape(-1, images.shape[-1]))
+    text = model.llm.get_input_embeddings()(batch["input_ids"][1])
+    torch.testing.assert_close(embeds[1], text)  # the text-only sample is untouched
+
+
+def test_placeholder_count_mismatch_raises(model, processor, red_image, noise_image):
+    batch = mixed_batch(processor, red_image, noise_image)
+    with pytest.raises(ValueError, match="195 image placeholder tokens but 2 images"):
+        model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"][:2])
+    with pytest.raises(ValueError, match="but 0 images"):
+        model(batch["input_ids"], batch["attention_mask"], None)
+
+
+def test_an_all_masked_batch_gives_a_finite_loss(model, processor, red_image):
+    sample = processor.encode([IMG, Turn(HUMAN, "What color?"), Turn(AI, "red")], [red_image])
+    batch = processor.collate([sample])
+    batch["labels"][:] = IGNORE_INDEX  # what truncation of every answer produces
+    out = model(**batch)
+    assert torch.isfinite(out.loss) and out.loss.item() == 0.0 and out.num_target_tokens == 0
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_an_all_masked_sample_does_not_change_the_loss_of_the_others(model, processor, red_image):
+    model.eval()
+    good = processor.encode([IMG, Turn(HUMAN, "What color?"), Turn(AI, "red")], [red_image])
+    bad = processor.encode([Turn(HUMAN, "Say hi"), Turn(AI, "hi")], [])
+    bad.labels = [IGNORE_INDEX] * len(bad.labels)
+    alone = model(**processor.collate([good])).loss
+    together = model(**processor.collate([good, bad])).loss
+    torch.testing.assert_close(alone, together)
+
+
+def test_generate_learns_an_answer_and_stops_at_eos(model, processor, red_image):
+    batch = processor.collate([processor.encode([IMG, Turn(HUMAN, "What color?"), Turn(AI, "red")], [red_image])])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(60):
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()
+    model.eval()
+    prompt = processor.collate([processor.encode_prompt("What color?", [red_image])], padding_side="left")
+    prompt.pop("labels", None)
+    new_tokens = model.generate(**prompt, max_new_tokens=12)
+    assert processor.decode(new_tokens[0]) == "red"
+    assert new_tokens[0, -1].item() == processor.tokenizer.eos_token_id and new_tokens.shape[1] < 12
+
+
+def test_batched_sampling_generation(model, processor, red_image, noise_image):
+    model.eval()
+    prompts = [processor.encode_prompt("What color?", [red_image]), processor.encode_prompt("Hi", [])]
+    batch = processor.collate(prompts, padding_side="left")
+    torch.manual_seed(0)
+    out = model.generate(**batch, max_new_tokens=4, do_sample=True, top_k=3)
+    assert out.shape[0] == 2 and out.shape[1] <= 4
