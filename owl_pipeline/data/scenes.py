@@ -32,6 +32,7 @@ class Shape:
 @dataclass(frozen=True)
 class Scene:
     shapes: tuple[Shape, ...]
+    background: int = 0  # seed of the textured gray background
 
     def describe(self, shape: Shape) -> str:
         return f"{shape.color} {shape.kind}"
@@ -54,11 +55,24 @@ def random_scene(rng: np.random.Generator, max_shapes: int = 3) -> Scene:
     shapes = tuple(Shape(SHAPES[int(k)], names[int(c)], column, y_frac=float(rng.uniform(0.35, 0.65)),
                          size_frac=float(rng.uniform(0.75, 0.95)))
                    for column, k, c in zip(columns, kinds, colors))
-    return Scene(shapes)
+    return Scene(shapes, background=int(rng.integers(2**31)))
 
 
-def render(scene: Scene, width: int = 64, height: int = 64, background: int = 245) -> Image.Image:
-    image = Image.new("RGB", (width, height), (background,) * 3)
+def background(seed: int, width: int, height: int) -> Image.Image:
+    """A smooth gray texture (three random plane waves), unique per seed.
+
+    Real photos are not flat; a flat background would make distinct scenes look alike to perceptual hashes.
+    """
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    wave = sum(np.cos(2 * np.pi * (fx * x + fy * y) + phase)
+               for fx, fy, phase in zip(*rng.uniform(-2.5, 2.5, (2, 3)), rng.uniform(0, 2 * np.pi, 3)))
+    gray = np.clip(190 + 15 * wave, 0, 255).astype(np.uint8)
+    return Image.fromarray(np.repeat(gray[..., None], 3, axis=-1))
+
+
+def render(scene: Scene, width: int = 64, height: int = 64) -> Image.Image:
+    image = background(scene.background, width, height)
     draw = ImageDraw.Draw(image)
     column_width = width / len(COLUMNS)
     for shape in scene.shapes:

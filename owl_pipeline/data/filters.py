@@ -1,0 +1,256 @@
+"""LAION/COYO curation: each rule is a keep-mask over the whole table, computed with Arrow/numpy kernels.
+
+Rules, in the order removals are attributed (a row removed by several rules counts under the first):
+caption_chars, caption_words, english, similarity, nsfw, watermark, min_side, aspect, image_bytes,
+caption_repeats, dup_url_text, dup_image_text, near_duplicate. Each has its documented default in FilterConfig.
+
+``metadata_masks`` needs metadata columns only (the fast path, benchmarked on 1M-row parquet); ``filter_pairs``
+adds what needs image bytes or a model (hashes, perceptual hash, language ID, CLIP similarity) and writes the
+curated Lance dataset plus a report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lance
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from PIL import Image
+
+from owl_pipeline.config import FilterConfig
+from owl_pipeline.data.ingest import PAIR_SCHEMA
+from owl_pipeline.data.lance_io import write_lance
+
+RULES = ("caption_chars", "caption_words", "english", "similarity", "nsfw", "watermark", "min_side", "aspect",
+         "image_bytes", "caption_repeats", "dup_url_text", "dup_image_text", "near_duplicate")
+
+
+# --- vectorized helpers -----------------------------------------------------------------------------------
+def _numpy(array, fill) -> np.ndarray:
+    return pc.fill_null(array, fill).to_numpy(zero_copy_only=False)
+
+
+def first_occurrence(*columns: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """True where the combination of values is seen for the first time (dictionary indices are assigned in
+    order of first appearance, so a first occurrence is where the running maximum index grows)."""
+    joined = columns[0] if len(columns) == 1 else pc.binary_join_element_wise(
+        *[pc.fill_null(pc.cast(c, pa.string()), "") for c in columns], "\x1f")
+    indices = _numpy(pc.dictionary_encode(joined).combine_chunks().indices, -1).astype(np.int64)
+    first = np.ones(len(indices), dtype=bool)
+    if len(indices) > 1:
+        first[1:] = indices[1:] > np.maximum.accumulate(indices)[:-1]
+    return first
+
+
+def occurrence_counts(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """How many rows share each row's value."""
+    indices = _numpy(pc.dictionary_encode(column).combine_chunks().indices, 0).astype(np.int64)
+    return np.bincount(indices)[indices]
+
+
+def metadata_masks(table: pa.Table, config: FilterConfig) -> dict[str, np.ndarray]:
+    """Keep-masks of the rules that read only metadata; rules whose column is absent are left out."""
+    masks: dict[str, np.ndarray] = {}
+    names = set(table.column_names)
+    caption = pc.fill_null(table["caption"], "")
+    if config.min_caption_chars is not None:
+        masks["caption_chars"] = _numpy(pc.utf8_length(pc.utf8_trim_whitespace(caption)), 0) >= config.min_caption_chars
+    if config.min_caption_words is not None or config.max_caption_words is not None:
+        words = _numpy(pc.list_value_length(pc.utf8_split_whitespace(caption)), 0)
+        masks["caption_words"] = ((words >= (config.min_caption_words or 0))
+                                  & (words <= (config.max_caption_words or np.iinfo(np.int64).max)))
+    if config.english_only and "language" in names:
+        masks["english"] = _numpy(pc.equal(pc.utf8_lower(table["language"]), "en"), False)
+    for rule, column, limit, passes in (("similarity", "similarity", config.min_similarity, np.greater_equal),
+                                        ("nsfw", "nsfw", config.max_nsfw, np.less),
+                                        ("watermark", "watermark", config.max_watermark, np.less)):
+        if limit is not None and column in names:
+            masks[rule] = passes(_numpy(table[column], np.nan), limit)  # a missing score (NaN) fails
+    if "width" in names and "height" in names:
+        width = _numpy(pc.cast(table["width"], pa.float64()), np.nan)
+        height = _numpy(pc.cast(table["height"], pa.float64()), np.nan)
+        short, long = np.minimum(width, height), np.maximum(width, height)
+        if config.min_side is not None:
+            masks["min_side"] = short >= config.min_side  # NaN and negative sizes fail here
+        if config.max_aspect is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                masks["aspect"] = (short > 0) & (long / short <= config.max_aspect)
+    if config.min_image_bytes is not None and "image_bytes" in names:
+        masks["image_bytes"] = _numpy(table["image_bytes"], 0) >= config.min_image_bytes
+    if config.max_caption_repeats is not None:
+        masks["caption_repeats"] = occurrence_counts(caption) <= config.max_caption_repeats
+    if config.dedup_url_text and "url" in names:
+        masks["dup_url_text"] = first_occurrence(table["url"], caption)
+    if config.dedup_image_text and "image_sha256" in names:
+        masks["dup_image_text"] = first_occurrence(table["image_sha256"], caption)
+    return masks
+
+
+@dataclass
+class RuleCounts:
+    rows_in: int
+    rows_out: int
+    removed: dict[str, int]  # attributed to the first rule that removes a row; sums to rows_in - rows_out
+    failed: dict[str, int]  # rows each rule alone would remove
+
+
+def combine(masks: dict[str, np.ndarray], rows: int) -> tuple[np.ndarray, RuleCounts]:
+    keep = np.ones(rows, dtype=bool)
+    removed, failed = {}, {}
+    for rule in RULES:
+        if rule in masks:
+            removed[rule] = int((keep & ~masks[rule]).sum())
+            failed[rule] = int((~masks[rule]).sum())
+            keep &= masks[rule]
+    return keep, RuleCounts(rows, int(keep.sum()), removed, failed)
+
+
+# --- what needs image bytes or a model --------------------------------------------------------------------
+def _dct_matrix(n: int) -> np.ndarray:
+    k, i = np.arange(n)[:, None], np.arange(n)[None, :]
+    matrix = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2 / n)
+    matrix[0] /= np.sqrt(2)
+    return matrix
+
+
+_DCT32 = _dct_matrix(32)
+_BIT_WEIGHTS = (1 << np.arange(64, dtype=np.uint64)).astype(np.uint64)
+
+
+def perceptual_hash(data: bytes) -> int:
+    """64-bit pHash: the signs of the 8x8 lowest DCT frequencies of a 32x32 gray thumbnail vs their median."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("L", (64, 64))
+        gray = np.asarray(image.convert("L").resize((32, 32), Image.BILINEAR), dtype=np.float64)
+    low = (_DCT32 @ gray @ _DCT32.T)[:8, :8].ravel()
+    bits = (low > np.median(low)).astype(np.uint64)
+    return int((bits * _BIT_WEIGHTS).sum(dtype=np.uint64))
+
+
+def hamming_distances(value: int, hashes: np.ndarray) -> np.ndarray:
+    """Bits that differ between one 64-bit hash and each of ``hashes`` (uint64)."""
+    xor = np.bitwise_xor(hashes.astype(np.uint64), np.uint64(value))
+    return np.unpackbits(xor.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+
+
+def near_duplicates(hashes: np.ndarray, candidates: np.ndarray, max_distance: int) -> np.ndarray:
+    """True for each candidate row whose hash lies within ``max_distance`` bits of an earlier candidate's.
+
+    Banding: with ``max_distance + 1`` bands, two hashes that close share at least one band exactly,
+    so only rows sharing a band are compared.
+    """
+    bands = max_distance + 1
+    width = 64 // bands
+    buckets: list[dict[int, list[int]]] = [{} for _ in range(bands)]
+    duplicate = np.zeros(len(hashes), dtype=bool)
+    for row in np.flatnonzero(candidates):
+        value = int(hashes[row])
+        keys = [(value >> (b * width)) & ((1 << width) - 1) for b in range(bands)]
+        seen = sorted({other for b, key in enumerate(keys) for other in buckets[b].get(key, ())})
+        if seen and hamming_distances(value, hashes[seen]).min() <= max_distance:
+            duplicate[row] = True
+            continue  # only rows kept become references
+        for b, key in enumerate(keys):
+            buckets[b].setdefault(key, []).append(row)
+    return duplicate
+
+
+def image_columns(dataset: lance.LanceDataset, batch_size: int = 1024) -> dict[str, np.ndarray]:
+    """sha256 hex, perceptual hash and byte length of every image, streaming the image column."""
+    sha, phash, sizes = [], [], []
+    for batch in dataset.to_batches(columns=["image"], batch_size=batch_size):
+        for data in batch.column(0).to_pylist():
+            sha.append(hashlib.sha256(data).hexdigest())
+            phash.append(perceptual_hash(data))
+            sizes.append(len(data))
+    return {"image_sha256": np.array(sha, dtype=object), "phash": np.array(phash, dtype=np.uint64),
+            "image_bytes": np.array(sizes, dtype=np.int64)}
+
+
+def detect_languages(captions: list[str]) -> list[str]:
+    """ISO 639-1 codes from py3langid, whose model ships inside the package (offline)."""
+    import py3langid
+
+    return [py3langid.classify(text)[0] if text.strip() else "" for text in captions]
+
+
+# --- the whole step ---------------------------------------------------------------------------------------
+@dataclass
+class FilterReport:
+    counts: RuleCounts
+    seconds: float
+    lance_version: int | None = None
+    computed: dict[str, int] = field(default_factory=dict)  # rows whose score we computed, per column
+
+    def to_dict(self) -> dict:
+        return {"rows_in": self.counts.rows_in, "rows_out": self.counts.rows_out, "removed": self.counts.removed,
+                "failed": self.counts.failed, "seconds": self.seconds, "lance_version": self.lance_version,
+                "computed": self.computed}
+
+
+def _complete_scores(table: pa.Table, dataset: lance.LanceDataset, config: FilterConfig,
+                     computed: dict[str, int], log) -> pa.Table:
+    """Fill language and similarity where missing (language ID; CLIP with ``config.clip_model``)."""
+    if config.english_only:
+        missing = _numpy(pc.is_null(table["language"]), True)
+        if missing.any():
+            captions = pc.fill_null(table["caption"], "").to_pylist()
+            detected = detect_languages([c for c, m in zip(captions, missing) if m])
+            filled = iter(detected)
+            languages = [next(filled) if m else v for v, m in zip(table["language"].to_pylist(), missing)]
+            table = table.set_column(table.schema.get_field_index("language"), "language", pa.array(languages))
+            computed["language"] = int(missing.sum())
+    if config.min_similarity is not None:
+        missing = _numpy(pc.is_null(table["similarity"]), True)
+        if missing.any():
+            from owl_pipeline.data.clip_score import score_missing_similarity
+
+            similarity = score_missing_similarity(dataset, table, missing, config.clip_model, log)
+            table = table.set_column(table.schema.get_field_index("similarity"), "similarity",
+                                     pa.array(similarity, pa.float32()))
+            computed["similarity"] = int(missing.sum())
+    return table
+
+
+def filter_pairs(source: str | Path, output: str | Path, config: FilterConfig, log=print,
+                 histogram_path: str | Path | None = None) -> FilterReport:
+    """Apply every rule to the Lance dataset at ``source``; write the kept rows to ``output``."""
+    start = time.perf_counter()
+    dataset = lance.dataset(str(source))
+    metadata_columns = [f.name for f in PAIR_SCHEMA if f.name != "image"]
+    table = dataset.to_table(columns=metadata_columns)
+    log(f"filter: {table.num_rows} rows from {source} (version {dataset.version})")
+    computed: dict[str, int] = {}
+    table = _complete_scores(table, dataset, config, computed, log)
+    derived = image_columns(dataset)
+    table = table.append_column("image_sha256", pa.array(derived["image_sha256"], pa.string()))
+    table = table.append_column("image_bytes", pa.array(derived["image_bytes"]))
+    masks = metadata_masks(table, config)
+    if config.near_dup_max_distance is not None:
+        alive, _ = combine(masks, table.num_rows)
+        masks["near_duplicate"] = ~near_duplicates(derived["phash"], alive, config.near_dup_max_distance)
+    keep, counts = combine(masks, table.num_rows)
+    kept = np.flatnonzero(keep)
+    log(f"filter: keeping {counts.rows_out}/{counts.rows_in}; removed {counts.removed}")
+
+    def batches():
+        # Metadata from our table (computed language and similarity included), images from the source.
+        for begin in range(0, len(kept), 2048):
+            rows = kept[begin:begin + 2048]
+            chunk = table.take(rows)
+            images = dataset.take(rows.tolist(), columns=["image"]).column("image")
+            columns = {name: images if name == "image" else chunk[name] for name in PAIR_SCHEMA.names}
+            yield from pa.table(columns).cast(PAIR_SCHEMA).to_batches()
+
+    written = write_lance(batches(), PAIR_SCHEMA, output, message=f"filter {source}@{dataset.version}")
+    if histogram_path is not None:
+        from owl_pipeline.data.report_plots import plot_filter_histograms
+
+        plot_filter_histograms(table, keep, histogram_path)
+    return FilterReport(counts, time.perf_counter() - start, written.version, computed)
