@@ -16,7 +16,8 @@ def test_paper_geometry():
     assert cfg.vision.num_tokens == 257
     assert cfg.abstractor.num_output_tokens == 65
     assert (cfg.abstractor.num_layers, cfg.abstractor.hidden_size, cfg.abstractor.intermediate_size) == (6, 1024, 2816)
-    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules) == (8, 32, 0.05, ["q_proj", "v_proj"])
+    lora = cfg.lora
+    assert (lora.r, lora.alpha, lora.dropout, lora.target_modules) == (8, 32, 0.05, ["q_proj", "v_proj"])
 
 
 def test_presets_are_independent_copies():

@@ -36,12 +36,40 @@ def _numpy(array, fill) -> np.ndarray:
     return pc.fill_null(array, fill).to_numpy(zero_copy_only=False)
 
 
+_ASCII_SPACE = np.zeros(256, dtype=bool)
+_ASCII_SPACE[[9, 10, 11, 12, 13, 32]] = True
+
+
+def word_counts(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Whitespace-separated words per string, counted on the raw UTF-8 buffer (Arrow's split kernels count
+    the empty pieces between repeated spaces, and its regex kernel is 20x slower)."""
+    array = pc.fill_null(column, "")
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    array = array.cast(pa.large_string())
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset:array.offset + len(array) + 1]
+    data = np.frombuffer(array.buffers()[2], dtype=np.uint8) if array.buffers()[2] else np.zeros(0, np.uint8)
+    space = _ASCII_SPACE[data]
+    after_space = np.ones(len(data), dtype=bool)
+    after_space[1:] = space[:-1]
+    after_space[offsets[:-1][offsets[:-1] < len(data)]] = True  # a string's first byte starts a word
+    cumulative = np.concatenate([[0], np.cumsum(~space & after_space)])
+    return cumulative[offsets[1:]] - cumulative[offsets[:-1]]
+
+
+def _dictionary_indices(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    encoded = pc.dictionary_encode(column)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    return _numpy(encoded.indices, -1).astype(np.int64)
+
+
 def first_occurrence(*columns: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """True where the combination of values is seen for the first time (dictionary indices are assigned in
     order of first appearance, so a first occurrence is where the running maximum index grows)."""
     joined = columns[0] if len(columns) == 1 else pc.binary_join_element_wise(
         *[pc.fill_null(pc.cast(c, pa.string()), "") for c in columns], "\x1f")
-    indices = _numpy(pc.dictionary_encode(joined).combine_chunks().indices, -1).astype(np.int64)
+    indices = _dictionary_indices(joined)
     first = np.ones(len(indices), dtype=bool)
     if len(indices) > 1:
         first[1:] = indices[1:] > np.maximum.accumulate(indices)[:-1]
@@ -50,7 +78,7 @@ def first_occurrence(*columns: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 def occurrence_counts(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """How many rows share each row's value."""
-    indices = _numpy(pc.dictionary_encode(column).combine_chunks().indices, 0).astype(np.int64)
+    indices = _dictionary_indices(column)
     return np.bincount(indices)[indices]
 
 
@@ -62,7 +90,7 @@ def metadata_masks(table: pa.Table, config: FilterConfig) -> dict[str, np.ndarra
     if config.min_caption_chars is not None:
         masks["caption_chars"] = _numpy(pc.utf8_length(pc.utf8_trim_whitespace(caption)), 0) >= config.min_caption_chars
     if config.min_caption_words is not None or config.max_caption_words is not None:
-        words = _numpy(pc.list_value_length(pc.utf8_split_whitespace(caption)), 0)
+        words = word_counts(caption)
         masks["caption_words"] = ((words >= (config.min_caption_words or 0))
                                   & (words <= (config.max_caption_words or np.iinfo(np.int64).max)))
     if config.english_only and "language" in names:

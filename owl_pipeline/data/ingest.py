@@ -61,7 +61,7 @@ COYO = SourceSchema("coyo",
                     required={"url": ("url",), "caption": ("caption", "text"),
                               "nsfw": ("nsfw_score_opennsfw2", "nsfw_score_gantman"),
                               "watermark": ("watermark_score",)},
-                    optional={"similarity": ("clip_similarity_vitb32",), "width": ("width",),
+                    optional={"similarity": ("clip_similarity_vitb32",), "language": ("language",), "width": ("width",),
                               "height": ("height",)})
 _SCORES = {"similarity", "nsfw", "watermark"}
 

@@ -12,11 +12,12 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
+from owl_pipeline.data.filters import word_counts  # noqa: E402
+
 
 def _values(table: pa.Table, name: str) -> np.ndarray:
     if name == "caption words":
-        return pc.list_value_length(pc.utf8_split_whitespace(pc.fill_null(table["caption"], ""))).to_numpy(
-            zero_copy_only=False).astype(float)
+        return word_counts(table["caption"]).astype(float)
     if name == "min side":
         return np.minimum(table["width"].to_numpy(zero_copy_only=False), table["height"].to_numpy(
             zero_copy_only=False)).astype(float)

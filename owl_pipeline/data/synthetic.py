@@ -309,8 +309,8 @@ def write_instructions(folder: Path, config: SyntheticConfig) -> dict[str, int]:
         if index % 2 == 0:
             conversation = []
             for position, (question, answer) in enumerate(turns):
-                conversation += [{"from": "human", "value": f"{IMAGE_TOKEN}\n{question}" if position == 0 else question},
-                                 {"from": "gpt", "value": answer}]
+                asked = f"{IMAGE_TOKEN}\n{question}" if position == 0 else question
+                conversation += [{"from": "human", "value": asked}, {"from": "gpt", "value": answer}]
             llava.append({"id": f"llava-{index}", "image": name, "conversations": conversation})
         else:
             owl.append({"image": [name], "text": _owl_text(turns, 1), "task_type": "shapes_qa"})

@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, CLIPVisionModel, LlamaConfig, Lla
 
 from owl_pipeline.config import ConfigError, LLMConfig, OwlConfig, VisionConfig
 from owl_pipeline.constants import (ABSTRACTOR_WEIGHTS_FILE, ADAPTER_DIR, LLM_DIR, OWL_CONFIG_FILE, PROCESSOR_DIR,
-                                    STAGE_INSTRUCT, STAGE_PRETRAIN, STAGES, VISION_DIR)
+                                    STAGE_PRETRAIN, STAGES, VISION_DIR)
 from owl_pipeline.model.abstractor import VisualAbstractor
 from owl_pipeline.model.owl import OwlModel
 from owl_pipeline.model.processor import OwlProcessor, ProcessorConfig

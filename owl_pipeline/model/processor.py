@@ -133,6 +133,25 @@ def render_conversation(turns: list[Turn]) -> tuple[str, list[tuple[int, int]]]:
     return text, spans
 
 
+def parse_conversation(text: str) -> list[Turn]:
+    """The inverse of ``render_conversation``: mPLUG-Owl instruction text -> turns.
+
+    Lines before the first ``Human:`` (the system prompt) are dropped; a line that starts neither ``Human:`` nor
+    ``AI:`` continues the turn before it.
+    """
+    turns: list[Turn] = []
+    for line in text.split("\n"):
+        stripped = line.strip()
+        for role, prefix in ((HUMAN, HUMAN_PREFIX.strip()), (AI, AI_PREFIX.strip())):
+            if stripped.startswith(prefix):
+                turns.append(Turn(role, stripped[len(prefix):].strip()))
+                break
+        else:
+            if turns:
+                turns[-1] = Turn(turns[-1].role, f"{turns[-1].text}\n{line}")
+    return turns
+
+
 class OwlProcessor:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, config: ProcessorConfig | None = None):
         self.tokenizer = prepare_tokenizer(tokenizer)

@@ -1,0 +1,124 @@
+"""Lance -> torch: map-style datasets (random access by index), a resumable seeded sampler, and DataLoaders
+whose workers start with ``spawn`` (Lance is not fork-safe).
+
+Determinism: the sampler yields ``epoch * len(dataset) + index``; a dataset seeds each sample's random
+transform from (seed, epoch, index), so a sample looks the same whichever worker loads it, and a resumed run
+sees exactly the batches an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import lance
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from owl_pipeline.constants import IMAGE_TOKEN
+from owl_pipeline.model.processor import AI, HUMAN, EncodedSample, OwlProcessor, Turn
+
+
+class _LanceDataset(Dataset):
+    """Opens its Lance dataset lazily, once per process, and never pickles the handle."""
+
+    columns: list[str] = []
+
+    def __init__(self, uri: str, processor: OwlProcessor, train: bool, seed: int = 0):
+        self.uri, self.processor, self.train, self.seed = str(uri), processor, train, seed
+        self._dataset: lance.LanceDataset | None = None
+        self._length = self.dataset.count_rows()
+        if self._length == 0:
+            raise ValueError(f"{self.uri} has no rows to train on")
+
+    @property
+    def dataset(self) -> lance.LanceDataset:
+        if self._dataset is None:
+            self._dataset = lance.dataset(self.uri)
+        return self._dataset
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_dataset": None}
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, position: int) -> EncodedSample:
+        return self.__getitems__([position])[0]
+
+    def __getitems__(self, positions: list[int]) -> list[EncodedSample]:
+        """Batched random access: one Lance ``take`` for the whole batch."""
+        epochs, indices = zip(*(divmod(int(p), self._length) for p in positions))
+        rows = self.dataset.take(list(indices), columns=self.columns).to_pylist()
+        return [self.encode(row, np.random.default_rng([self.seed, epoch, index]))
+                for row, epoch, index in zip(rows, epochs, indices)]
+
+    def encode(self, row: dict, rng: np.random.Generator) -> EncodedSample:
+        raise NotImplementedError
+
+
+def decode_image(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
+
+
+class CaptionPairDataset(_LanceDataset):
+    """Curated image-caption pairs as stage-1 samples: the image, then the caption as the answer."""
+
+    columns = ["image", "caption"]
+
+    def encode(self, row: dict, rng: np.random.Generator) -> EncodedSample:
+        turns = [Turn(HUMAN, IMAGE_TOKEN), Turn(AI, row["caption"])]
+        return self.processor.encode(turns, [decode_image(row["image"])], train=self.train, rng=rng)
+
+
+class ConversationDataset(_LanceDataset):
+    """The instruction table's conversations (text-only and multimodal) as stage-2 samples."""
+
+    columns = ["turns", "images"]
+
+    def encode(self, row: dict, rng: np.random.Generator) -> EncodedSample:
+        turns = [Turn(t["role"], t["text"]) for t in row["turns"]]
+        images = [decode_image(data) for data in row["images"]]
+        return self.processor.encode(turns, images, train=self.train, rng=rng)
+
+
+class ResumableSampler(Sampler[int]):
+    """A seeded permutation per epoch, endless, that can start at any (epoch, position)."""
+
+    def __init__(self, length: int, seed: int = 0, shuffle: bool = True, epoch: int = 0, position: int = 0):
+        self.length, self.seed, self.shuffle = length, seed, shuffle
+        self.epoch, self.position = epoch, position
+
+    def order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.length))
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(self.length, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, position = self.epoch, self.position
+        while True:
+            order = self.order(epoch)
+            for index in order[position:]:
+                yield epoch * self.length + index
+            epoch, position = epoch + 1, 0
+
+    def __len__(self) -> int:  # one epoch; iteration itself does not stop
+        return self.length
+
+    def state_after(self, samples_consumed: int) -> dict[str, int]:
+        """Where to resume after ``samples_consumed`` samples from the start this sampler was built with."""
+        absolute = self.epoch * self.length + self.position + samples_consumed
+        return {"epoch": absolute // self.length, "position": absolute % self.length}
+
+
+def make_loader(dataset: _LanceDataset, batch_size: int, sampler: ResumableSampler, num_workers: int = 0,
+                prefetch_factor: int = 4) -> DataLoader:
+    workers = {"num_workers": num_workers}
+    if num_workers > 0:
+        workers.update(multiprocessing_context="spawn", persistent_workers=True, prefetch_factor=prefetch_factor)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=dataset.processor.collate,
+                      pin_memory=torch.cuda.is_available(), **workers)

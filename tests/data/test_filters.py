@@ -1,0 +1,136 @@
+import json
+
+import lance
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from transformers import CLIPConfig, CLIPModel
+
+from owl_pipeline.config import FilterConfig
+from owl_pipeline.data.filters import (RULES, combine, filter_pairs, first_occurrence, hamming_distances,
+                                       metadata_masks, near_duplicates, occurrence_counts)
+from owl_pipeline.data.ingest import ingest
+from owl_pipeline.model.tokenizer import train_bpe_tokenizer
+
+from .conftest import quiet
+from .test_ingest import picture, sample, write_tar
+
+
+def test_the_filter_removes_every_injected_fault_and_keeps_every_clean_row(corpus, raw_pairs, tmp_path):
+    _, manifest = corpus
+    uri, _ = raw_pairs
+    report = filter_pairs(uri, tmp_path / "curated.lance", FilterConfig.for_shapes_world(), log=quiet,
+                          histogram_path=tmp_path / "hist.png")
+    kept = set(lance.dataset(str(tmp_path / "curated.lance")).to_table(columns=["key"])["key"].to_pylist())
+    assert kept == manifest.keys_with("clean")
+    for fault in set(manifest.faults.values()) - {"clean"}:
+        assert not kept & manifest.keys_with(fault), fault
+    counts = report.counts
+    assert sum(counts.removed.values()) == counts.rows_in - counts.rows_out
+    # Two near-duplicates of one original can be byte-identical: exact dedup then takes the second.
+    assert 0.9 * len(manifest.keys_with("near_duplicate")) <= counts.removed["near_duplicate"]
+    assert counts.removed["english"] == len(manifest.keys_with("non_english"))
+    assert report.computed == {"language": counts.rows_in}
+    assert (tmp_path / "hist.png").read_bytes()[:4] == b"\x89PNG"
+    languages = lance.dataset(str(tmp_path / "curated.lance")).to_table(columns=["language"])["language"]
+    assert set(languages.to_pylist()) == {"en"}
+
+
+def table(**columns):
+    return pa.table(columns)
+
+
+def test_caption_rules():
+    t = table(caption=["", "  hi  ", "a red circle", "one two", None, "x " * 300])
+    masks = metadata_masks(t, FilterConfig())
+    assert masks["caption_chars"].tolist() == [False, False, True, True, False, True]
+    assert masks["caption_words"].tolist() == [False, False, True, False, False, False]
+
+
+def test_size_rules_fail_missing_nan_and_negative_sizes():
+    t = table(caption=["a b c"] * 5, width=pa.array([300, 300, None, -5, 900], pa.float64()),
+              height=pa.array([250, 90, 300, 300, float("nan")], pa.float64()))
+    masks = metadata_masks(t, FilterConfig(min_side=200, max_aspect=3.0))
+    assert masks["min_side"].tolist() == [True, False, False, False, False]
+    assert masks["aspect"].tolist() == [True, False, False, False, False]
+
+
+def test_score_rules_and_missing_scores():
+    t = table(caption=["a b c"] * 4, similarity=pa.array([0.3, 0.2, None, 0.28]), nsfw=pa.array([0.1, 0.5, 0.9, None]),
+              watermark=pa.array([0.79, 0.8, 0.1, 0.1]), language=["en", "EN", "de", None])
+    masks = metadata_masks(t, FilterConfig())
+    assert masks["similarity"].tolist() == [True, False, False, True]
+    assert masks["nsfw"].tolist() == [True, False, False, False]
+    assert masks["watermark"].tolist() == [True, False, True, True]
+    assert masks["english"].tolist() == [True, True, False, False]
+
+
+def test_repeats_and_exact_dedup():
+    captions = ["spam"] * 12 + ["a", "b", "a"]
+    counts = occurrence_counts(pa.array(captions))
+    assert counts.tolist() == [12] * 12 + [2, 1, 2]
+    urls = ["u"] * 12 + ["u1", "u2", "u1"]
+    assert first_occurrence(pa.array(urls), pa.array(captions)).tolist() == [True] + [False] * 11 + [True, True, False]
+    masks = metadata_masks(table(caption=captions, url=urls), FilterConfig(max_caption_repeats=10))
+    assert masks["caption_repeats"].tolist() == [False] * 12 + [True] * 3
+
+
+def test_removals_are_attributed_to_the_first_rule_in_order():
+    masks = {"nsfw": np.array([False, True, False]), "caption_chars": np.array([False, True, True])}
+    keep, counts = combine(masks, 3)
+    assert keep.tolist() == [False, True, False]
+    assert counts.removed == {"caption_chars": 1, "nsfw": 1} and counts.failed == {"caption_chars": 1, "nsfw": 2}
+    assert list(counts.removed) == [r for r in RULES if r in masks]
+
+
+def test_near_duplicate_banding_finds_what_brute_force_finds():
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 2**63, size=400, dtype=np.uint64)
+    for i in range(0, 400, 7):  # plant near copies: flip up to 4 bits of an earlier hash
+        if i > 0:
+            flips = rng.choice(64, size=int(rng.integers(0, 5)), replace=False)
+            hashes[i] = np.uint64(int(hashes[i - 1]) ^ sum(1 << int(b) for b in flips))
+    alive = np.ones(400, dtype=bool)
+    found = near_duplicates(hashes, alive, max_distance=4)
+    expected = np.zeros(400, dtype=bool)
+    for i in range(400):
+        earlier_refs = [j for j in range(i) if not expected[j]]
+        expected[i] = bool(earlier_refs) and hamming_distances(int(hashes[i]), hashes[earlier_refs]).min() <= 4
+    assert found.tolist() == expected.tolist() and found.sum() >= 50
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clip")
+    tokenizer = train_bpe_tokenizer(["a red circle on the left", "a blue square"] * 20, vocab_size=300)
+    config = CLIPConfig(text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=32),
+                        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=2, image_size=32, patch_size=8), projection_dim=16)
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_missing_similarity_is_computed_with_the_configured_clip(tiny_clip, tmp_path):
+    rows = []
+    for key in "abcd":
+        rows += sample(key)
+    shard = write_tar(tmp_path / "00000.tar", rows)
+    for member in shard.parent.glob("*.json"):
+        member.unlink()
+    meta = {"URL": "u", "TEXT": "t", "punsafe": 0.1, "pwatermark": 0.1}  # no similarity column
+    shard = write_tar(tmp_path / "00000.tar", [m for key in "abcd" for m in
+                                               [(f"{key}.jpg", picture(ord(key))), (f"{key}.txt", b"a red circle"),
+                                                (f"{key}.json", json.dumps({**meta, "URL": key}).encode())]])
+    ingest([shard], tmp_path / "raw.lance", log=quiet)
+    with pytest.raises(ValueError, match="4 rows have no similarity score and filters.clip_model is not set"):
+        filter_pairs(tmp_path / "raw.lance", tmp_path / "cur.lance", FilterConfig.for_shapes_world(), log=quiet)
+    config = FilterConfig(min_similarity=-1.0, min_side=1, min_image_bytes=None, min_caption_words=1,
+                          clip_model=str(tiny_clip))
+    report = filter_pairs(tmp_path / "raw.lance", tmp_path / "cur.lance", config, log=quiet)
+    assert report.computed["similarity"] == 4 and report.counts.rows_out >= 1
+    scores = lance.dataset(str(tmp_path / "cur.lance")).to_table(columns=["similarity"])["similarity"].to_numpy()
+    assert np.all(np.abs(scores) <= 1.0) and len(set(scores.round(6))) > 1

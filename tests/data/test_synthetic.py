@@ -1,0 +1,78 @@
+import json
+import tarfile
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from owl_pipeline.config import SyntheticConfig
+from owl_pipeline.data import scenes
+from owl_pipeline.data.synthetic import CorpusManifest, generate_corpus
+
+from .conftest import SMALL, quiet
+
+
+def test_same_seed_same_bytes(tmp_path):
+    config = SyntheticConfig(**{**SMALL, "num_pairs": 200, "shard_size": 100})
+    first = generate_corpus(tmp_path / "a", config, log=quiet)
+    second = generate_corpus(tmp_path / "b", config, log=quiet)
+    assert first.faults == second.faults
+    for name in ("shards/00000.tar", "shards/00001.parquet", "instructions/llava.json", "owleval/questions.jsonl"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    other = generate_corpus(tmp_path / "c", SyntheticConfig(**{**SMALL, "num_pairs": 200, "seed": 1}), log=quiet)
+    assert other.faults != first.faults
+
+
+def test_fault_rates_are_close_to_the_configured_ones(corpus):
+    _, manifest = corpus
+    rates = SyntheticConfig().faults
+    for fault in ("mismatched_caption", "non_english", "tiny_image", "exact_duplicate", "near_duplicate"):
+        expected = getattr(rates, fault) * SMALL["num_pairs"]
+        assert 0.4 * expected <= manifest.counts[fault] <= 1.8 * expected, fault
+    assert manifest.counts["truncated_member"] == 1
+
+
+def test_img2dataset_layout_with_laion_columns(corpus):
+    root, manifest = corpus
+    assert manifest.shards == ["00000.tar", "00001.tar", "00002.tar", "00003.tar"]
+    with tarfile.open(root / "shards/00000.tar") as tar:
+        names = tar.getnames()[:3]
+        meta = json.loads(tar.extractfile(names[2]).read())
+    assert names == ["000000000.jpg", "000000000.txt", "000000000.json"]
+    assert {"URL", "TEXT", "WIDTH", "HEIGHT", "similarity", "hash", "punsafe", "pwatermark"} <= set(meta)
+    table = pq.read_table(root / "shards/00000.parquet")
+    assert table.num_rows == 300 and {"key", "status", "sha256", "similarity"} <= set(table.column_names)
+
+
+def test_coyo_columns_on_request(tmp_path):
+    generate_corpus(tmp_path / "coyo", SyntheticConfig(**{**SMALL, "num_pairs": 50, "metadata_format": "coyo"}),
+                    log=quiet)
+    columns = set(pq.read_table(tmp_path / "coyo/shards/00000.parquet").column_names)
+    assert {"clip_similarity_vitb32", "nsfw_score_opennsfw2", "watermark_score", "image_phash"} <= columns
+
+
+def test_instruction_files_and_eval_set(corpus):
+    root, manifest = corpus
+    llava = json.loads((root / "instructions/llava.json").read_text())
+    assert llava[0]["conversations"][0]["value"].startswith("<image>\n")
+    owl = [json.loads(line) for line in (root / "instructions/owl.jsonl").read_text().splitlines()]
+    assert "\nHuman: <image>\nHuman: " in owl[0]["text"] and "\nAI: " in owl[0]["text"]
+    alpaca = json.loads((root / "instructions/alpaca.json").read_text())
+    assert {"instruction", "input", "output"} <= set(alpaca[0])
+    questions = [json.loads(line) for line in (root / "owleval/questions.jsonl").read_text().splitlines()]
+    answers = [json.loads(line) for line in (root / "owleval/answer/reference_answer.jsonl").read_text().splitlines()]
+    assert [q["question_id"] for q in questions] == [a["question_id"] for a in answers]
+    assert all((root / "owleval/cases" / q["image"]).is_file() for q in questions)
+    multi = [q for q in questions if q["category"] == "multi_turn"]
+    assert multi and all("f" in q["ability"].split(",") for q in multi)
+    assert manifest.invalid_instructions == {"alpaca": 2, "llava": 2, "owl": 2}
+    assert CorpusManifest.load(root).faults == manifest.faults
+
+
+def test_every_question_has_one_right_answer():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        scene = scenes.random_scene(rng)
+        assert len({s.kind for s in scene.shapes}) == len({s.color for s in scene.shapes}) == len(scene.shapes)
+        assert len({s.column for s in scene.shapes}) == len(scene.shapes)
+        for qa in scenes.questions(scene, rng):
+            assert qa.answer and qa.kind in scenes.QUESTION_TYPES
