@@ -11,6 +11,7 @@ curated Lance dataset plus a report.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import time
@@ -46,15 +47,16 @@ def word_counts(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     array = pc.fill_null(column, "")
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
-    array = array.cast(pa.large_string())
-    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset:array.offset + len(array) + 1]
+    offset_type = np.int64 if pa.types.is_large_string(array.type) else np.int32
+    offsets = np.frombuffer(array.buffers()[1], dtype=offset_type)[array.offset:array.offset + len(array) + 1]
     data = np.frombuffer(array.buffers()[2], dtype=np.uint8) if array.buffers()[2] else np.zeros(0, np.uint8)
-    space = _ASCII_SPACE[data]
-    after_space = np.ones(len(data), dtype=bool)
+    space = (data == 32) | ((data >= 9) & (data <= 13))
+    after_space = np.empty(len(data), dtype=bool)
+    after_space[:1] = True
     after_space[1:] = space[:-1]
     after_space[offsets[:-1][offsets[:-1] < len(data)]] = True  # a string's first byte starts a word
-    cumulative = np.concatenate([[0], np.cumsum(~space & after_space)])
-    return cumulative[offsets[1:]] - cumulative[offsets[:-1]]
+    starts = np.flatnonzero(~space & after_space)
+    return np.diff(np.searchsorted(starts, offsets))
 
 
 def _dictionary_indices(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -64,21 +66,27 @@ def _dictionary_indices(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return _numpy(encoded.indices, -1).astype(np.int64)
 
 
-def first_occurrence(*columns: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """True where the combination of values is seen for the first time (dictionary indices are assigned in
-    order of first appearance, so a first occurrence is where the running maximum index grows)."""
-    joined = columns[0] if len(columns) == 1 else pc.binary_join_element_wise(
-        *[pc.fill_null(pc.cast(c, pa.string()), "") for c in columns], "\x1f")
-    indices = _dictionary_indices(joined)
-    first = np.ones(len(indices), dtype=bool)
-    if len(indices) > 1:
-        first[1:] = indices[1:] > np.maximum.accumulate(indices)[:-1]
+def first_occurrence(*columns: pa.ChunkedArray | pa.Array | np.ndarray) -> np.ndarray:
+    """True where the combination of values is seen for the first time.
+
+    Each column is dictionary-encoded (or given as its dictionary indices); the index tuples are combined into
+    one integer key. Dictionary indices are assigned in order of first appearance, so a first occurrence is
+    where the running maximum index grows.
+    """
+    key = None
+    for column in columns:
+        indices = column if isinstance(column, np.ndarray) else _dictionary_indices(column)
+        key = indices if key is None else key * (int(indices.max(initial=0)) + 1) + indices
+        if len(columns) > 1:
+            key = _dictionary_indices(pa.array(key))  # re-densify so the product never overflows
+    first = np.ones(len(key), dtype=bool)
+    if len(key) > 1:
+        first[1:] = key[1:] > np.maximum.accumulate(key)[:-1]
     return first
 
 
-def occurrence_counts(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """How many rows share each row's value."""
-    indices = _dictionary_indices(column)
+def occurrence_counts(indices: np.ndarray) -> np.ndarray:
+    """How many rows share each row's value, from the column's dictionary indices."""
     return np.bincount(indices)[indices]
 
 
@@ -111,12 +119,13 @@ def metadata_masks(table: pa.Table, config: FilterConfig) -> dict[str, np.ndarra
                 masks["aspect"] = (short > 0) & (long / short <= config.max_aspect)
     if config.min_image_bytes is not None and "image_bytes" in names:
         masks["image_bytes"] = _numpy(table["image_bytes"], 0) >= config.min_image_bytes
+    caption_ids = functools.cache(lambda: _dictionary_indices(caption))  # shared by repeats and dedup
     if config.max_caption_repeats is not None:
-        masks["caption_repeats"] = occurrence_counts(caption) <= config.max_caption_repeats
+        masks["caption_repeats"] = occurrence_counts(caption_ids()) <= config.max_caption_repeats
     if config.dedup_url_text and "url" in names:
-        masks["dup_url_text"] = first_occurrence(table["url"], caption)
+        masks["dup_url_text"] = first_occurrence(table["url"], caption_ids())
     if config.dedup_image_text and "image_sha256" in names:
-        masks["dup_image_text"] = first_occurrence(table["image_sha256"], caption)
+        masks["dup_image_text"] = first_occurrence(table["image_sha256"], caption_ids())
     return masks
 
 

@@ -9,6 +9,9 @@ sees exactly the batches an uninterrupted one would have.
 from __future__ import annotations
 
 import io
+import multiprocessing.util
+import os
+import sys
 from collections.abc import Iterator
 
 import lance
@@ -115,10 +118,24 @@ class ResumableSampler(Sampler[int]):
         return {"epoch": absolute // self.length, "position": absolute % self.length}
 
 
+def _exit_worker_without_static_destructors(_worker_id: int) -> None:
+    """A spawned worker ends through ``sys.exit``, which runs C++ static destructors; Lance's native thread pool
+    aborts in them ("terminate called without an active exception"). The worker has nothing left to clean up
+    by then, so its last exit handler flushes output and leaves with ``os._exit``."""
+
+    def leave() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    multiprocessing.util.Finalize(None, leave, exitpriority=0)
+
+
 def make_loader(dataset: _LanceDataset, batch_size: int, sampler: ResumableSampler, num_workers: int = 0,
                 prefetch_factor: int = 4) -> DataLoader:
     workers = {"num_workers": num_workers}
     if num_workers > 0:
-        workers.update(multiprocessing_context="spawn", persistent_workers=True, prefetch_factor=prefetch_factor)
+        workers.update(multiprocessing_context="spawn", persistent_workers=True, prefetch_factor=prefetch_factor,
+                       worker_init_fn=_exit_worker_without_static_destructors)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=dataset.processor.collate,
                       pin_memory=torch.cuda.is_available(), **workers)

@@ -8,8 +8,8 @@ import torch
 from transformers import CLIPConfig, CLIPModel
 
 from owl_pipeline.config import FilterConfig
-from owl_pipeline.data.filters import (RULES, combine, filter_pairs, first_occurrence, hamming_distances,
-                                       metadata_masks, near_duplicates, occurrence_counts)
+from owl_pipeline.data.filters import (RULES, _dictionary_indices, combine, filter_pairs, first_occurrence,
+                                       hamming_distances, metadata_masks, near_duplicates, occurrence_counts)
 from owl_pipeline.data.ingest import ingest
 from owl_pipeline.model.tokenizer import train_bpe_tokenizer
 
@@ -68,7 +68,7 @@ def test_score_rules_and_missing_scores():
 
 def test_repeats_and_exact_dedup():
     captions = ["spam"] * 12 + ["a", "b", "a"]
-    counts = occurrence_counts(pa.array(captions))
+    counts = occurrence_counts(_dictionary_indices(pa.array(captions)))
     assert counts.tolist() == [12] * 12 + [2, 1, 2]
     urls = ["u"] * 12 + ["u1", "u2", "u1"]
     assert first_occurrence(pa.array(urls), pa.array(captions)).tolist() == [True] + [False] * 11 + [True, True, False]
