@@ -1,6 +1,9 @@
-"""One place for the model configuration: dataclasses, named presets, YAML loading.
+"""One place for configuration: dataclasses with checks, named presets, YAML loading.
 
-Presets (``OwlConfig.from_name``):
+OwlConfig is the model; SyntheticConfig, FilterConfig and PipelineConfig describe the data and the pipeline
+(``params.yaml`` at the top of the project is a PipelineConfig).
+
+Model presets (``OwlConfig.from_name``):
   tiny    a CPU-sized model, seconds per step, used by the embedded default and the tests
   owl-1b  CLIP ViT-L/14@224 + a 1.1B Llama (TinyLlama shape): our benchmark size
   owl-7b  the paper: CLIP ViT-L/14@224 + LLaMA-7B
@@ -12,7 +15,7 @@ import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import yaml
 
@@ -146,21 +149,11 @@ class OwlConfig:
         data = dict(data)
         preset = data.pop("preset", None)
         base = cls.from_name(preset).to_dict() if preset else cls().to_dict()
-        merged = _deep_merge(base, data, path="")
-        sections = {"vision": VisionConfig, "abstractor": AbstractorConfig, "llm": LLMConfig, "lora": LoraConfig}
-        kwargs = {key: _build(sections[key], merged[key], key) if key in sections else value
-                  for key, value in merged.items()}
-        return _build(cls, kwargs, "model")
+        return from_mapping(cls, _deep_merge(base, data, path=""), "model")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> OwlConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"model config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-        return cls.from_dict(data)
+        return cls.from_dict(read_yaml(path))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -179,12 +172,32 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any], path: str) -> di
     return merged
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def from_mapping(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from a (YAML) mapping, recursing into dataclass-typed fields; unknown keys fail."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
     if unknown:
         raise ConfigError(f"unknown keys in {where}: {sorted(unknown)}; known: {sorted(names)}")
-    return cls(**values)
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+            value = from_mapping(kind, value, f"{where}.{key}")
+        kwargs[key] = value
+    return cls(**kwargs)
 
 
 _VIT_L14 = VisionConfig()
@@ -296,3 +309,101 @@ class FilterConfig:
     def __post_init__(self) -> None:
         _require(self.near_dup_max_distance is None or 0 <= self.near_dup_max_distance < 16,
                  f"filters.near_dup_max_distance must be in [0, 16), got {self.near_dup_max_distance}")
+
+
+# --- training --------------------------------------------------------------------------------------------
+@dataclass
+class StageConfig:
+    """One run of the training loop. The defaults are the paper's stage-1 recipe (DESIGN.md section 3);
+    ``stage2_recipe`` gives stage 2's, and the embedded default overrides sizes and steps in params.yaml."""
+
+    max_steps: int = 50_000
+    batch_size: int = 64  # per process, per micro-step
+    grad_accum: int = 1
+    lr: float = 1e-4
+    min_lr: float = 0.0  # the cosine schedule's floor
+    warmup_steps: int = 2000
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float | None = 1.0
+    vision_lr_scale: float = 0.1  # official v0 code: vision parameters at 0.1x the lr in stage 1
+    eval_every: int = 1000  # steps; 0 evaluates at the end only
+    eval_batches: int = 8
+    save_every: int = 1000
+    keep_last: int = 2
+    log_every: int = 10
+    num_workers: int = 0
+    seed: int = 0
+    mixed_precision: str = "auto"  # "auto": bf16 autocast on GPU, fp32 on CPU; or "no" / "bf16" / "fp16"
+    text_only_fraction: float | None = None  # stage 2: share of text-only conversations; None keeps the data's
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        _require(self.max_steps > 0 and self.batch_size > 0 and self.grad_accum > 0,
+                 "max_steps, batch_size and grad_accum must be positive")
+        _require(0 <= self.warmup_steps <= self.max_steps,
+                 f"warmup_steps ({self.warmup_steps}) must be within [0, max_steps={self.max_steps}]")
+        _require(self.mixed_precision in ("auto", "no", "bf16", "fp16"),
+                 f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        _require(self.text_only_fraction is None or 0.0 <= self.text_only_fraction <= 1.0,
+                 f"text_only_fraction must be in [0, 1], got {self.text_only_fraction}")
+        _require(self.keep_last >= 1, f"keep_last must be at least 1, got {self.keep_last}")
+
+    @classmethod
+    def stage2_recipe(cls, **overrides) -> StageConfig:
+        """The paper's stage 2: AdamW lr 2e-5, 50 warmup steps, cosine to 1e-6, grad clip 1.0."""
+        base = dict(max_steps=3000, batch_size=256, lr=2e-5, min_lr=1e-6, warmup_steps=50, weight_decay=0.0,
+                    betas=(0.9, 0.999), grad_clip=1.0, vision_lr_scale=1.0)
+        return cls(**{**base, **overrides})
+
+
+@dataclass
+class BaseLLMConfig:
+    """The embedded default's stand-in for a pretrained LLM: a tokenizer and a tiny causal LM trained here on
+    the corpus text. Unused when ``model.llm.pretrained`` names a real LLM."""
+
+    vocab_size: int = 512
+    train: StageConfig = field(default_factory=lambda: StageConfig(
+        max_steps=600, batch_size=64, lr=3e-3, min_lr=3e-4, warmup_steps=30, weight_decay=0.01,
+        betas=(0.9, 0.95), vision_lr_scale=1.0, eval_every=0, save_every=300, log_every=50))
+
+
+# --- the pipeline ----------------------------------------------------------------------------------------
+@dataclass
+class InstructionFile:
+    format: str  # alpaca | llava | owl
+    path: str
+    image_root: str | None = None
+
+
+@dataclass
+class PipelineConfig:
+    """The whole pipeline (``params.yaml``). Relative paths are relative to the project folder."""
+
+    assets_dir: str = "assets"
+    raw_shards: str | None = None  # a folder of img2dataset shards; None generates shapes world
+    instructions: list[InstructionFile] | None = None  # None uses shapes world's three files
+    owleval_dir: str | None = None  # None uses shapes world's eval set
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    filters: FilterConfig = field(default_factory=FilterConfig.for_shapes_world)
+    model: dict[str, Any] = field(default_factory=lambda: {"preset": "tiny"})
+    base_llm: BaseLLMConfig = field(default_factory=BaseLLMConfig)
+    stage1: StageConfig = field(default_factory=StageConfig)
+    stage2: StageConfig = field(default_factory=StageConfig.stage2_recipe)
+    min_curated_rows: int = 100
+
+    def __post_init__(self) -> None:
+        if self.instructions is not None:
+            self.instructions = [f if isinstance(f, InstructionFile) else from_mapping(InstructionFile, f, "instructions")
+                                 for f in self.instructions]
+        self.model_config()  # fail early on a bad model section
+
+    def model_config(self) -> OwlConfig:
+        return OwlConfig.from_dict(self.model)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> PipelineConfig:
+        return from_mapping(cls, read_yaml(path), "params")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -11,9 +11,10 @@ AI_PREFIX = "AI: "
 
 IGNORE_INDEX = -100
 
+STAGE_BASE_LLM = 0  # the embedded default's own LLM, trained on text before stage 1
 STAGE_PRETRAIN = 1
 STAGE_INSTRUCT = 2
-STAGES = (STAGE_PRETRAIN, STAGE_INSTRUCT)
+STAGES = (STAGE_BASE_LLM, STAGE_PRETRAIN, STAGE_INSTRUCT)
 
 # CLIP's image normalization (the vision tower is a CLIP ViT).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

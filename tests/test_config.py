@@ -49,7 +49,7 @@ def test_bad_yaml_names_the_problem(tmp_path, text, message):
 
 
 def test_missing_yaml_file(tmp_path):
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(ConfigError, match="config file not found"):
         OwlConfig.from_yaml(tmp_path / "nope.yaml")
 
 

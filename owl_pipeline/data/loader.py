@@ -89,11 +89,17 @@ class ConversationDataset(_LanceDataset):
 
 
 class ResumableSampler(Sampler[int]):
-    """A seeded permutation per epoch, endless, that can start at any (epoch, position)."""
+    """A seeded permutation per epoch, endless, that can start at any (epoch, position).
 
-    def __init__(self, length: int, seed: int = 0, shuffle: bool = True, epoch: int = 0, position: int = 0):
+    With several processes each one takes every ``num_replicas``-th position of the same permutation, so
+    positions (and resume points) are global.
+    """
+
+    def __init__(self, length: int, seed: int = 0, shuffle: bool = True, epoch: int = 0, position: int = 0,
+                 num_replicas: int = 1, rank: int = 0):
         self.length, self.seed, self.shuffle = length, seed, shuffle
         self.epoch, self.position = epoch, position
+        self.num_replicas, self.rank = num_replicas, rank
 
     def order(self, epoch: int) -> list[int]:
         if not self.shuffle:
@@ -105,15 +111,16 @@ class ResumableSampler(Sampler[int]):
         epoch, position = self.epoch, self.position
         while True:
             order = self.order(epoch)
-            for index in order[position:]:
-                yield epoch * self.length + index
+            for global_position in range(position, self.length):
+                if global_position % self.num_replicas == self.rank:
+                    yield epoch * self.length + order[global_position]
             epoch, position = epoch + 1, 0
 
     def __len__(self) -> int:  # one epoch; iteration itself does not stop
         return self.length
 
     def state_after(self, samples_consumed: int) -> dict[str, int]:
-        """Where to resume after ``samples_consumed`` samples from the start this sampler was built with."""
+        """Where to resume after ``samples_consumed`` samples (all processes together) from this start."""
         absolute = self.epoch * self.length + self.position + samples_consumed
         return {"epoch": absolute // self.length, "position": absolute % self.length}
 
@@ -137,5 +144,8 @@ def make_loader(dataset: _LanceDataset, batch_size: int, sampler: ResumableSampl
     if num_workers > 0:
         workers.update(multiprocessing_context="spawn", persistent_workers=True, prefetch_factor=prefetch_factor,
                        worker_init_fn=_exit_worker_without_static_destructors)
+    # Its own generator: creating an iterator would otherwise draw from the global RNG and shift dropout
+    # masks after a resume.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=dataset.processor.collate,
-                      pin_memory=torch.cuda.is_available(), **workers)
+                      pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(sampler.seed),
+                      **workers)

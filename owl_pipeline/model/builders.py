@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, CLIPVisionModel, LlamaConfig, Lla
 
 from owl_pipeline.config import ConfigError, LLMConfig, OwlConfig, VisionConfig
 from owl_pipeline.constants import (ABSTRACTOR_WEIGHTS_FILE, ADAPTER_DIR, LLM_DIR, OWL_CONFIG_FILE, PROCESSOR_DIR,
-                                    STAGE_PRETRAIN, STAGES, VISION_DIR)
+                                    STAGE_BASE_LLM, STAGE_PRETRAIN, STAGES, VISION_DIR)
 from owl_pipeline.model.abstractor import VisualAbstractor
 from owl_pipeline.model.owl import OwlModel
 from owl_pipeline.model.processor import OwlProcessor, ProcessorConfig
@@ -96,10 +96,14 @@ def count_parameters(config: OwlConfig) -> dict[str, int]:
 # --- what each stage trains -------------------------------------------------------------------------------
 def set_trainable(model: OwlModel, stage: int) -> OwlModel:
     """Stage 1: vision + abstractor, LLM frozen. Stage 2: LoRA on the LLM (wrapped here on first call),
-    vision frozen, abstractor trainable only if ``train_abstractor_in_stage2``. Returns the model."""
+    vision frozen, abstractor trainable only if ``train_abstractor_in_stage2``. Stage 0 (the embedded
+    default's base LLM, trained on text): the LLM alone. Returns the model."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     model.requires_grad_(False)
+    if stage == STAGE_BASE_LLM:
+        model.llm.requires_grad_(True)
+        return model
     if stage == STAGE_PRETRAIN:
         model.vision.requires_grad_(True)
         model.abstractor.requires_grad_(True)

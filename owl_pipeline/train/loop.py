@@ -1,0 +1,228 @@
+"""The one training loop (accelerate), used by the base LLM, stage 1 and stage 2 alike: a stage is only which
+parameters train (``set_trainable``) and a StageConfig.
+
+bf16 autocast on GPU, fp32 on CPU; gradient accumulation; clipping; AdamW with per-group learning rates;
+warmup + cosine; periodic evaluation; atomic, resumable checkpoints; metrics to a tracker; progress lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import Dataset
+
+from owl_pipeline.config import StageConfig
+from owl_pipeline.data.loader import ResumableSampler, make_loader
+from owl_pipeline.model.builders import save_pretrained, set_trainable
+from owl_pipeline.model.owl import OwlModel
+from owl_pipeline.model.processor import OwlProcessor
+from owl_pipeline.train.checkpoint import TrainerState, list_checkpoints, load_checkpoint, save_checkpoint
+from owl_pipeline.train.optim import build_optimizer, build_scheduler
+
+MODEL_DIR = "model"
+CHECKPOINT_DIR = "checkpoints"
+LOSS_CURVE = "loss_curve.png"
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the optimizer was not stepped on it."""
+
+
+class Tracker(Protocol):
+    """Where metrics go (registry/tracking.py implements it with MLflow)."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+
+
+class NullTracker:
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+
+@dataclass
+class StageResult:
+    stage: int
+    steps: int
+    final_loss: float
+    eval_loss: float | None
+    seconds: float
+    model_dir: Path
+    resumed_from_step: int | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+def resolve_precision(setting: str) -> str:
+    if setting == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return setting
+
+
+def _set_modes(model: OwlModel, stage: int) -> None:
+    """Train mode (dropout) only where parameters train; frozen towers run as at inference."""
+    model.train()
+    for part in (model.vision, model.abstractor):
+        if not any(p.requires_grad for p in part.parameters()):
+            part.eval()
+
+
+class _Trainer:
+    def __init__(self, model: OwlModel, processor: OwlProcessor, stage: int, config: StageConfig,
+                 output_dir: Path, tracker: Tracker, log: Callable[[str], None]):
+        self.stage, self.config, self.output_dir, self.tracker, self.log = stage, config, output_dir, tracker, log
+        self.processor = processor
+        self.accelerator = Accelerator(mixed_precision=resolve_precision(config.mixed_precision),
+                                       cpu=not torch.cuda.is_available())
+        set_trainable(model, stage)
+        optimizer = build_optimizer(model, config)
+        self.scheduler = build_scheduler(optimizer, config)
+        self.state = TrainerState()
+        self.resumed_from = None
+        checkpoints = list_checkpoints(output_dir / CHECKPOINT_DIR)
+        if checkpoints:
+            self.state = load_checkpoint(checkpoints[-1], model, optimizer, self.scheduler)
+            self.resumed_from = self.state.step
+            log(f"stage {stage}: resuming from {checkpoints[-1].name}")
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    @property
+    def unwrapped(self) -> OwlModel:
+        return self.accelerator.unwrap_model(self.model)
+
+    def batches(self, dataset: Dataset, shuffle: bool, epoch: int, position: int):
+        sampler = ResumableSampler(len(dataset), seed=self.config.seed, shuffle=shuffle, epoch=epoch,
+                                   position=position, num_replicas=self.accelerator.num_processes,
+                                   rank=self.accelerator.process_index)
+        loader = make_loader(dataset, self.config.batch_size, sampler, self.config.num_workers)
+        for batch in loader:
+            yield {k: v.to(self.accelerator.device, non_blocking=True) for k, v in batch.items()}
+
+    def train_step(self, batches) -> dict[str, float]:
+        start = time.perf_counter()
+        losses, tokens, samples = [], 0, 0
+        for micro in range(self.config.grad_accum):
+            batch = next(batches)
+            sync = micro == self.config.grad_accum - 1
+            context = self.accelerator.no_sync(self.model) if not sync else contextlib.nullcontext()
+            with context, self.accelerator.autocast():
+                loss = self.model(**batch).loss
+                if not torch.isfinite(loss):
+                    raise TrainingDivergedError(
+                        f"stage {self.stage}: loss is {loss.item()} at step {self.state.step + 1}; the optimizer was "
+                        f"not stepped. Last good checkpoint: {self.last_checkpoint() or 'none'}. Lower the lr, "
+                        "check the data (every label masked?), or use fp32")
+                self.accelerator.backward(loss / self.config.grad_accum)
+            losses.append(loss.item())
+            tokens += int(batch["attention_mask"].sum())
+            samples += batch["input_ids"].shape[0]
+        grad_norm = self._clip()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - start
+        world = self.accelerator.num_processes
+        return {"loss": sum(losses) / len(losses), "lr": max(self.scheduler.get_last_lr()), "grad_norm": grad_norm,
+                "samples_per_s": samples * world / seconds, "tokens_per_s": tokens * world / seconds,
+                "samples": samples * world}
+
+    def _clip(self) -> float:
+        if self.config.grad_clip is not None:
+            return float(self.accelerator.clip_grad_norm_(self.params, self.config.grad_clip))
+        grads = [p.grad.norm() for p in self.params if p.grad is not None]
+        return float(torch.stack(grads).norm()) if grads else 0.0
+
+    @torch.no_grad()
+    def evaluate(self, dataset: Dataset) -> float:
+        self.model.eval()
+        total, count = 0.0, 0
+        batches = self.batches(dataset, shuffle=False, epoch=0, position=0)
+        for _ in range(min(self.config.eval_batches, math.ceil(len(dataset) / self.config.batch_size))):
+            with self.accelerator.autocast():
+                out = self.model(**next(batches))
+            total += out.loss.item() * out.num_target_tokens
+            count += out.num_target_tokens
+        _set_modes(self.unwrapped, self.stage)
+        return total / max(count, 1)
+
+    def last_checkpoint(self) -> Path | None:
+        checkpoints = list_checkpoints(self.output_dir / CHECKPOINT_DIR)
+        return checkpoints[-1] if checkpoints else None
+
+    def save(self) -> None:
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.output_dir / CHECKPOINT_DIR, self.unwrapped, self.optimizer, self.scheduler,
+                            self.state, self.config.keep_last)
+        self.accelerator.wait_for_everyone()
+
+
+def _progress(stage: int, step: int, total: int, metrics: dict[str, float], started: float, first_step: int) -> str:
+    done = step - first_step
+    eta = (time.perf_counter() - started) / max(done, 1) * (total - step)
+    return (f"stage {stage} step {step}/{total} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
+            f"grad {metrics['grad_norm']:.2f} | {metrics['samples_per_s']:.0f} samples/s | ETA {eta:.0f}s")
+
+
+def train_stage(model: OwlModel, processor: OwlProcessor, stage: int, train_data: Dataset, config: StageConfig,
+                output_dir: str | Path, eval_data: Dataset | None = None, tracker: Tracker | None = None,
+                log: Callable[[str], None] = print,
+                on_step_end: Callable[[int], None] | None = None) -> StageResult:
+    """Train ``stage`` of ``model`` to ``config.max_steps``, resuming from the newest checkpoint in
+    ``output_dir`` if there is one; write the final model to ``output_dir/model`` (the one saved layout)."""
+    output_dir = Path(output_dir)
+    tracker = tracker or NullTracker()
+    trainer = _Trainer(model, processor, stage, config, output_dir, tracker, log)
+    state = trainer.state
+    first_step, started = state.step, time.perf_counter()
+    batches = trainer.batches(train_data, shuffle=True, epoch=state.epoch, position=state.position)
+    sampler_start = ResumableSampler(len(train_data), epoch=state.epoch, position=state.position)
+    consumed = 0
+    _set_modes(trainer.unwrapped, stage)
+    metrics: dict[str, float] = {}
+    while state.step < config.max_steps:
+        metrics = trainer.train_step(batches)
+        state.step += 1
+        consumed += int(metrics.pop("samples"))
+        position = sampler_start.state_after(consumed)
+        state.epoch, state.position = position["epoch"], position["position"]
+        if config.eval_every and eval_data is not None and state.step % config.eval_every == 0:
+            metrics["eval_loss"] = trainer.evaluate(eval_data)
+        state.history.append({"step": state.step, **metrics})
+        tracker.log_metrics(metrics, step=state.step)
+        if state.step % config.log_every == 0 or state.step in (first_step + 1, config.max_steps):
+            log(_progress(stage, state.step, config.max_steps, metrics, started, first_step))
+        if state.step % config.save_every == 0 or state.step == config.max_steps:
+            trainer.save()
+        if on_step_end is not None:
+            on_step_end(state.step)
+    eval_loss = trainer.evaluate(eval_data) if eval_data is not None else None
+    model_dir = output_dir / MODEL_DIR
+    if trainer.accelerator.is_main_process:
+        save_pretrained(trainer.unwrapped, processor, model_dir)
+        _write_loss_curve(state.history, output_dir / LOSS_CURVE, stage)
+        tracker.log_artifact(output_dir / LOSS_CURVE)
+    trainer.accelerator.wait_for_everyone()
+    final_loss = state.history[-1]["loss"] if state.history else float("nan")
+    log(f"stage {stage}: {state.step} steps, final loss {final_loss:.4f}"
+        + (f", eval loss {eval_loss:.4f}" if eval_loss is not None else "") + f" -> {model_dir}")
+    return StageResult(stage=stage, steps=state.step, final_loss=final_loss, eval_loss=eval_loss,
+                       seconds=time.perf_counter() - started, model_dir=model_dir,
+                       resumed_from_step=trainer.resumed_from, history=state.history)
+
+
+def _write_loss_curve(history: list[dict], path: Path, stage: int) -> None:
+    from owl_pipeline.train.plots import plot_loss_curve
+
+    plot_loss_curve(history, path, title=f"stage {stage}")
