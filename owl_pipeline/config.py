@@ -394,8 +394,8 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         if self.instructions is not None:
-            self.instructions = [f if isinstance(f, InstructionFile) else from_mapping(InstructionFile, f, "instructions")
-                                 for f in self.instructions]
+            self.instructions = [f if isinstance(f, InstructionFile) else
+                                 from_mapping(InstructionFile, f, "instructions") for f in self.instructions]
         self.model_config()  # fail early on a bad model section
 
     def model_config(self) -> OwlConfig:

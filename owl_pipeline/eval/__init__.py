@@ -1,0 +1,1 @@
+"""OwlEval: answer the questions with a model, score the answers, report."""

@@ -1,0 +1,1 @@
+"""The only package that imports mlflow: run tracking, the pyfunc model, the registry and its promotion gate."""

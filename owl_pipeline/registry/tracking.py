@@ -1,0 +1,124 @@
+"""MLflow tracking through MlflowClient (no global active run): one experiment, one run per pipeline step.
+
+Local default: a sqlite store in ``mlruns/mlflow.db`` with artifacts under ``mlruns/artifacts``; any tracking
+URI (a server) works the same. A run is a ``Tracker`` for the training loop; metrics are sent in batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+DEFAULT_EXPERIMENT = "owl-pipeline"
+_PARAM_VALUE_LIMIT = 500  # MLflow's limit on a param value's length
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The tracking store could not be reached; nothing was logged."""
+
+
+def local_tracking_uri(project_root: Path) -> str:
+    return f"sqlite:///{(project_root / 'mlruns' / 'mlflow.db').resolve()}"
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"stage1.lr": "0.0001", ...}, values cut to MLflow's length limit."""
+    flat = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+            flat[name] = flat[name][:_PARAM_VALUE_LIMIT]
+    return flat
+
+
+def system_tags() -> dict[str, str]:
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"
+    return {"system.python": platform.python_version(), "system.torch": torch.__version__,
+            "system.device": device, "system.host": platform.node()}
+
+
+class MlflowRun:
+    """One MLflow run: the Tracker the training loop logs to."""
+
+    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str, ui_url: str, flush_every: int = 200):
+        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+        self.url = f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        self._pending: list[Metric] = []
+        self._flush_every = flush_every
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        items = [Param(k, v) for k, v in flatten(params).items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[start:start + 100])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self._pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        if len(self._pending) >= self._flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        for start in range(0, len(self._pending), 1000):
+            self.client.log_batch(self.run_id, metrics=self._pending[start:start + 1000])
+        self._pending = []
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        elif path.is_file():
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, data: dict, name: str) -> None:
+        self.client.log_dict(self.run_id, data, name)
+
+
+class MlflowTracking:
+    """Opens runs in one experiment of one tracking store."""
+
+    def __init__(self, tracking_uri: str, artifact_root: Path | None = None,
+                 experiment: str = DEFAULT_EXPERIMENT, ui_url: str = "http://127.0.0.1:5000"):
+        self.tracking_uri, self.ui_url = tracking_uri, ui_url
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri)
+        try:
+            found = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = found.experiment_id if found else self.client.create_experiment(
+                experiment, artifact_location=artifact_root.resolve().as_uri() if artifact_root else None)
+        except (MlflowException, OSError) as error:
+            raise TrackingUnavailableError(f"cannot reach the MLflow tracking store {tracking_uri}: {error}") from error
+
+    @contextlib.contextmanager
+    def run(self, name: str, params: dict[str, Any] | None = None,
+            tags: dict[str, Any] | None = None) -> Iterator[MlflowRun]:
+        """A run that ends FINISHED, or FAILED if the body raises."""
+        info = self.client.create_run(self.experiment_id, run_name=name,
+                                      tags={k: str(v) for k, v in {**system_tags(), **(tags or {})}.items()})
+        run = MlflowRun(self.client, info.info.run_id, self.experiment_id, self.ui_url)
+        try:
+            if params:
+                run.log_params(params)
+            yield run
+            run.flush()
+            self.client.set_terminated(run.run_id, "FINISHED")
+        except BaseException:
+            run.flush()
+            self.client.set_terminated(run.run_id, "FAILED")
+            raise

@@ -1,0 +1,246 @@
+"""The pipeline's steps, one function per asset: what Dagster assets, DVC stages and the CLI all call.
+
+Each step reads its inputs from the project's ``assets/`` folder, writes its output there (and a JSON report
+under ``assets/reports/``), and returns a StepResult whose metadata is what a user wants to see.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lance
+import torch
+
+from owl_pipeline import constants as C
+from owl_pipeline.config import PipelineConfig, StageConfig
+from owl_pipeline.data.filters import filter_pairs
+from owl_pipeline.data.ingest import find_shards, ingest
+from owl_pipeline.data.instructions import InstructionSource, build_instruction_table
+from owl_pipeline.data.loader import CaptionPairDataset, ConversationDataset
+from owl_pipeline.data.synthetic import generate_corpus
+from owl_pipeline.data.text_corpus import build_text_corpus, tokenizer_texts
+from owl_pipeline.model.builders import build_model, from_pretrained, processor_config_for, save_pretrained
+from owl_pipeline.model.processor import OwlProcessor
+from owl_pipeline.model.tokenizer import prepare_tokenizer, train_bpe_tokenizer
+from owl_pipeline.train.loop import MODEL_DIR, StageResult, Tracker, train_stage
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class StepResult:
+    name: str
+    outputs: dict[str, str]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class Project:
+    """Where every asset of one pipeline lives, from the config and the project folder."""
+
+    def __init__(self, config: PipelineConfig, root: str | Path = "."):
+        self.config, self.root = config, Path(root).resolve()
+        self.assets = self._path(config.assets_dir)
+        self.raw_shards = self._path(config.raw_shards) if config.raw_shards else self.assets / C.ASSET_RAW_SHARDS
+        self.raw_pairs = self.assets / f"{C.ASSET_RAW_PAIRS}.lance"
+        self.curated_pairs = self.assets / f"{C.ASSET_CURATED_PAIRS}.lance"
+        self.instructions = self.assets / f"{C.ASSET_INSTRUCTIONS}.lance"
+        self.text_corpus = self.assets / "base_llm_text.lance"
+        self.base_llm = self.assets / C.ASSET_BASE_LLM
+        self.stage1 = self.assets / C.ASSET_STAGE1
+        self.stage2 = self.assets / C.ASSET_STAGE2
+        self.reports = self.assets / "reports"
+
+    def _path(self, value: str) -> Path:
+        path = Path(value)
+        return path if path.is_absolute() else self.root / path
+
+    @property
+    def generated(self) -> bool:
+        return self.config.raw_shards is None
+
+    def shard_folder(self) -> Path:
+        return self.raw_shards / "shards" if self.generated else self.raw_shards
+
+    def instruction_sources(self) -> list[InstructionSource]:
+        if self.config.instructions is None:
+            folder = self.raw_shards / "instructions"
+            return [InstructionSource("alpaca", folder / "alpaca.json"),
+                    InstructionSource("llava", folder / "llava.json"), InstructionSource("owl", folder / "owl.jsonl")]
+        return [InstructionSource(f.format, self._path(f.path), self._path(f.image_root) if f.image_root else None)
+                for f in self.config.instructions]
+
+    def owleval_dir(self) -> Path:
+        return self._path(self.config.owleval_dir) if self.config.owleval_dir else self.raw_shards / "owleval"
+
+    def write_report(self, name: str, data: dict) -> Path:
+        self.reports.mkdir(parents=True, exist_ok=True)
+        path = self.reports / f"{name}.json"
+        path.write_text(json.dumps(data, indent=2, default=str))
+        return path
+
+
+def lance_version(path: Path) -> int:
+    return lance.dataset(str(path)).version
+
+
+def git_commit(root: Path) -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def config_hash(data: dict) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --- data ---------------------------------------------------------------------------------------------------
+def raw_shards(project: Project, log: Log = print) -> StepResult:
+    """Generate shapes world, or check that the configured folder holds shards."""
+    if project.generated:
+        manifest = generate_corpus(project.raw_shards, project.config.synthetic, log=log)
+        metadata = {"pairs": len(manifest.faults), "shards": len(manifest.shards), "injected_faults": manifest.counts}
+    else:
+        shards = find_shards(project.shard_folder())
+        if not shards:
+            raise FileNotFoundError(f"no .tar or .parquet shards in {project.shard_folder()} (raw_shards in params)")
+        metadata = {"shards": len(shards), "megabytes": round(sum(p.stat().st_size for p in shards) / 1e6, 1)}
+    project.write_report(C.ASSET_RAW_SHARDS, metadata)
+    return StepResult(C.ASSET_RAW_SHARDS, {"folder": str(project.raw_shards)}, metadata)
+
+
+def raw_pairs(project: Project, log: Log = print) -> StepResult:
+    report = ingest(find_shards(project.shard_folder()), project.raw_pairs, log=log)
+    project.write_report(C.ASSET_RAW_PAIRS, report.to_dict())
+    metadata = {"rows": report.rows_written, "skipped": dict(report.skipped), "failed_shards": report.failed_shards,
+                "lance_version": report.lance_version, "images_per_s": round(report.rows_written / report.seconds)}
+    return StepResult(C.ASSET_RAW_PAIRS, {"lance": str(project.raw_pairs)}, metadata)
+
+
+def curated_pairs(project: Project, log: Log = print) -> StepResult:
+    histogram = project.reports / "filter_histograms.png"
+    report = filter_pairs(project.raw_pairs, project.curated_pairs, project.config.filters, log=log,
+                          histogram_path=histogram)
+    data = {**report.to_dict(), "source_version": lance_version(project.raw_pairs)}
+    project.write_report(C.ASSET_CURATED_PAIRS, data)
+    return StepResult(C.ASSET_CURATED_PAIRS, {"lance": str(project.curated_pairs), "histogram": str(histogram)},
+                      data)
+
+
+def instruction_data(project: Project, log: Log = print) -> StepResult:
+    report = build_instruction_table(project.instruction_sources(), project.instructions, log=log)
+    project.write_report(C.ASSET_INSTRUCTIONS, report.to_dict())
+    return StepResult(C.ASSET_INSTRUCTIONS, {"lance": str(project.instructions)}, report.to_dict())
+
+
+# --- models -------------------------------------------------------------------------------------------------
+def _tags(project: Project, inputs: dict[str, Path]) -> dict[str, Any]:
+    tags = {f"input.{name}.lance_version": lance_version(path) for name, path in inputs.items()
+            if path.suffix == ".lance"}
+    tags.update({f"input.{name}": str(path) for name, path in inputs.items()})
+    return {**tags, "git_commit": git_commit(project.root), "config_hash": config_hash(project.config.to_dict())}
+
+
+def _stage_metadata(result: StageResult, run_url: str | None) -> dict[str, Any]:
+    first = result.history[0]["loss"] if result.history else None
+    throughput = [h["samples_per_s"] for h in result.history[-20:]]
+    return {"steps": result.steps, "first_loss": first, "final_loss": result.final_loss, "eval_loss": result.eval_loss,
+            "seconds": round(result.seconds, 1), "resumed_from_step": result.resumed_from_step,
+            "samples_per_s": round(sum(throughput) / len(throughput), 1) if throughput else None,
+            "mlflow_run": run_url}
+
+
+def base_llm(project: Project, tracker: Tracker | None = None, log: Log = print, run_url: str | None = None
+             ) -> StepResult:
+    """The LLM every later stage builds on, saved as a whole Owl model (vision and abstractor freshly built).
+
+    With ``model.llm.pretrained`` set: that LLM and its tokenizer, loaded as they are. Otherwise (the embedded
+    default): a tokenizer and a tiny LLM trained here on the corpus text, with the same training loop.
+    """
+    config = project.config.model_config()
+    torch.manual_seed(project.config.base_llm.train.seed)
+    if config.llm.pretrained:
+        from transformers import AutoTokenizer
+
+        processor = OwlProcessor(prepare_tokenizer(AutoTokenizer.from_pretrained(config.llm.pretrained)),
+                                 processor_config_for(config, train_hflip=False))
+        model = build_model(config, processor)
+        save_pretrained(model, processor, project.base_llm / MODEL_DIR)
+        metadata = {"llm": config.llm.pretrained, "trained_here": False}
+        return StepResult(C.ASSET_BASE_LLM, {"model": str(project.base_llm / MODEL_DIR)}, metadata)
+    rows = build_text_corpus(str(project.curated_pairs), str(project.instructions), str(project.text_corpus))
+    tokenizer = train_bpe_tokenizer(tokenizer_texts(str(project.text_corpus)), project.config.base_llm.vocab_size)
+    processor = OwlProcessor(tokenizer, processor_config_for(config, train_hflip=_hflip(project)))
+    model = build_model(config, processor)
+    log(f"base_llm: tokenizer of {len(tokenizer)} tokens; training a {config.name} LLM on {rows} conversations")
+    dataset = ConversationDataset(project.text_corpus, processor, train=True, seed=project.config.base_llm.train.seed)
+    result = train_stage(model, processor, C.STAGE_BASE_LLM, dataset, project.config.base_llm.train,
+                         project.base_llm, tracker=tracker, log=log)
+    metadata = {**_stage_metadata(result, run_url), "vocab_size": len(tokenizer), "text_rows": rows,
+                "trained_here": True}
+    project.write_report(C.ASSET_BASE_LLM, metadata)
+    return StepResult(C.ASSET_BASE_LLM, {"model": str(result.model_dir)}, metadata)
+
+
+def _hflip(project: Project) -> bool:
+    # Shapes world asks left/right questions: a mirrored picture would change the right answer.
+    return not project.generated
+
+
+def _train_from(previous: Path, stage: int, dataset_cls, data: Path, config: StageConfig, output: Path,
+                tracker: Tracker | None, log: Log) -> StageResult:
+    model, processor = from_pretrained(previous / MODEL_DIR)
+    train = dataset_cls(data, processor, train=True, seed=config.seed)
+    evaluation = dataset_cls(data, processor, train=False, seed=config.seed) if config.eval_every else None
+    return train_stage(model, processor, stage, train, config, output, eval_data=evaluation, tracker=tracker, log=log)
+
+
+def stage1_model(project: Project, tracker: Tracker | None = None, log: Log = print, run_url: str | None = None
+                 ) -> StepResult:
+    """Stage 1: vision encoder + abstractor learn to caption curated pairs through the frozen LLM."""
+    result = _train_from(project.base_llm, C.STAGE_PRETRAIN, CaptionPairDataset, project.curated_pairs,
+                         project.config.stage1, project.stage1, tracker, log)
+    metadata = _stage_metadata(result, run_url)
+    project.write_report(C.ASSET_STAGE1, metadata)
+    return StepResult(C.ASSET_STAGE1, {"model": str(result.model_dir)}, metadata)
+
+
+def stage2_model(project: Project, tracker: Tracker | None = None, log: Log = print, run_url: str | None = None
+                 ) -> StepResult:
+    """Stage 2: LoRA on the LLM learns the mixed text-only and multimodal instructions."""
+    result = _train_from(project.stage1, C.STAGE_INSTRUCT, ConversationDataset, project.instructions,
+                         project.config.stage2, project.stage2, tracker, log)
+    metadata = _stage_metadata(result, run_url)
+    project.write_report(C.ASSET_STAGE2, metadata)
+    return StepResult(C.ASSET_STAGE2, {"model": str(result.model_dir)}, metadata)
+
+
+DATA_STEPS = {C.ASSET_RAW_SHARDS: raw_shards, C.ASSET_RAW_PAIRS: raw_pairs, C.ASSET_CURATED_PAIRS: curated_pairs,
+              C.ASSET_INSTRUCTIONS: instruction_data}
+TRAINING_STEPS = {C.ASSET_BASE_LLM: base_llm, C.ASSET_STAGE1: stage1_model, C.ASSET_STAGE2: stage2_model}
+TRAINING_INPUTS = {C.ASSET_BASE_LLM: ("curated_pairs", "instructions"), C.ASSET_STAGE1: ("curated_pairs",),
+                   C.ASSET_STAGE2: ("instructions",)}
+
+
+def run_training_step(name: str, project: Project, tracking=None, log: Log = print) -> StepResult:
+    """A training step inside an MLflow run (when ``tracking`` is given) carrying params and lineage tags."""
+    step = TRAINING_STEPS[name]
+    if tracking is None:
+        return step(project, log=log)
+    inputs = {key: getattr(project, key) for key in TRAINING_INPUTS[name]}
+    params = project.config.to_dict()
+    started = time.perf_counter()
+    with tracking.run(name, params=params, tags=_tags(project, inputs)) as run:
+        run.log_dict(params, "config.json")
+        result = step(project, tracker=run, log=log, run_url=run.url)
+        run.set_tags({"output": result.outputs.get("model", ""), "seconds": round(time.perf_counter() - started, 1)})
+        run.log_artifact(Path(result.outputs["model"]), "model")
+    return result
