@@ -1,48 +1,116 @@
-"""`owl` command line: thin wrappers over the library."""
+"""`owl` command line: thin wrappers over the library (owl_pipeline.steps)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
+from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here downloads at run time unless the user opts in
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads at run time unless the user opts in
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-def _load_config(args):
+def _load_model_config(args):
     from owl_pipeline.config import OwlConfig
 
     return OwlConfig.from_yaml(args.config) if args.config else OwlConfig.from_name(args.preset)
+
+
+def _project(args):
+    from owl_pipeline.config import PipelineConfig
+    from owl_pipeline.steps import Project
+
+    root = Path(args.project).resolve()
+    params = Path(args.params) if args.params else root / "params.yaml"
+    config = PipelineConfig.from_yaml(params) if params.is_file() else PipelineConfig()
+    return Project(config, root)
+
+
+def _tracking(project):
+    from owl_pipeline.registry.tracking import MlflowTracking, local_tracking_uri
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(project.root)
+    return MlflowTracking(uri, artifact_root=project.root / "mlruns" / "artifacts")
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
 
 
 def cmd_info(args) -> int:
     """Parameter counts of a preset or config, per component."""
     from owl_pipeline.model.builders import count_parameters
 
-    config = _load_config(args)
-    counts = count_parameters(config)
+    counts = count_parameters(_load_model_config(args))
     print(f"{'component':<12}{'parameters':>16}")
     for name, count in counts.items():
         print(f"{name:<12}{count:>16,}")
     return 0
 
 
-def cmd_run(args) -> int:
-    """The main job. Today: build the tiny model and train it for a few real steps of each stage.
+def run_step(name: str, project, tracking=None):
+    from owl_pipeline import steps
 
-    The data, training, evaluation and registration steps join here as they land (issues 3-6).
-    """
-    from owl_pipeline.demo import demo_batch, demo_model
-    from owl_pipeline.train.timing import time_training_steps
+    started = time.perf_counter()
+    _log(f"== {name}")
+    if name in steps.DATA_STEPS:
+        result = steps.DATA_STEPS[name](project, log=_log)
+    elif name in steps.TRAINING_STEPS:
+        result = steps.run_training_step(name, project, tracking, log=_log)
+    elif name == steps.C.ASSET_OWLEVAL:
+        result = steps.owleval_report(project, log=_log)
+    else:
+        raise ValueError(f"unknown step {name!r}; steps: {', '.join(steps.PIPELINE_ORDER)}")
+    _log(f"== {name} done in {time.perf_counter() - started:.1f} s")
+    return result
 
-    model, processor = demo_model(seed=args.seed)
-    batch = demo_batch(processor, batch_size=args.batch_size, seed=args.seed)
-    print(f"tiny model: {sum(p.numel() for p in model.parameters()):,} parameters; batch {args.batch_size}")
-    for stage in (1, 2):
-        t = time_training_steps(model, batch, stage=stage, steps=args.steps)
-        print(f"stage {stage}: {t.trainable:,} trainable, {t.median_s * 1000:.0f} ms/step, "
-              f"loss {t.first_loss:.3f} -> {t.last_loss:.3f}")
+
+def cmd_step(args) -> int:
+    project = _project(args)
+    run_step(args.name, project, None if args.no_tracking else _tracking(project))
     return 0
+
+
+def cmd_train(args) -> int:
+    from owl_pipeline import constants as C
+
+    project = _project(args)
+    name = {0: C.ASSET_BASE_LLM, 1: C.ASSET_STAGE1, 2: C.ASSET_STAGE2}[args.stage]
+    run_step(name, project, None if args.no_tracking else _tracking(project))
+    return 0
+
+
+def cmd_run(args) -> int:
+    """The main job: every step of the pipeline in order, then a summary."""
+    from owl_pipeline import steps
+
+    project = _project(args)
+    tracking = None if args.no_tracking else _tracking(project)
+    started = time.perf_counter()
+    results = {name: run_step(name, project, tracking) for name in steps.PIPELINE_ORDER}
+    _print_summary(results, project, time.perf_counter() - started)
+    return 0
+
+
+def _print_summary(results: dict, project, seconds: float) -> None:
+    from owl_pipeline import constants as C
+
+    print(f"\nowl run: done in {seconds / 60:.1f} min, assets in {project.assets}")
+    curated = results[C.ASSET_CURATED_PAIRS].metadata
+    print(f"  data: {curated['rows_out']} of {curated['rows_in']} pairs kept; removed per rule: {curated['removed']}")
+    for name in (C.ASSET_BASE_LLM, C.ASSET_STAGE1, C.ASSET_STAGE2):
+        meta = results[name].metadata
+        if "final_loss" in meta:
+            print(f"  {name}: loss {meta['first_loss']:.3f} -> {meta['final_loss']:.3f} in {meta['seconds']} s"
+                  + (f"  ({meta['mlflow_run']})" if meta.get("mlflow_run") else ""))
+    report = results[C.ASSET_OWLEVAL].metadata
+    if "accuracy" in report:
+        by_type = "  ".join(f"{k} {v:.2f}" for k, v in report["accuracy_by_type"].items())
+        print(f"  accuracy on {report['questions']} held-out questions: {report['accuracy']:.3f}  ({by_type})")
+    print("  look closer: `mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1`, "
+          f"{project.reports}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,11 +122,24 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--config", help="a model YAML (overrides --preset)")
     info.set_defaults(func=cmd_info)
 
-    run = sub.add_parser("run", help="run the main job on the embedded default")
-    run.add_argument("--steps", type=int, default=10)
-    run.add_argument("--batch-size", type=int, default=16)
-    run.add_argument("--seed", type=int, default=0)
+    def project_args(command):
+        command.add_argument("--project", default=".", help="project folder (assets/, mlruns/, params.yaml)")
+        command.add_argument("--params", help="pipeline config (default: <project>/params.yaml)")
+        command.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+
+    run = sub.add_parser("run", help="run the whole pipeline (the embedded default unless params say otherwise)")
+    project_args(run)
     run.set_defaults(func=cmd_run)
+
+    step = sub.add_parser("step", help="run one step of the pipeline (what dvc.yaml's stages call)")
+    step.add_argument("name")
+    project_args(step)
+    step.set_defaults(func=cmd_step)
+
+    train = sub.add_parser("train", help="run one training stage (0: base LLM, 1: pretraining, 2: instructions)")
+    train.add_argument("--stage", type=int, choices=(0, 1, 2), required=True)
+    project_args(train)
+    train.set_defaults(func=cmd_train)
     return parser
 
 

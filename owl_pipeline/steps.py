@@ -6,8 +6,10 @@ under ``assets/reports/``), and returns a StepResult whose metadata is what a us
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -29,7 +31,7 @@ from owl_pipeline.data.text_corpus import build_text_corpus, tokenizer_texts
 from owl_pipeline.model.builders import build_model, from_pretrained, processor_config_for, save_pretrained
 from owl_pipeline.model.processor import OwlProcessor
 from owl_pipeline.model.tokenizer import prepare_tokenizer, train_bpe_tokenizer
-from owl_pipeline.train.loop import MODEL_DIR, StageResult, Tracker, train_stage
+from owl_pipeline.train.loop import CHECKPOINT_DIR, MODEL_DIR, StageResult, Tracker, train_stage
 
 Log = Callable[[str], None]
 
@@ -177,6 +179,9 @@ def base_llm(project: Project, tracker: Tracker | None = None, log: Log = print,
         metadata = {"llm": config.llm.pretrained, "trained_here": False}
         return StepResult(C.ASSET_BASE_LLM, {"model": str(project.base_llm / MODEL_DIR)}, metadata)
     rows = build_text_corpus(str(project.curated_pairs), str(project.instructions), str(project.text_corpus))
+    _start_fresh_if_changed(project.base_llm, {"data_version": lance_version(project.text_corpus),
+                                               "base_llm": dataclasses.asdict(project.config.base_llm),
+                                               "model": project.config.model}, log)
     tokenizer = train_bpe_tokenizer(tokenizer_texts(str(project.text_corpus)), project.config.base_llm.vocab_size)
     processor = OwlProcessor(tokenizer, processor_config_for(config, train_hflip=_hflip(project)))
     model = build_model(config, processor)
@@ -195,8 +200,28 @@ def _hflip(project: Project) -> bool:
     return not project.generated
 
 
+FINGERPRINT_FILE = "fingerprint.json"
+
+
+def _start_fresh_if_changed(output: Path, fingerprint: dict, log: Log) -> None:
+    """Checkpoints in ``output`` from a run with other inputs or settings are discarded, so a resume only ever
+    continues the same run; the fingerprint of this run is recorded."""
+    digest = config_hash(fingerprint)
+    marker = output / FINGERPRINT_FILE
+    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") != digest:
+        log(f"{output.name}: inputs or settings changed since the last run; starting over")
+        shutil.rmtree(output / CHECKPOINT_DIR, ignore_errors=True)
+    output.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"fingerprint": digest, **fingerprint}, default=str))
+
+
 def _train_from(previous: Path, stage: int, dataset_cls, data: Path, config: StageConfig, output: Path,
-                tracker: Tracker | None, log: Log) -> StageResult:
+                tracker: Tracker | None, log: Log, model_section: dict) -> StageResult:
+    """Train ``stage`` starting from the model saved in ``previous``."""
+    source = previous / MODEL_DIR / C.OWL_CONFIG_FILE
+    _start_fresh_if_changed(output, {"input": str(source), "input_mtime": source.stat().st_mtime_ns,
+                                     "data_version": lance_version(data), "stage": dataclasses.asdict(config),
+                                     "model": model_section}, log)
     model, processor = from_pretrained(previous / MODEL_DIR)
     train = dataset_cls(data, processor, train=True, seed=config.seed)
     evaluation = dataset_cls(data, processor, train=False, seed=config.seed) if config.eval_every else None
@@ -207,7 +232,7 @@ def stage1_model(project: Project, tracker: Tracker | None = None, log: Log = pr
                  ) -> StepResult:
     """Stage 1: vision encoder + abstractor learn to caption curated pairs through the frozen LLM."""
     result = _train_from(project.base_llm, C.STAGE_PRETRAIN, CaptionPairDataset, project.curated_pairs,
-                         project.config.stage1, project.stage1, tracker, log)
+                         project.config.stage1, project.stage1, tracker, log, project.config.model)
     metadata = _stage_metadata(result, run_url)
     project.write_report(C.ASSET_STAGE1, metadata)
     return StepResult(C.ASSET_STAGE1, {"model": str(result.model_dir)}, metadata)
@@ -217,7 +242,7 @@ def stage2_model(project: Project, tracker: Tracker | None = None, log: Log = pr
                  ) -> StepResult:
     """Stage 2: LoRA on the LLM learns the mixed text-only and multimodal instructions."""
     result = _train_from(project.stage1, C.STAGE_INSTRUCT, ConversationDataset, project.instructions,
-                         project.config.stage2, project.stage2, tracker, log)
+                         project.config.stage2, project.stage2, tracker, log, project.config.model)
     metadata = _stage_metadata(result, run_url)
     project.write_report(C.ASSET_STAGE2, metadata)
     return StepResult(C.ASSET_STAGE2, {"model": str(result.model_dir)}, metadata)
@@ -244,3 +269,35 @@ def run_training_step(name: str, project: Project, tracking=None, log: Log = pri
         run.set_tags({"output": result.outputs.get("model", ""), "seconds": round(time.perf_counter() - started, 1)})
         run.log_artifact(Path(result.outputs["model"]), "model")
     return result
+
+
+# --- evaluation ---------------------------------------------------------------------------------------------
+REFERENCE_ANSWERS = "reference_answer.jsonl"
+
+
+def owleval_report(project: Project, log: Log = print, max_new_tokens: int = 64) -> StepResult:
+    """Answer the eval set with the stage-2 model; score against reference answers where the set has them."""
+    from owl_pipeline.eval.owleval import (answer_eval_set, load_eval_set, read_answers, reference_accuracy,
+                                           write_answers)
+
+    folder = project.assets / C.ASSET_OWLEVAL
+    model, processor = from_pretrained(project.stage2 / MODEL_DIR)
+    eval_set = load_eval_set(project.owleval_dir())
+    answers = answer_eval_set(model, processor, eval_set, model_id=f"owl-{project.config.model_config().name}",
+                              max_new_tokens=max_new_tokens, log=log)
+    answers_path = write_answers(answers, folder / "answers.jsonl")
+    metadata: dict[str, Any] = {"questions": len(eval_set.questions), "problems": eval_set.problems}
+    references = project.owleval_dir() / "answer" / REFERENCE_ANSWERS
+    if references.is_file():
+        expected, problems = read_answers(references)
+        accuracy = reference_accuracy(eval_set, answers, expected)
+        metadata.update(accuracy=round(accuracy.overall, 4), accuracy_by_type=accuracy.by_type,
+                        accuracy_by_ability=accuracy.by_ability, problems=eval_set.problems + problems)
+        log(f"owleval: accuracy {accuracy.overall:.3f} " +
+            " ".join(f"{k} {v:.3f}" for k, v in accuracy.by_type.items()))
+    (folder / "report.json").write_text(json.dumps(metadata, indent=2))
+    project.write_report(C.ASSET_OWLEVAL, metadata)
+    return StepResult(C.ASSET_OWLEVAL, {"answers": str(answers_path), "report": str(folder / "report.json")}, metadata)
+
+
+PIPELINE_ORDER = (*DATA_STEPS, *TRAINING_STEPS, C.ASSET_OWLEVAL)

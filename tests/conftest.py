@@ -1,4 +1,5 @@
-"""Shared fixtures: a tokenizer trained here, the tiny preset, a processor and a model. Offline always."""
+"""Shared fixtures: a tokenizer trained here, the tiny preset, a processor and a model, a small shapes-world
+corpus and its Lance pairs. Offline always."""
 
 import os
 
@@ -10,7 +11,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from owl_pipeline.config import OwlConfig  # noqa: E402
+from owl_pipeline.config import OwlConfig, SyntheticConfig  # noqa: E402
+from owl_pipeline.data.ingest import find_shards, ingest  # noqa: E402
+from owl_pipeline.data.synthetic import generate_corpus  # noqa: E402
 from owl_pipeline.model.builders import build_model, processor_config_for  # noqa: E402
 from owl_pipeline.model.processor import OwlProcessor  # noqa: E402
 from owl_pipeline.model.tokenizer import train_bpe_tokenizer  # noqa: E402
@@ -53,3 +56,25 @@ def red_image():
 def noise_image():
     rng = np.random.default_rng(0)
     return Image.fromarray(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8))
+
+
+SMALL = dict(num_pairs=1200, shard_size=300, num_instruction_images=40, num_text_only=20, num_eval_images=6)
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus") / "shapes"
+    manifest = generate_corpus(root, SyntheticConfig(**SMALL), log=quiet)
+    return root, manifest
+
+
+@pytest.fixture(scope="session")
+def raw_pairs(corpus, tmp_path_factory):
+    root, _ = corpus
+    uri = tmp_path_factory.mktemp("lance") / "raw_pairs.lance"
+    report = ingest(find_shards(root / "shards"), uri, log=quiet)
+    return uri, report

@@ -283,12 +283,24 @@ def _owl_text(turns: list[tuple[str, str]], num_images: int) -> str:
     return "\n".join(lines)
 
 
-def _text_only_task(rng: np.random.Generator) -> dict:
-    """Answer a question about a scene from its description alone: reading answers from context."""
+def _alpaca_task(rng: np.random.Generator) -> dict:
+    """A question about a scene answered from its description alone (Alpaca format)."""
     scene = scenes.random_scene(rng)
     qa = scenes.questions(scene, rng)[int(rng.integers(4))]
     return {"instruction": f"Answer the question about this picture: {scenes.caption(scene)}.",
             "input": qa.question, "output": qa.answer}
+
+
+def _described_scene_dialogue(rng: np.random.Generator) -> dict:
+    """A text-only mPLUG-Owl record shaped like the image dialogues, with the description where the image
+    would be: the curriculum that teaches the base LLM to answer from what precedes the questions."""
+    scene = scenes.random_scene(rng)
+    qas = scenes.questions(scene, rng)
+    turns = [(qas[i].question, qas[i].answer) for i in rng.permutation(len(qas))]
+    lines = [SYSTEM_PROMPT, HUMAN_PREFIX + scenes.caption(scene)]
+    for question, answer in turns:
+        lines += [HUMAN_PREFIX + question, AI_PREFIX + answer]
+    return {"image": [], "text": "\n".join(lines), "task_type": "text_only"}
 
 
 def write_instructions(folder: Path, config: SyntheticConfig) -> dict[str, int]:
@@ -314,7 +326,8 @@ def write_instructions(folder: Path, config: SyntheticConfig) -> dict[str, int]:
             llava.append({"id": f"llava-{index}", "image": name, "conversations": conversation})
         else:
             owl.append({"image": [name], "text": _owl_text(turns, 1), "task_type": "shapes_qa"})
-    alpaca = [_text_only_task(rng) for _ in range(config.num_text_only)]
+    alpaca = [_alpaca_task(rng) for _ in range(config.num_text_only // 5)]
+    owl += [_described_scene_dialogue(rng) for _ in range(config.num_text_only - len(alpaca))]
     invalid = {"alpaca": 2, "llava": 2, "owl": 2}
     alpaca += [{"instruction": "Name a color."}, {"instruction": "", "input": "", "output": "red"}]
     llava += [{"id": "missing-image", "image": "images/nope.jpg",

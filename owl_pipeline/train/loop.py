@@ -90,6 +90,8 @@ class _Trainer:
         self.scheduler = build_scheduler(optimizer, config)
         self.state = TrainerState()
         self.resumed_from = None
+        # Dropout masks: a fresh run follows its seed, a resumed one the RNG state in its checkpoint.
+        torch.manual_seed(config.seed)
         checkpoints = list_checkpoints(output_dir / CHECKPOINT_DIR)
         if checkpoints:
             self.state = load_checkpoint(checkpoints[-1], model, optimizer, self.scheduler)

@@ -9,7 +9,7 @@ from pathlib import Path
 from owl_pipeline.config import SyntheticConfig
 from owl_pipeline.data.synthetic import generate_corpus
 
-from .conftest import quiet
+from ..conftest import quiet
 
 PROJECT = Path(__file__).resolve().parents[2]
 DVC = str(Path(sys.executable).parent / "dvc")

@@ -13,7 +13,7 @@ from owl_pipeline.data.filters import (RULES, _dictionary_indices, combine, filt
 from owl_pipeline.data.ingest import ingest
 from owl_pipeline.model.tokenizer import train_bpe_tokenizer
 
-from .conftest import quiet
+from ..conftest import quiet
 from .test_ingest import picture, sample, write_tar
 
 

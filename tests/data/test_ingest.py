@@ -13,7 +13,7 @@ from owl_pipeline.data.lance_io import EmptyDatasetError
 from owl_pipeline.data.scenes import random_scene, render
 from owl_pipeline.data.synthetic import jpeg_bytes
 
-from .conftest import quiet
+from ..conftest import quiet
 
 LAION_META = {"URL": "https://x/1.jpg", "TEXT": "a red circle on the left", "similarity": 0.35, "punsafe": 0.1,
               "pwatermark": 0.1, "WIDTH": 64, "HEIGHT": 64}

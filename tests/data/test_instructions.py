@@ -7,7 +7,7 @@ from owl_pipeline.constants import IMAGE_TOKEN
 from owl_pipeline.data.instructions import InstructionSource, build_instruction_table, turns_of
 from owl_pipeline.model.processor import AI, HUMAN, Turn, parse_conversation, render_conversation
 
-from .conftest import SMALL, quiet
+from ..conftest import SMALL, quiet
 
 
 def sources(root):
@@ -19,8 +19,9 @@ def sources(root):
 def test_three_formats_become_one_table(corpus, tmp_path):
     root, manifest = corpus
     report = build_instruction_table(sources(root), tmp_path / "instructions.lance", log=quiet)
-    half = SMALL["num_instruction_images"] // 2
-    assert dict(report.rows_by_format) == {"alpaca": SMALL["num_text_only"], "llava": half, "owl": half}
+    half, alpaca = SMALL["num_instruction_images"] // 2, SMALL["num_text_only"] // 5
+    owl = half + SMALL["num_text_only"] - alpaca  # image dialogues + described-scene text dialogues
+    assert dict(report.rows_by_format) == {"alpaca": alpaca, "llava": half, "owl": owl}
     assert report.skipped == {"alpaca: missing_output": 1, "alpaca: missing_instruction": 1,
                               "llava: missing_image": 1, "llava: no_answer": 1, "owl: no_answer": 1,
                               "owl: image_count_mismatch": 1}

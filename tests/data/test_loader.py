@@ -5,7 +5,7 @@ import torch
 from owl_pipeline.data.instructions import InstructionSource, build_instruction_table
 from owl_pipeline.data.loader import (CaptionPairDataset, ConversationDataset, ResumableSampler, make_loader)
 
-from .conftest import quiet
+from ..conftest import quiet
 
 
 def batches(dataset, count, workers=0, **sampler):

@@ -8,7 +8,7 @@ from owl_pipeline.config import SyntheticConfig
 from owl_pipeline.data import scenes
 from owl_pipeline.data.synthetic import CorpusManifest, generate_corpus
 
-from .conftest import SMALL, quiet
+from ..conftest import SMALL, quiet
 
 
 def test_same_seed_same_bytes(tmp_path):

@@ -1,0 +1,115 @@
+"""The quality bar on the embedded default: the whole chain (data, base LLM, stage 1, stage 2) in a fresh
+folder, timed step by step, then greedy answers to the held-out shapes-world questions, scored per type.
+
+    python bench/shapes_quality.py [--params params.yaml] [--set stage1.max_steps=800 ...]
+
+Prints a table of step times and accuracy per question type beside two baselines: chance (the most common
+answer per type in the training conversations) and the untrained model (the base LLM before stages 1 and 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import lance  # noqa: E402
+import yaml  # noqa: E402
+
+from owl_pipeline import steps  # noqa: E402
+from owl_pipeline.config import PipelineConfig, from_mapping  # noqa: E402
+from owl_pipeline.eval.owleval import answer_eval_set, load_eval_set, read_answers, reference_accuracy  # noqa: E402
+from owl_pipeline.model.builders import from_pretrained  # noqa: E402
+from owl_pipeline.train.loop import MODEL_DIR  # noqa: E402
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        key, _, value = item.partition("=")
+        target = data
+        *parents, last = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[last] = yaml.safe_load(value)
+    return data
+
+
+def chance_accuracy(project: steps.Project, eval_set, references) -> dict[str, float]:
+    """Most common training answer per question text pattern's type, scored on the eval set."""
+    answers_by_type = collections.defaultdict(collections.Counter)
+    kinds = {q.question_id: q.question_type for q in eval_set.questions}
+    expected = {r["question_id"]: r["answer"] for r in references}
+    rows = lance.dataset(str(project.instructions)).to_table(columns=["turns"])["turns"].to_pylist()
+    for turns in rows:
+        for question, answer in zip(turns, turns[1:]):
+            if question["role"] == "human" and answer["role"] == "ai":
+                kind = _kind(question["text"])
+                if kind:
+                    answers_by_type[kind][answer["text"]] += 1
+    scores = collections.defaultdict(list)
+    for qid, kind in kinds.items():
+        guess = answers_by_type[kind].most_common(1)[0][0] if answers_by_type[kind] else ""
+        scores[kind].append(guess == expected[qid])
+    overall = [v for values in scores.values() for v in values]
+    return {"overall": sum(overall) / len(overall), **{k: sum(v) / len(v) for k, v in sorted(scores.items())}}
+
+
+def _kind(question: str) -> str | None:
+    prefixes = (("What color", "color"), ("What shape", "shape"), ("How many", "count"), ("Where", "position"))
+    for prefix, kind in prefixes:
+        if question.startswith(prefix):
+            return kind
+    return None
+
+
+def evaluate(model_dir: Path, eval_set, references):
+    model, processor = from_pretrained(model_dir)
+    answers = answer_eval_set(model, processor, eval_set, "owl-shapes", max_new_tokens=12, log=lambda *_: None)
+    accuracy = reference_accuracy(eval_set, answers, references)
+    return {"overall": accuracy.overall, **accuracy.by_type}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=str(Path(__file__).resolve().parents[1] / "params.yaml"))
+    parser.add_argument("--set", nargs="*", default=[], dest="overrides")
+    parser.add_argument("--keep", help="project folder to keep (default: a temporary one)")
+    args = parser.parse_args()
+    data = apply_overrides(yaml.safe_load(Path(args.params).read_text()), args.overrides)
+    config = from_mapping(PipelineConfig, data, "params")
+    with tempfile.TemporaryDirectory() as folder:
+        project = steps.Project(config, args.keep or folder)
+        times = {}
+        start = time.perf_counter()
+        for name, step in {**steps.DATA_STEPS, **steps.TRAINING_STEPS}.items():
+            began = time.perf_counter()
+            step(project, log=lambda line: print("   ", line, flush=True) if "step" in line else None)
+            times[name] = time.perf_counter() - began
+        total = time.perf_counter() - start
+        eval_set = load_eval_set(project.owleval_dir())
+        references, _ = read_answers(project.owleval_dir() / "answer" / "reference_answer.jsonl")
+        rows = {"chance": chance_accuracy(project, eval_set, references),
+                "untrained (base LLM)": evaluate(project.base_llm / MODEL_DIR, eval_set, references),
+                "after stage 1": evaluate(project.stage1 / MODEL_DIR, eval_set, references),
+                "after stage 2": evaluate(project.stage2 / MODEL_DIR, eval_set, references)}
+    print(f"\noverrides: {' '.join(args.overrides) or '(none)'}")
+    print(f"{'step':<20}{'seconds':>9}")
+    for name, seconds in times.items():
+        print(f"{name:<20}{seconds:>9.1f}")
+    print(f"{'whole chain':<20}{total:>9.1f}")
+    columns = ["overall", "color", "shape", "count", "position"]
+    print(f"\n{'model':<22}" + "".join(f"{c:>10}" for c in columns) + f"   ({len(eval_set.questions)} questions)")
+    for name, scores in rows.items():
+        print(f"{name:<22}" + "".join(f"{scores.get(c, 0.0):>10.3f}" for c in columns))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The whole pipeline at tiny size through the CLI: real Lance, a real MLflow sqlite store, real training."""
+
+import json
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from owl_pipeline.cli import main
+from owl_pipeline.registry.tracking import local_tracking_uri
+
+TINY_STAGE = {"max_steps": 4, "batch_size": 8, "warmup_steps": 1, "eval_every": 0, "save_every": 2, "log_every": 2}
+TINY_PARAMS = {
+    "synthetic": {"num_pairs": 600, "shard_size": 200, "num_instruction_images": 40, "num_text_only": 40,
+                  "num_eval_images": 4},
+    "filters": {"min_side": 32, "min_image_bytes": None},
+    "model": {"preset": "tiny"},
+    "base_llm": {"vocab_size": 400, "train": {**TINY_STAGE, "lr": 0.003}},
+    "stage1": {**TINY_STAGE, "lr": 0.001},
+    "stage2": {**TINY_STAGE, "lr": 0.001},
+}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    (root / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    assert main(["run", "--project", str(root)]) == 0
+    return root
+
+
+def test_run_writes_every_asset_and_a_summary(project, capsys):
+    assets = project / "assets"
+    for name in ("raw_shards/manifest.json", "raw_pairs.lance", "curated_pairs.lance", "instruction_data.lance",
+                 "base_llm/model/owl_config.json", "stage1_model/model/owl_config.json",
+                 "stage2_model/model/adapter/adapter_model.safetensors", "owleval_report/answers.jsonl",
+                 "reports/filter_histograms.png"):
+        assert (assets / name).exists(), name
+    report = json.loads((assets / "owleval_report/report.json").read_text())
+    assert report["questions"] == 4 * 4 + 2 and 0.0 <= report["accuracy"] <= 1.0
+    assert set(report["accuracy_by_type"]) == {"color", "shape", "count", "position"}
+
+
+def test_every_training_step_is_an_mlflow_run_with_params_metrics_and_the_model(project):
+    client = MlflowClient(local_tracking_uri(project))
+    experiment = client.get_experiment_by_name("owl-pipeline")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {"base_llm", "stage1_model", "stage2_model"}
+    for name, run in runs.items():
+        assert run.info.status == "FINISHED"
+        assert run.data.params["stage1.lr"] == "0.001" and run.data.params["model.preset"] == "tiny"
+        assert len(client.get_metric_history(run.info.run_id, "loss")) == 4
+        assert {"samples_per_s", "tokens_per_s", "grad_norm", "lr"} <= set(run.data.metrics)
+        assert run.data.tags["git_commit"] and run.data.tags["config_hash"]
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"model", "loss_curve.png", "config.json"} <= artifacts, name
+    assert runs["stage1_model"].data.tags["input.curated_pairs.lance_version"] == "1"
+
+
+def test_a_second_run_of_a_stage_resumes_nothing_and_keeps_the_result(project, capsys):
+    assert main(["train", "--stage", "2", "--project", str(project), "--no-tracking"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming from step-0000004" in out and "stage 2: 4 steps" in out
+
+
+def test_unknown_step_is_a_clear_error(project, capsys):
+    assert main(["step", "nope", "--project", str(project)]) == 2
+    assert "unknown step 'nope'" in capsys.readouterr().err

@@ -1,0 +1,154 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import lance
+import pytest
+import torch
+
+from owl_pipeline.config import StageConfig
+from owl_pipeline.data.loader import CaptionPairDataset
+from owl_pipeline.model.builders import from_pretrained
+from owl_pipeline.train.checkpoint import list_checkpoints
+from owl_pipeline.train.loop import TrainingDivergedError, train_stage
+from owl_pipeline.train.optim import build_optimizer, warmup_cosine
+
+from ..conftest import quiet
+
+
+@pytest.fixture
+def pairs(raw_pairs, tmp_path):
+    """The first 64 pairs: a small set a tiny model can overfit."""
+    uri, _ = raw_pairs
+    table = lance.dataset(str(uri)).to_table().slice(0, 64)
+    lance.write_dataset(table, str(tmp_path / "pairs.lance"))
+    return tmp_path / "pairs.lance"
+
+
+def stage_config(**overrides):
+    base = dict(max_steps=6, batch_size=4, lr=3e-3, warmup_steps=1, weight_decay=0.1, eval_every=0, save_every=3,
+                log_every=100, seed=0)
+    return StageConfig(**{**base, **overrides})
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    factor = warmup_cosine(StageConfig(max_steps=100, warmup_steps=10, lr=1e-3, min_lr=1e-4))
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
+    assert factor(55) == pytest.approx(0.55) and factor(100) == pytest.approx(0.1)
+
+
+def test_vision_gets_a_scaled_lr_and_norms_no_decay(model):
+    from owl_pipeline.model.builders import set_trainable
+
+    set_trainable(model, 1)
+    optimizer = build_optimizer(model, StageConfig(lr=1e-3, vision_lr_scale=0.1, weight_decay=0.1))
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        members = [names[id(p)] for p in group["params"]]
+        vision = members[0].startswith("vision.")
+        assert all(n.startswith("vision.") == vision for n in members)
+        assert group["lr"] == pytest.approx(1e-4 if vision else 1e-3)
+        if group["weight_decay"]:
+            assert all(model.get_parameter(n).ndim >= 2 for n in members)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == sum(
+        1 for p in model.parameters() if p.requires_grad)
+
+
+def test_stage_one_trains_vision_and_abstractor_and_leaves_the_llm_bit_identical(model, processor, pairs, tmp_path):
+    before = snapshot(model)
+    result = train_stage(model, processor, 1, CaptionPairDataset(pairs, processor, train=True), stage_config(),
+                         tmp_path / "run", log=quiet)
+    after = model.state_dict()
+    for name, value in before.items():
+        assert torch.equal(value, after[name]) == name.startswith("llm."), name
+    assert result.steps == 6 and (tmp_path / "run/model/owl_config.json").is_file()
+    assert (tmp_path / "run/loss_curve.png").is_file()
+    assert [p.name for p in list_checkpoints(tmp_path / "run/checkpoints")] == ["step-0000003", "step-0000006"]
+
+
+def test_stage_two_trains_lora_only(model, processor, pairs, tmp_path):
+    from owl_pipeline.model.builders import set_trainable
+
+    before = snapshot(set_trainable(model, 2))  # wrapped with LoRA first, so the keys compare
+    train_stage(model, processor, 2, CaptionPairDataset(pairs, processor, train=True), stage_config(max_steps=3),
+                tmp_path / "run", log=quiet)
+    after = model.state_dict()
+    changed = {k for k, v in after.items() if k not in before or not torch.equal(v, before[k])}
+    assert changed and all("lora_" in k for k in changed)
+
+
+def test_loss_decreases_on_a_tiny_run(model, processor, pairs, tmp_path):
+    # Stage 0 (the LLM learns the captions): a random frozen LLM leaves stage 1 little to show in 30 steps.
+    result = train_stage(model, processor, 0, CaptionPairDataset(pairs, processor, train=False),
+                         stage_config(max_steps=30, batch_size=8, save_every=30), tmp_path / "run", log=quiet)
+    losses = [h["loss"] for h in result.history]
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(model, processor, pairs, tmp_path):
+    calls = {"n": 0}
+
+    def poison(_module, _inputs, output):
+        calls["n"] += 1
+        if calls["n"] >= 5:  # from step 5 on
+            output.logits = output.logits * float("nan")
+        return output
+
+    model.llm.register_forward_hook(poison)
+    with pytest.raises(TrainingDivergedError, match=r"loss is nan at step 5.*step-0000003"):
+        train_stage(model, processor, 1, CaptionPairDataset(pairs, processor, train=True), stage_config(),
+                    tmp_path / "run", log=quiet)
+    assert [p.name for p in list_checkpoints(tmp_path / "run/checkpoints")] == ["step-0000003"]
+
+
+RESUMABLE_RUN = textwrap.dedent("""
+    import os, signal, sys, torch
+    from owl_pipeline.config import StageConfig
+    from owl_pipeline.data.loader import CaptionPairDataset
+    from owl_pipeline.model.builders import from_pretrained
+    from owl_pipeline.train.loop import train_stage
+
+    torch.set_num_threads(1)  # a fixed reduction order, whatever else the machine is doing
+    start, pairs, out, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    model, processor = from_pretrained(start)
+    config = StageConfig(max_steps=9, batch_size=4, lr=3e-3, warmup_steps=1, eval_every=0, save_every=3,
+                         log_every=100, seed=0)
+
+    def crash(step):
+        if step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    train_stage(model, processor, 1, CaptionPairDataset(pairs, processor, train=True), config, out,
+                log=lambda line: None, on_step_end=crash)
+""")
+
+
+def test_a_run_killed_mid_stage_resumes_to_the_same_weights(model, processor, pairs, tmp_path):
+    from owl_pipeline.model.builders import save_pretrained
+
+    save_pretrained(model, processor, tmp_path / "start")
+    script = tmp_path / "run.py"
+    script.write_text(RESUMABLE_RUN)
+
+    def run(out, kill_at):
+        return subprocess.run([sys.executable, str(script), str(tmp_path / "start"), str(pairs), str(out),
+                               str(kill_at)], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": "."})
+
+    killed = run(tmp_path / "b", kill_at=5)
+    assert killed.returncode == -signal.SIGKILL
+    assert [p.name for p in list_checkpoints(tmp_path / "b/checkpoints")] == ["step-0000003"]
+    assert run(tmp_path / "b", kill_at=-1).returncode == 0
+    assert run(tmp_path / "a", kill_at=-1).returncode == 0
+    resumed_state = json.loads((list_checkpoints(tmp_path / "b/checkpoints")[-1] / "trainer_state.json").read_text())
+    assert resumed_state["step"] == 9
+    uninterrupted, _ = from_pretrained(tmp_path / "a/model")
+    resumed, _ = from_pretrained(tmp_path / "b/model")
+    for (name, a), (_, b) in zip(uninterrupted.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
