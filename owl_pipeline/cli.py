@@ -29,8 +29,12 @@ def _project(args):
 
 
 def _tracking(project):
+    """MLflow tracking for this process; None on the other ranks of a distributed launch (rank 0 logs)."""
     from owl_pipeline.registry.tracking import MlflowTracking, local_tracking_uri
+    from owl_pipeline.steps import is_main_process
 
+    if not is_main_process():
+        return None
     uri = os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(project.root)
     return MlflowTracking(uri, artifact_root=project.root / "mlruns" / "artifacts")
 

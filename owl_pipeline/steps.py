@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -53,7 +54,7 @@ class Project:
         self.raw_pairs = self.assets / f"{C.ASSET_RAW_PAIRS}.lance"
         self.curated_pairs = self.assets / f"{C.ASSET_CURATED_PAIRS}.lance"
         self.instructions = self.assets / f"{C.ASSET_INSTRUCTIONS}.lance"
-        self.text_corpus = self.assets / "base_llm_text.lance"
+        self.text_corpus = self.assets / C.ASSET_BASE_LLM / "text.lance"
         self.base_llm = self.assets / C.ASSET_BASE_LLM
         self.stage1 = self.assets / C.ASSET_STAGE1
         self.stage2 = self.assets / C.ASSET_STAGE2
@@ -82,10 +83,24 @@ class Project:
         return self._path(self.config.owleval_dir) if self.config.owleval_dir else self.raw_shards / "owleval"
 
     def write_report(self, name: str, data: dict) -> Path:
-        self.reports.mkdir(parents=True, exist_ok=True)
         path = self.reports / f"{name}.json"
-        path.write_text(json.dumps(data, indent=2, default=str))
+        if is_main_process():
+            self.reports.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(data, indent=2, default=str))
         return path
+
+
+def is_main_process() -> bool:
+    """Rank 0 of an ``accelerate launch`` / ``torchrun`` job, or a plain single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def wait_for_everyone() -> None:
+    """A barrier across the processes of a distributed launch; nothing to do in a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
 
 
 def lance_version(path: Path) -> int:
@@ -178,7 +193,10 @@ def base_llm(project: Project, tracker: Tracker | None = None, log: Log = print,
         save_pretrained(model, processor, project.base_llm / MODEL_DIR)
         metadata = {"llm": config.llm.pretrained, "trained_here": False}
         return StepResult(C.ASSET_BASE_LLM, {"model": str(project.base_llm / MODEL_DIR)}, metadata)
-    rows = build_text_corpus(str(project.curated_pairs), str(project.instructions), str(project.text_corpus))
+    if is_main_process():
+        build_text_corpus(str(project.curated_pairs), str(project.instructions), str(project.text_corpus))
+    wait_for_everyone()
+    rows = lance.dataset(str(project.text_corpus)).count_rows()
     _start_fresh_if_changed(project.base_llm, {"data_version": lance_version(project.text_corpus),
                                                "base_llm": dataclasses.asdict(project.config.base_llm),
                                                "model": project.config.model}, log)
@@ -206,13 +224,15 @@ FINGERPRINT_FILE = "fingerprint.json"
 def _start_fresh_if_changed(output: Path, fingerprint: dict, log: Log) -> None:
     """Checkpoints in ``output`` from a run with other inputs or settings are discarded, so a resume only ever
     continues the same run; the fingerprint of this run is recorded."""
-    digest = config_hash(fingerprint)
-    marker = output / FINGERPRINT_FILE
-    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") != digest:
-        log(f"{output.name}: inputs or settings changed since the last run; starting over")
-        shutil.rmtree(output / CHECKPOINT_DIR, ignore_errors=True)
-    output.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"fingerprint": digest, **fingerprint}, default=str))
+    if is_main_process():
+        digest = config_hash(fingerprint)
+        marker = output / FINGERPRINT_FILE
+        if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") != digest:
+            log(f"{output.name}: inputs or settings changed since the last run; starting over")
+            shutil.rmtree(output / CHECKPOINT_DIR, ignore_errors=True)
+        output.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"fingerprint": digest, **fingerprint}, default=str))
+    wait_for_everyone()
 
 
 def _train_from(previous: Path, stage: int, dataset_cls, data: Path, config: StageConfig, output: Path,

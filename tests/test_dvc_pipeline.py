@@ -1,0 +1,24 @@
+"""dvc.yaml names the pipeline's steps, in order, with the inputs the steps read."""
+
+from pathlib import Path
+
+import yaml
+
+from owl_pipeline import steps
+
+DVC_YAML = Path(__file__).resolve().parents[1] / "dvc.yaml"
+
+
+def test_dvc_stages_are_the_pipeline_steps_in_order():
+    stages = yaml.safe_load(DVC_YAML.read_text())["stages"]
+    assert list(stages) == list(steps.PIPELINE_ORDER)
+    for name, stage in stages.items():
+        assert stage["cmd"] == f"owl step {name}"
+
+
+def test_training_stages_depend_on_what_the_steps_read(tmp_path):
+    stages = yaml.safe_load(DVC_YAML.read_text())["stages"]
+    project = steps.Project(steps.PipelineConfig(), tmp_path)
+    for name, inputs in steps.TRAINING_INPUTS.items():
+        deps = {str(tmp_path / d) for d in stages[name]["deps"]}
+        assert {str(getattr(project, key)) for key in inputs} <= deps, name
