@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import lance
 import numpy as np
+import pyarrow.compute as pc
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -82,6 +83,11 @@ class ConversationDataset(_LanceDataset):
 
     columns = ["turns", "images"]
 
+    def text_only_rows(self) -> np.ndarray:
+        """True for each row without images."""
+        images = self.dataset.to_table(columns=["images"])["images"]
+        return pc.list_value_length(images).to_numpy(zero_copy_only=False) == 0
+
     def encode(self, row: dict, rng: np.random.Generator) -> EncodedSample:
         turns = [Turn(t["role"], t["text"]) for t in row["turns"]]
         images = [decode_image(data) for data in row["images"]]
@@ -123,6 +129,29 @@ class ResumableSampler(Sampler[int]):
         """Where to resume after ``samples_consumed`` samples (all processes together) from this start."""
         absolute = self.epoch * self.length + self.position + samples_consumed
         return {"epoch": absolute // self.length, "position": absolute % self.length}
+
+
+class MixtureSampler(ResumableSampler):
+    """Text-only rows with probability ``text_only_fraction``, multimodal rows otherwise, whatever their shares
+    in the table. The draw at each global position is a function of (seed, epoch, position), so it resumes and
+    shards across processes exactly like ResumableSampler."""
+
+    def __init__(self, text_only: np.ndarray, text_only_fraction: float, **kwargs):
+        super().__init__(len(text_only), **kwargs)
+        self.pools = (np.flatnonzero(~text_only), np.flatnonzero(text_only))
+        if not len(self.pools[0]) or not len(self.pools[1]):
+            raise ValueError("text_only_fraction needs both text-only and multimodal conversations in the data")
+        self.fraction = text_only_fraction
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, position = self.epoch, self.position
+        while True:
+            for global_position in range(position, self.length):
+                if global_position % self.num_replicas == self.rank:
+                    rng = np.random.default_rng([self.seed, epoch, global_position])
+                    pool = self.pools[int(rng.random() < self.fraction)]
+                    yield epoch * self.length + int(pool[rng.integers(len(pool))])
+            epoch, position = epoch + 1, 0
 
 
 def _exit_worker_without_static_destructors(_worker_id: int) -> None:

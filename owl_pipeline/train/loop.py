@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from torch.utils.data import Dataset
 
 from owl_pipeline.config import StageConfig
-from owl_pipeline.data.loader import ResumableSampler, make_loader
+from owl_pipeline.data.loader import MixtureSampler, ResumableSampler, make_loader
 from owl_pipeline.model.builders import save_pretrained, set_trainable
 from owl_pipeline.model.owl import OwlModel
 from owl_pipeline.model.processor import OwlProcessor
@@ -105,9 +105,14 @@ class _Trainer:
         return self.accelerator.unwrap_model(self.model)
 
     def batches(self, dataset: Dataset, shuffle: bool, epoch: int, position: int):
-        sampler = ResumableSampler(len(dataset), seed=self.config.seed, shuffle=shuffle, epoch=epoch,
-                                   position=position, num_replicas=self.accelerator.num_processes,
-                                   rank=self.accelerator.process_index)
+        common = dict(seed=self.config.seed, epoch=epoch, position=position,
+                      num_replicas=self.accelerator.num_processes, rank=self.accelerator.process_index)
+        if shuffle and self.config.text_only_fraction is not None:
+            if not hasattr(dataset, "text_only_rows"):
+                raise ValueError("text_only_fraction applies to conversation data (stage 2) only")
+            sampler = MixtureSampler(dataset.text_only_rows(), self.config.text_only_fraction, **common)
+        else:
+            sampler = ResumableSampler(len(dataset), shuffle=shuffle, **common)
         loader = make_loader(dataset, self.config.batch_size, sampler, self.config.num_workers)
         for batch in loader:
             yield {k: v.to(self.accelerator.device, non_blocking=True) for k, v in batch.items()}

@@ -46,3 +46,20 @@ def test_conversations_feed_the_model(corpus, processor, model, tmp_path):
     dataset = ConversationDataset(uri, processor, train=False)
     batch = batches(dataset, 1)[0]
     assert torch.isfinite(model(**batch).loss)
+
+
+def test_mixture_sampler_holds_the_text_only_share_and_resumes():
+    import numpy as np
+
+    from owl_pipeline.data.loader import MixtureSampler
+
+    text_only = np.array([True] * 10 + [False] * 90)
+    sampler = MixtureSampler(text_only, 0.5, seed=3)
+    drawn = list(itertools.islice(iter(sampler), 400))
+    share = np.mean([text_only[i % 100] for i in drawn])
+    assert 0.4 < share < 0.6  # 10% of the rows, half of the draws
+    resumed = MixtureSampler(text_only, 0.5, seed=3, **sampler.state_after(150))
+    assert list(itertools.islice(iter(resumed), 50)) == drawn[150:200]
+    halves = [MixtureSampler(text_only, 0.5, seed=3, num_replicas=2, rank=r) for r in (0, 1)]
+    firsts = [list(itertools.islice(iter(h), 100)) for h in halves]
+    assert sorted(firsts[0] + firsts[1]) == sorted(drawn[:200])
