@@ -188,9 +188,11 @@ def base_llm(project: Project, tracker: Tracker | None = None, log: Log = print,
         from transformers import AutoTokenizer
 
         processor = OwlProcessor(prepare_tokenizer(AutoTokenizer.from_pretrained(config.llm.pretrained)),
-                                 processor_config_for(config, train_hflip=False))
+                                 processor_config_for(config, train_hflip=_hflip(project)))
         model = build_model(config, processor)
-        save_pretrained(model, processor, project.base_llm / MODEL_DIR)
+        if is_main_process():
+            save_pretrained(model, processor, project.base_llm / MODEL_DIR)
+        wait_for_everyone()
         metadata = {"llm": config.llm.pretrained, "trained_here": False}
         return StepResult(C.ASSET_BASE_LLM, {"model": str(project.base_llm / MODEL_DIR)}, metadata)
     if is_main_process():

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -66,3 +67,19 @@ def test_a_second_run_of_a_stage_resumes_nothing_and_keeps_the_result(project, c
 def test_unknown_step_is_a_clear_error(project, capsys):
     assert main(["step", "nope", "--project", str(project)]) == 2
     assert "unknown step 'nope'" in capsys.readouterr().err
+
+
+def test_a_pretrained_llm_is_loaded_through_the_same_builder(tmp_path, model, tokenizer):
+    from owl_pipeline import steps
+    from owl_pipeline.config import PipelineConfig
+    from owl_pipeline.model.builders import from_pretrained
+
+    model.llm.save_pretrained(tmp_path / "my-llm")
+    tokenizer.save_pretrained(tmp_path / "my-llm")
+    config = PipelineConfig(model={"preset": "tiny", "llm": {"pretrained": str(tmp_path / "my-llm")}})
+    result = steps.base_llm(steps.Project(config, tmp_path), log=lambda *_: None)
+    assert result.metadata == {"llm": str(tmp_path / "my-llm"), "trained_here": False}
+    loaded, processor = from_pretrained(result.outputs["model"])
+    for key, value in model.llm.state_dict().items():
+        assert torch.equal(value, loaded.llm.state_dict()[key]), key
+    assert processor.tokenizer.get_vocab() == tokenizer.get_vocab()
