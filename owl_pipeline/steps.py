@@ -237,37 +237,35 @@ def _start_fresh_if_changed(output: Path, fingerprint: dict, log: Log) -> None:
     wait_for_everyone()
 
 
-def _train_from(previous: Path, stage: int, dataset_cls, data: Path, config: StageConfig, output: Path,
-                tracker: Tracker | None, log: Log, model_section: dict) -> StageResult:
-    """Train ``stage`` starting from the model saved in ``previous``."""
+def _train_from(previous: Path, name: str, stage: int, dataset_cls, data: Path, config: StageConfig, output: Path,
+                project: Project, tracker: Tracker | None, log: Log, run_url: str | None) -> StepResult:
+    """Train ``stage`` starting from the model saved in ``previous``; report it as asset ``name``."""
     source = previous / MODEL_DIR / C.OWL_CONFIG_FILE
     _start_fresh_if_changed(output, {"input": str(source), "input_mtime": source.stat().st_mtime_ns,
                                      "data_version": lance_version(data), "stage": dataclasses.asdict(config),
-                                     "model": model_section}, log)
+                                     "model": project.config.model}, log)
     model, processor = from_pretrained(previous / MODEL_DIR)
     train = dataset_cls(data, processor, train=True, seed=config.seed)
     evaluation = dataset_cls(data, processor, train=False, seed=config.seed) if config.eval_every else None
-    return train_stage(model, processor, stage, train, config, output, eval_data=evaluation, tracker=tracker, log=log)
+    result = train_stage(model, processor, stage, train, config, output, eval_data=evaluation, tracker=tracker,
+                         log=log)
+    metadata = _stage_metadata(result, run_url)
+    project.write_report(name, metadata)
+    return StepResult(name, {"model": str(result.model_dir)}, metadata)
 
 
 def stage1_model(project: Project, tracker: Tracker | None = None, log: Log = print, run_url: str | None = None
                  ) -> StepResult:
     """Stage 1: vision encoder + abstractor learn to caption curated pairs through the frozen LLM."""
-    result = _train_from(project.base_llm, C.STAGE_PRETRAIN, CaptionPairDataset, project.curated_pairs,
-                         project.config.stage1, project.stage1, tracker, log, project.config.model)
-    metadata = _stage_metadata(result, run_url)
-    project.write_report(C.ASSET_STAGE1, metadata)
-    return StepResult(C.ASSET_STAGE1, {"model": str(result.model_dir)}, metadata)
+    return _train_from(project.base_llm, C.ASSET_STAGE1, C.STAGE_PRETRAIN, CaptionPairDataset, project.curated_pairs,
+                       project.config.stage1, project.stage1, project, tracker, log, run_url)
 
 
 def stage2_model(project: Project, tracker: Tracker | None = None, log: Log = print, run_url: str | None = None
                  ) -> StepResult:
     """Stage 2: LoRA on the LLM learns the mixed text-only and multimodal instructions."""
-    result = _train_from(project.stage1, C.STAGE_INSTRUCT, ConversationDataset, project.instructions,
-                         project.config.stage2, project.stage2, tracker, log, project.config.model)
-    metadata = _stage_metadata(result, run_url)
-    project.write_report(C.ASSET_STAGE2, metadata)
-    return StepResult(C.ASSET_STAGE2, {"model": str(result.model_dir)}, metadata)
+    return _train_from(project.stage1, C.ASSET_STAGE2, C.STAGE_INSTRUCT, ConversationDataset, project.instructions,
+                       project.config.stage2, project.stage2, project, tracker, log, run_url)
 
 
 DATA_STEPS = {C.ASSET_RAW_SHARDS: raw_shards, C.ASSET_RAW_PAIRS: raw_pairs, C.ASSET_CURATED_PAIRS: curated_pairs,
