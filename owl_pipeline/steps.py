@@ -59,6 +59,7 @@ class Project:
         self.stage1 = self.assets / C.ASSET_STAGE1
         self.stage2 = self.assets / C.ASSET_STAGE2
         self.reports = self.assets / "reports"
+        self.inbox = self.root / "inbox"  # new shards dropped here are ingested with the rest
 
     def _path(self, value: str) -> Path:
         path = Path(value)
@@ -135,7 +136,8 @@ def raw_shards(project: Project, log: Log = print) -> StepResult:
 
 
 def raw_pairs(project: Project, log: Log = print) -> StepResult:
-    report = ingest(find_shards(project.shard_folder()), project.raw_pairs, log=log)
+    shards = find_shards(project.shard_folder()) + (find_shards(project.inbox) if project.inbox.is_dir() else [])
+    report = ingest(shards, project.raw_pairs, log=log)
     project.write_report(C.ASSET_RAW_PAIRS, report.to_dict())
     metadata = {"rows": report.rows_written, "skipped": dict(report.skipped), "failed_shards": report.failed_shards,
                 "lance_version": report.lance_version, "images_per_s": round(report.rows_written / report.seconds)}

@@ -1,0 +1,1 @@
+"""The only package that imports dagster: assets, checks, resources, schedules, sensors, Definitions."""

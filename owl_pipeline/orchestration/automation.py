@@ -1,0 +1,59 @@
+"""Jobs, the retraining schedule, and the sensors that react to new data.
+
+- ``retrain``: the whole graph; on a weekly schedule (``OWL_RETRAIN_CRON`` overrides the cron string).
+- ``ingest_new_shards``: ingestion and filtering; the inbox sensor starts it when shards land in ``inbox/``.
+- the growth sensor starts ``retrain`` once the curated set grew by ``OWL_RETRAIN_MIN_NEW_ROWS`` rows.
+"""
+
+
+import json
+import os
+
+import dagster as dg
+
+from owl_pipeline import constants as C
+from owl_pipeline.data.ingest import find_shards
+from owl_pipeline.orchestration.resources import ProjectResource
+
+retrain_job = dg.define_asset_job("retrain", selection=dg.AssetSelection.all(),
+                                  description="The whole pipeline, from shards to the evaluated model")
+ingest_job = dg.define_asset_job("ingest_new_shards",
+                                 selection=dg.AssetSelection.assets(C.ASSET_RAW_PAIRS, C.ASSET_CURATED_PAIRS),
+                                 description="Ingest and filter the shards, the inbox's included")
+
+weekly_retrain = dg.ScheduleDefinition(name="weekly_retrain", job=retrain_job,
+                                       cron_schedule=os.environ.get("OWL_RETRAIN_CRON", "0 3 * * 1"),
+                                       execution_timezone="UTC")
+
+
+@dg.sensor(job=ingest_job, minimum_interval_seconds=60, description="New shards in the project's inbox/")
+def new_shards_sensor(context: dg.SensorEvaluationContext, project: ProjectResource):
+    """One run per new set of shard files in ``inbox/``; the cursor remembers the files already seen."""
+    inbox = project.project().inbox
+    current = sorted(p.name for p in find_shards(inbox)) if inbox.is_dir() else []
+    seen = set(json.loads(context.cursor)) if context.cursor else set()
+    new = [name for name in current if name not in seen]
+    if not new:
+        return dg.SkipReason(f"no new shards in {inbox}")
+    context.update_cursor(json.dumps(sorted(seen | set(current))))
+    return dg.RunRequest(run_key=f"shards:{','.join(new)}", tags={"owl/new_shards": ",".join(new)})
+
+
+@dg.sensor(job=retrain_job, minimum_interval_seconds=300,
+           description="Retrain once the curated set grew by OWL_RETRAIN_MIN_NEW_ROWS rows")
+def curated_growth_sensor(context: dg.SensorEvaluationContext, project: ProjectResource):
+    report = project.project().reports / f"{C.ASSET_CURATED_PAIRS}.json"
+    if not report.is_file():
+        return dg.SkipReason("curated_pairs has not been materialized yet")
+    rows = int(json.loads(report.read_text())["rows_out"])
+    trained_on = int(context.cursor) if context.cursor else 0
+    needed = int(os.environ.get("OWL_RETRAIN_MIN_NEW_ROWS", "1000"))
+    if rows - trained_on < needed:
+        return dg.SkipReason(f"{rows - trained_on} new curated rows; retraining at {needed}")
+    context.update_cursor(str(rows))
+    return dg.RunRequest(run_key=f"curated_rows:{rows}", tags={"owl/curated_rows": str(rows)})
+
+
+ALL_JOBS = [retrain_job, ingest_job]
+ALL_SCHEDULES = [weekly_retrain]
+ALL_SENSORS = [new_shards_sensor, curated_growth_sensor]

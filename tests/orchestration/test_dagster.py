@@ -1,0 +1,92 @@
+"""Real Dagster: Definitions load, the whole graph materializes at tiny size, checks block, automation fires."""
+
+import json
+
+import dagster as dg
+import pytest
+import yaml
+
+from owl_pipeline import steps
+from owl_pipeline.orchestration.assets import ALL_ASSETS
+from owl_pipeline.orchestration.automation import curated_growth_sensor, new_shards_sensor, weekly_retrain
+from owl_pipeline.orchestration.checks import ALL_CHECKS
+from owl_pipeline.orchestration.definitions import defs
+from owl_pipeline.orchestration.resources import MlflowResource, ProjectResource
+
+from ..test_pipeline import TINY_PARAMS
+
+
+def materialize(root, **params_overrides):
+    (root / "params.yaml").write_text(yaml.safe_dump({**TINY_PARAMS, **params_overrides}))
+    resources = {"project": ProjectResource(root=str(root)), "mlflow": MlflowResource()}
+    with dg.instance_for_test() as instance:
+        return dg.materialize([*ALL_ASSETS, *ALL_CHECKS], resources=resources, instance=instance,
+                              raise_on_error=False)
+
+
+def test_definitions_load_with_every_asset_job_schedule_and_sensor():
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == set(steps.PIPELINE_ORDER)
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {"retrain", "ingest_new_shards"}
+    assert defs.resolve_schedule_def("weekly_retrain").cron_schedule == "0 3 * * 1"
+    assert {s.name for s in defs.sensors} == {"new_shards_sensor", "curated_growth_sensor"}
+
+
+@pytest.fixture(scope="module")
+def materialized(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dagster_project")
+    return root, materialize(root)
+
+
+def test_the_whole_graph_materializes_with_ui_metadata(materialized):
+    root, result = materialized
+    assert result.success
+    events = {e.asset_key.to_user_string(): e for e in result.get_asset_materialization_events()
+              for e in [e.event_specific_data.materialization]}
+    assert set(events) == set(steps.PIPELINE_ORDER)
+    curated = events["curated_pairs"].metadata
+    assert curated["rows_out"].value > 100 and "removed_per_rule" in curated
+    assert events["stage1_model"].metadata["mlflow_run"].value.startswith("http://127.0.0.1:5000/#/experiments/")
+    assert "accuracy_table" in events["owleval_report"].metadata
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {"curated_pairs_ready": True, "instruction_data_ready": True, "owleval_scored": True}
+
+
+def test_a_failed_blocking_check_stops_training(tmp_path):
+    result = materialize(tmp_path, min_curated_rows=10**6)
+    assert not result.success
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "curated_pairs" in materialized and "base_llm" not in materialized and "stage1_model" not in materialized
+    check = next(c for c in result.get_asset_check_evaluations() if c.check_name == "curated_pairs_ready")
+    assert not check.passed and "fewer than min_curated_rows" in json.dumps(check.metadata["problems"].value)
+
+
+def test_the_inbox_sensor_asks_for_one_ingestion_per_new_batch_of_shards(tmp_path):
+    resources = {"project": ProjectResource(root=str(tmp_path))}
+    with dg.build_sensor_context(resources=resources) as context:
+        assert isinstance(new_shards_sensor(context), dg.SkipReason)
+        (tmp_path / "inbox").mkdir()
+        (tmp_path / "inbox/00042.tar").write_bytes(b"")
+        request = new_shards_sensor(context)
+        assert isinstance(request, dg.RunRequest) and request.run_key == "shards:00042.tar"
+        assert isinstance(new_shards_sensor(context), dg.SkipReason)  # seen already
+
+
+def test_the_growth_sensor_retrains_after_enough_new_rows(tmp_path, monkeypatch):
+    monkeypatch.setenv("OWL_RETRAIN_MIN_NEW_ROWS", "1000")
+    resources = {"project": ProjectResource(root=str(tmp_path))}
+    report = tmp_path / "assets/reports/curated_pairs.json"
+    with dg.build_sensor_context(resources=resources) as context:
+        assert isinstance(curated_growth_sensor(context), dg.SkipReason)
+        report.parent.mkdir(parents=True)
+        report.write_text(json.dumps({"rows_out": 600}))
+        assert isinstance(curated_growth_sensor(context), dg.SkipReason)
+        report.write_text(json.dumps({"rows_out": 1500}))
+        assert isinstance(curated_growth_sensor(context), dg.RunRequest)
+        assert isinstance(curated_growth_sensor(context), dg.SkipReason)  # the cursor moved to 1500
+
+
+def test_the_weekly_schedule_requests_a_retraining_run():
+    with dg.build_schedule_context() as context:
+        request = weekly_retrain.evaluate_tick(context).run_requests[0]
+    assert weekly_retrain.job_name == "retrain" and isinstance(request, dg.RunRequest)
