@@ -117,6 +117,12 @@ def _print_summary(results: dict, project, seconds: float) -> None:
           f"{project.reports}")
 
 
+def cmd_ui(args) -> int:
+    from owl_pipeline.ui import serve
+
+    return serve(Path(args.project), args.dagster_port, args.mlflow_port, args.host)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="owl", description="mPLUG-Owl training pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -144,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--stage", type=int, choices=(0, 1, 2), required=True)
     project_args(train)
     train.set_defaults(func=cmd_train)
+
+    ui = sub.add_parser("ui", help="the Dagster UI and the MLflow UI for this project (Ctrl-C stops both)")
+    ui.add_argument("--project", default=".")
+    ui.add_argument("--dagster-port", type=int, default=3000)
+    ui.add_argument("--mlflow-port", type=int, default=5000)
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
+    ui.set_defaults(func=cmd_ui)
     return parser
 
 

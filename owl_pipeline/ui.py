@@ -1,0 +1,64 @@
+"""`owl ui`: the Dagster UI and the MLflow UI for one project, on 127.0.0.1, stopped together on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def ui_commands(project_root: Path, dagster_port: int, mlflow_port: int, host: str) -> dict[str, list[str]]:
+    bin_dir = Path(sys.executable).parent
+    store = project_root / "mlruns"
+    return {
+        "dagster": [str(bin_dir / "dagster"), "dev", "-m", "owl_pipeline.orchestration.definitions",
+                    "-h", host, "-p", str(dagster_port)],
+        "mlflow": [str(bin_dir / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+                   "--default-artifact-root", (store / "artifacts").as_uri(), "--host", host,
+                   "--port", str(mlflow_port), "--workers", "1"],
+    }
+
+
+def ui_environment(project_root: Path) -> dict[str, str]:
+    return {**os.environ, "DAGSTER_HOME": str(project_root / "dagster_home"), "OWL_PROJECT_ROOT": str(project_root),
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "DAGSTER_DISABLE_TELEMETRY": "1"}
+
+
+def serve(project_root: Path, dagster_port: int = 3000, mlflow_port: int = 5000, host: str = "127.0.0.1",
+          log=print) -> int:
+    """Start both servers and wait; Ctrl-C (or SIGTERM) stops both, each in its own process group."""
+    project_root = project_root.resolve()
+    (project_root / "dagster_home").mkdir(exist_ok=True)
+    (project_root / "mlruns").mkdir(exist_ok=True)
+    env = ui_environment(project_root)
+    processes = {name: subprocess.Popen(command, env=env, cwd=project_root, start_new_session=True)
+                 for name, command in ui_commands(project_root, dagster_port, mlflow_port, host).items()}
+    log(f"Dagster UI: http://{host}:{dagster_port}   MLflow UI: http://{host}:{mlflow_port}   (Ctrl-C stops both)")
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        while all(p.poll() is None for p in processes.values()):
+            time.sleep(0.5)
+        failed = [name for name, p in processes.items() if p.poll() is not None]
+        log(f"owl ui: {', '.join(failed)} exited; stopping the rest")
+        return 1
+    except KeyboardInterrupt:
+        log("owl ui: stopping")
+        return 0
+    finally:
+        _stop(processes.values())
+
+
+def _stop(processes, grace: float = 10.0) -> None:
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.time() + grace
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
