@@ -87,34 +87,46 @@ def cmd_train(args) -> int:
 
 
 def cmd_run(args) -> int:
-    """The main job: every step of the pipeline in order, then a summary."""
-    from owl_pipeline import steps
+    """The main job: the whole asset graph materialized through Dagster, then a summary."""
+    from owl_pipeline.orchestration.run import materialize_pipeline
 
     project = _project(args)
-    tracking = None if args.no_tracking else _tracking(project)
     started = time.perf_counter()
-    results = {name: run_step(name, project, tracking) for name in steps.PIPELINE_ORDER}
-    _print_summary(results, project, time.perf_counter() - started)
+    result = materialize_pipeline(project.root, Path(args.params) if args.params else None,
+                                  tracking=not args.no_tracking)
+    _print_summary(project, time.perf_counter() - started)
+    if not result.success:
+        failed = [e.step_key for e in result.all_events if e.is_step_failure]
+        checks = [c.check_name for c in result.get_asset_check_evaluations() if not c.passed]
+        print(f"owl run: failed steps {failed}, failed checks {checks}; see the log above or `owl ui`",
+              file=sys.stderr)
+        return 1
     return 0
 
 
-def _print_summary(results: dict, project, seconds: float) -> None:
+def _print_summary(project, seconds: float) -> None:
+    import json
+
     from owl_pipeline import constants as C
 
-    print(f"\nowl run: done in {seconds / 60:.1f} min, assets in {project.assets}")
-    curated = results[C.ASSET_CURATED_PAIRS].metadata
-    print(f"  data: {curated['rows_out']} of {curated['rows_in']} pairs kept; removed per rule: {curated['removed']}")
+    def report(name):
+        path = project.reports / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    print(f"\nowl run: {seconds / 60:.1f} min, assets in {project.assets}")
+    curated = report(C.ASSET_CURATED_PAIRS)
+    if curated:
+        print(f"  data: {curated['rows_out']} of {curated['rows_in']} pairs kept; removed: {curated['removed']}")
     for name in (C.ASSET_BASE_LLM, C.ASSET_STAGE1, C.ASSET_STAGE2):
-        meta = results[name].metadata
-        if "final_loss" in meta:
+        meta = report(name)
+        if meta.get("final_loss") is not None:
             print(f"  {name}: loss {meta['first_loss']:.3f} -> {meta['final_loss']:.3f} in {meta['seconds']} s"
-                  + (f"  ({meta['mlflow_run']})" if meta.get("mlflow_run") else ""))
-    report = results[C.ASSET_OWLEVAL].metadata
-    if "accuracy" in report:
-        by_type = "  ".join(f"{k} {v:.2f}" for k, v in report["accuracy_by_type"].items())
-        print(f"  accuracy on {report['questions']} held-out questions: {report['accuracy']:.3f}  ({by_type})")
-    print("  look closer: `mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1`, "
-          f"{project.reports}")
+                  + (f"  {meta['mlflow_run']}" if meta.get("mlflow_run") else ""))
+    evaluation = report(C.ASSET_OWLEVAL)
+    if "accuracy" in evaluation:
+        by_type = "  ".join(f"{k} {v:.2f}" for k, v in evaluation["accuracy_by_type"].items())
+        print(f"  accuracy on {evaluation['questions']} held-out questions: {evaluation['accuracy']:.3f} ({by_type})")
+    print("  look closer: `owl ui` (Dagster on :3000, MLflow on :5000), reports in assets/reports/")
 
 
 def cmd_ui(args) -> int:
