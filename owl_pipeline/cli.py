@@ -54,26 +54,19 @@ def cmd_info(args) -> int:
     return 0
 
 
-def run_step(name: str, project, tracking=None):
+def run_step(name: str, project, tracking=None, force: bool = False):
     from owl_pipeline import steps
 
     started = time.perf_counter()
     _log(f"== {name}")
-    if name in steps.DATA_STEPS:
-        result = steps.DATA_STEPS[name](project, log=_log)
-    elif name in steps.TRAINING_STEPS:
-        result = steps.run_training_step(name, project, tracking, log=_log)
-    elif name == steps.C.ASSET_OWLEVAL:
-        result = steps.owleval_report(project, log=_log)
-    else:
-        raise ValueError(f"unknown step {name!r}; steps: {', '.join(steps.PIPELINE_ORDER)}")
+    result = steps.run_step(name, project, tracking, log=_log, force=force)
     _log(f"== {name} done in {time.perf_counter() - started:.1f} s")
     return result
 
 
 def cmd_step(args) -> int:
     project = _project(args)
-    run_step(args.name, project, None if args.no_tracking else _tracking(project))
+    run_step(args.name, project, None if args.no_tracking else _tracking(project), force=args.force)
     return 0
 
 
@@ -82,7 +75,7 @@ def cmd_train(args) -> int:
 
     project = _project(args)
     name = {0: C.ASSET_BASE_LLM, 1: C.ASSET_STAGE1, 2: C.ASSET_STAGE2}[args.stage]
-    run_step(name, project, None if args.no_tracking else _tracking(project))
+    run_step(name, project, None if args.no_tracking else _tracking(project), force=args.force)
     return 0
 
 
@@ -105,13 +98,10 @@ def cmd_run(args) -> int:
 
 
 def _print_summary(project, seconds: float) -> None:
-    import json
-
     from owl_pipeline import constants as C
 
     def report(name):
-        path = project.reports / f"{name}.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return project.read_report(name).get("metadata", {})
 
     print(f"\nowl run: {seconds / 60:.1f} min, assets in {project.assets}")
     curated = report(C.ASSET_CURATED_PAIRS)
@@ -148,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--project", default=".", help="project folder (assets/, mlruns/, params.yaml)")
         command.add_argument("--params", help="pipeline config (default: <project>/params.yaml)")
         command.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+        command.add_argument("--force", action="store_true",
+                             help="run even when inputs and settings are unchanged since the last run")
 
     run = sub.add_parser("run", help="run the whole pipeline (the embedded default unless params say otherwise)")
     project_args(run)

@@ -83,6 +83,10 @@ class Project:
     def owleval_dir(self) -> Path:
         return self._path(self.config.owleval_dir) if self.config.owleval_dir else self.raw_shards / "owleval"
 
+    def read_report(self, name: str) -> dict:
+        path = self.reports / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
     def write_report(self, name: str, data: dict) -> Path:
         path = self.reports / f"{name}.json"
         if is_main_process():
@@ -131,14 +135,12 @@ def raw_shards(project: Project, log: Log = print) -> StepResult:
         if not shards:
             raise FileNotFoundError(f"no .tar or .parquet shards in {project.shard_folder()} (raw_shards in params)")
         metadata = {"shards": len(shards), "megabytes": round(sum(p.stat().st_size for p in shards) / 1e6, 1)}
-    project.write_report(C.ASSET_RAW_SHARDS, metadata)
     return StepResult(C.ASSET_RAW_SHARDS, {"folder": str(project.raw_shards)}, metadata)
 
 
 def raw_pairs(project: Project, log: Log = print) -> StepResult:
     shards = find_shards(project.shard_folder()) + (find_shards(project.inbox) if project.inbox.is_dir() else [])
     report = ingest(shards, project.raw_pairs, log=log)
-    project.write_report(C.ASSET_RAW_PAIRS, report.to_dict())
     metadata = {"rows": report.rows_written, "skipped": dict(report.skipped), "failed_shards": report.failed_shards,
                 "lance_version": report.lance_version, "images_per_s": round(report.rows_written / report.seconds)}
     return StepResult(C.ASSET_RAW_PAIRS, {"lance": str(project.raw_pairs)}, metadata)
@@ -149,14 +151,12 @@ def curated_pairs(project: Project, log: Log = print) -> StepResult:
     report = filter_pairs(project.raw_pairs, project.curated_pairs, project.config.filters, log=log,
                           histogram_path=histogram)
     data = {**report.to_dict(), "source_version": lance_version(project.raw_pairs)}
-    project.write_report(C.ASSET_CURATED_PAIRS, data)
     return StepResult(C.ASSET_CURATED_PAIRS, {"lance": str(project.curated_pairs), "histogram": str(histogram)},
                       data)
 
 
 def instruction_data(project: Project, log: Log = print) -> StepResult:
     report = build_instruction_table(project.instruction_sources(), project.instructions, log=log)
-    project.write_report(C.ASSET_INSTRUCTIONS, report.to_dict())
     return StepResult(C.ASSET_INSTRUCTIONS, {"lance": str(project.instructions)}, report.to_dict())
 
 
@@ -213,7 +213,6 @@ def base_llm(project: Project, tracker: Tracker | None = None, log: Log = print,
                          project.base_llm, tracker=tracker, log=log)
     metadata = {**_stage_metadata(result, run_url), "vocab_size": len(tokenizer), "text_rows": rows,
                 "trained_here": True}
-    project.write_report(C.ASSET_BASE_LLM, metadata)
     return StepResult(C.ASSET_BASE_LLM, {"model": str(result.model_dir)}, metadata)
 
 
@@ -252,7 +251,6 @@ def _train_from(previous: Path, name: str, stage: int, dataset_cls, data: Path, 
     result = train_stage(model, processor, stage, train, config, output, eval_data=evaluation, tracker=tracker,
                          log=log)
     metadata = _stage_metadata(result, run_url)
-    project.write_report(name, metadata)
     return StepResult(name, {"model": str(result.model_dir)}, metadata)
 
 
@@ -318,8 +316,73 @@ def owleval_report(project: Project, log: Log = print, max_new_tokens: int = 64)
         log(f"owleval: accuracy {accuracy.overall:.3f} " +
             " ".join(f"{k} {v:.3f}" for k, v in accuracy.by_type.items()))
     (folder / "report.json").write_text(json.dumps(metadata, indent=2))
-    project.write_report(C.ASSET_OWLEVAL, metadata)
     return StepResult(C.ASSET_OWLEVAL, {"answers": str(answers_path), "report": str(folder / "report.json")}, metadata)
 
 
 PIPELINE_ORDER = (*DATA_STEPS, *TRAINING_STEPS, C.ASSET_OWLEVAL)
+
+
+# --- running a step, or reusing its last result -------------------------------------------------------------
+def _file_stats(paths: list[Path]) -> list[tuple[str, int, int]]:
+    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p.is_file()]
+
+
+def _model_stamp(folder: Path) -> int | None:
+    marker = folder / MODEL_DIR / C.OWL_CONFIG_FILE
+    return marker.stat().st_mtime_ns if marker.is_file() else None
+
+
+def _version_or_none(path: Path) -> int | None:
+    return lance_version(path) if (path / "_versions").is_dir() else None
+
+
+def step_inputs(name: str, project: Project) -> tuple[dict, list[Path]]:
+    """What a step's output depends on, and the outputs that must exist to reuse it."""
+    config = project.config
+    asdict = dataclasses.asdict
+    if name == C.ASSET_RAW_SHARDS:
+        inputs = {"synthetic": asdict(config.synthetic)} if project.generated else {
+            "shards": _file_stats(find_shards(project.shard_folder()))}
+        return inputs, [project.raw_shards / "manifest.json"] if project.generated else []
+    if name == C.ASSET_RAW_PAIRS:
+        inbox = find_shards(project.inbox) if project.inbox.is_dir() else []
+        return {"shards": _file_stats(find_shards(project.shard_folder()) + inbox)}, [project.raw_pairs]
+    if name == C.ASSET_CURATED_PAIRS:
+        return {"source": _version_or_none(project.raw_pairs), "filters": asdict(config.filters)}, [
+            project.curated_pairs]
+    if name == C.ASSET_INSTRUCTIONS:
+        return {"files": _file_stats([s.path for s in project.instruction_sources()])}, [project.instructions]
+    common = {"model": config.model}
+    if name == C.ASSET_BASE_LLM:
+        return {**common, "curated": _version_or_none(project.curated_pairs), "base_llm": asdict(config.base_llm),
+                "instructions": _version_or_none(project.instructions)}, [project.base_llm / MODEL_DIR]
+    if name == C.ASSET_STAGE1:
+        return {**common, "base": _model_stamp(project.base_llm), "stage": asdict(config.stage1),
+                "curated": _version_or_none(project.curated_pairs)}, [project.stage1 / MODEL_DIR]
+    if name == C.ASSET_STAGE2:
+        return {**common, "stage1": _model_stamp(project.stage1), "stage": asdict(config.stage2),
+                "instructions": _version_or_none(project.instructions)}, [project.stage2 / MODEL_DIR]
+    if name == C.ASSET_OWLEVAL:
+        return {"stage2": _model_stamp(project.stage2),
+                "questions": _file_stats([project.owleval_dir() / "questions.jsonl"])}, [
+            project.assets / C.ASSET_OWLEVAL / "report.json"]
+    raise ValueError(f"unknown step {name!r}; steps: {', '.join(PIPELINE_ORDER)}")
+
+
+def run_step(name: str, project: Project, tracking=None, log: Log = print, force: bool = False) -> StepResult:
+    """Run step ``name``; or, unless ``force``, reuse its last result when its inputs and settings are the
+    same as then and its outputs still exist (a second `owl run` with nothing changed redoes nothing)."""
+    inputs, outputs = step_inputs(name, project)
+    digest = config_hash(inputs)
+    last = project.read_report(name)
+    if not force and last.get("inputs_digest") == digest and all(p.exists() for p in outputs):
+        log(f"{name}: inputs and settings unchanged since the last run; reusing its result")
+        return StepResult(name, last.get("outputs", {}), {**last.get("metadata", {}), "reused": True})
+    if name in DATA_STEPS:
+        result = DATA_STEPS[name](project, log=log)
+    elif name in TRAINING_STEPS:
+        result = run_training_step(name, project, tracking, log=log)
+    else:
+        result = owleval_report(project, log=log)
+    project.write_report(name, {"metadata": result.metadata, "outputs": result.outputs, "inputs_digest": digest})
+    return result

@@ -58,8 +58,15 @@ def test_every_training_step_is_an_mlflow_run_with_params_metrics_and_the_model(
     assert runs["stage1_model"].data.tags["input.curated_pairs.lance_version"] == "1"
 
 
-def test_a_second_run_of_a_stage_resumes_nothing_and_keeps_the_result(project, capsys):
-    assert main(["train", "--stage", "2", "--project", str(project), "--no-tracking"]) == 0
+def test_a_second_run_reuses_what_did_not_change(project, capfd):
+    assert main(["run", "--project", str(project)]) == 0
+    out = "".join(capfd.readouterr())  # step logs go through Dagster's logger to stderr
+    for name in ("raw_pairs", "curated_pairs", "base_llm", "stage1_model", "stage2_model", "owleval_report"):
+        assert f"{name}: inputs and settings unchanged since the last run; reusing its result" in out, name
+
+
+def test_forcing_a_finished_stage_resumes_from_its_last_checkpoint(project, capsys):
+    assert main(["train", "--stage", "2", "--project", str(project), "--no-tracking", "--force"]) == 0
     out = capsys.readouterr().out
     assert "resuming from step-0000004" in out and "stage 2: 4 steps" in out
 

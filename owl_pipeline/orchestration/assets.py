@@ -43,7 +43,7 @@ def ui_metadata(result: steps.StepResult) -> dict[str, dg.MetadataValue]:
 def _data_asset(name: str, deps: list[str], description: str):
     @dg.asset(name=name, deps=deps, group_name=GROUP_DATA, description=description, compute_kind="lance")
     def _asset(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
-        result = steps.DATA_STEPS[name](project.project(), log=context.log.info)
+        result = steps.run_step(name, project.project(), log=context.log.info)
         return dg.MaterializeResult(metadata=ui_metadata(result))
 
     return _asset
@@ -54,7 +54,7 @@ def _training_asset(name: str, deps: list[str], description: str):
     def _asset(context: dg.AssetExecutionContext, project: ProjectResource, mlflow: MlflowResource
                ) -> dg.MaterializeResult:
         owl_project = project.project()
-        result = steps.run_training_step(name, owl_project, mlflow.tracking(owl_project), log=context.log.info)
+        result = steps.run_step(name, owl_project, mlflow.tracking(owl_project), log=context.log.info)
         metadata = ui_metadata(result)
         curve = Path(result.outputs["model"]).parent / "loss_curve.png"
         if curve.is_file():
@@ -79,7 +79,7 @@ stage2_model = _training_asset(C.ASSET_STAGE2, [C.ASSET_STAGE1, C.ASSET_INSTRUCT
 @dg.asset(name=C.ASSET_OWLEVAL, deps=[C.ASSET_STAGE2, C.ASSET_RAW_SHARDS], group_name=GROUP_EVAL,
           compute_kind="pytorch", description="OwlEval answers in the official format, scored where references exist")
 def owleval_report(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
-    result = steps.owleval_report(project.project(), log=context.log.info)
+    result = steps.run_step(C.ASSET_OWLEVAL, project.project(), log=context.log.info)
     metadata = ui_metadata(result)
     if "accuracy_by_type" in result.metadata:
         rows = "\n".join(f"| {k} | {v:.3f} |" for k, v in result.metadata["accuracy_by_type"].items())

@@ -42,10 +42,10 @@ def new_shards_sensor(context: dg.SensorEvaluationContext, project: ProjectResou
 @dg.sensor(job=retrain_job, minimum_interval_seconds=300,
            description="Retrain once the curated set grew by OWL_RETRAIN_MIN_NEW_ROWS rows")
 def curated_growth_sensor(context: dg.SensorEvaluationContext, project: ProjectResource):
-    report = project.project().reports / f"{C.ASSET_CURATED_PAIRS}.json"
-    if not report.is_file():
+    report = project.project().read_report(C.ASSET_CURATED_PAIRS)
+    if not report:
         return dg.SkipReason("curated_pairs has not been materialized yet")
-    rows = int(json.loads(report.read_text())["rows_out"])
+    rows = int(report["metadata"]["rows_out"])
     trained_on = int(context.cursor) if context.cursor else 0
     needed = int(os.environ.get("OWL_RETRAIN_MIN_NEW_ROWS", "1000"))
     if rows - trained_on < needed:

@@ -79,9 +79,9 @@ def test_the_growth_sensor_retrains_after_enough_new_rows(tmp_path, monkeypatch)
     with dg.build_sensor_context(resources=resources) as context:
         assert isinstance(curated_growth_sensor(context), dg.SkipReason)
         report.parent.mkdir(parents=True)
-        report.write_text(json.dumps({"rows_out": 600}))
+        report.write_text(json.dumps({"metadata": {"rows_out": 600}}))
         assert isinstance(curated_growth_sensor(context), dg.SkipReason)
-        report.write_text(json.dumps({"rows_out": 1500}))
+        report.write_text(json.dumps({"metadata": {"rows_out": 1500}}))
         assert isinstance(curated_growth_sensor(context), dg.RunRequest)
         assert isinstance(curated_growth_sensor(context), dg.SkipReason)  # the cursor moved to 1500
 
