@@ -100,11 +100,14 @@ def caption(scene: Scene) -> str:
 
 
 def questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
-    """One question of each type about this scene, answers of one word."""
-    target = scene.shapes[int(rng.integers(len(scene.shapes)))]
+    """One question of each type, answers of one word, each about a different shape where the scene has
+    enough of them: asked together in one dialogue, no question names another question's answer (so the
+    answers must come from the picture, not from the earlier turns)."""
+    order = [scene.shapes[int(i)] for i in rng.permutation(len(scene.shapes))]
+    color_target, shape_target, position_target = (order[i % len(order)] for i in (0, 1, 2 if len(order) == 3 else 0))
     return [
-        QA(f"What color is the {target.kind}?", target.color, "color"),
-        QA(f"What shape is the {target.color} object?", target.kind, "shape"),
+        QA(f"What color is the {color_target.kind}?", color_target.color, "color"),
+        QA(f"What shape is the {shape_target.color} object?", shape_target.kind, "shape"),
         QA("How many shapes are there?", NUMBER_WORDS[len(scene.shapes)], "count"),
-        QA(f"Where is the {scene.describe(target)}?", COLUMNS[target.column], "position"),
+        QA(f"Where is the {position_target.kind}?", COLUMNS[position_target.column], "position"),
     ]

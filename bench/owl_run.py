@@ -1,0 +1,52 @@
+"""Wall time and peak memory of `owl run` on the embedded default: from a clean folder, then again with
+nothing changed (every step should reuse its last result).
+
+    python bench/owl_run.py [--params params.yaml] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed_run(project: Path) -> tuple[float, float, str]:
+    """Seconds, peak RSS in MiB of the `owl run` process (children's max so far), and its summary lines."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "owl_pipeline.cli", "run", "--project", str(project)],
+                          capture_output=True, text=True, cwd=ROOT)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"owl run failed:\n{done.stderr[-3000:]}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    summary = done.stdout[done.stdout.index("owl run:"):] if "owl run:" in done.stdout else ""
+    return seconds, peak, summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
+    parser.add_argument("--keep", help="project folder to keep (default: a temporary one)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        project = Path(args.keep or folder)
+        project.mkdir(parents=True, exist_ok=True)
+        shutil.copy(args.params, project / "params.yaml")
+        first = timed_run(project)
+        second = timed_run(project)
+    print(first[2])
+    print(f"{'owl run':<28}{'seconds':>9}{'peak RSS MiB':>14}")
+    print(f"{'clean folder':<28}{first[0]:>9.1f}{first[1]:>14.0f}")
+    print(f"{'again, nothing changed':<28}{second[0]:>9.1f}{second[1]:>14.0f}  (peak is the max over both runs)")
+
+
+if __name__ == "__main__":
+    main()
