@@ -119,6 +119,42 @@ def _print_summary(project, seconds: float) -> None:
     print("  look closer: `owl ui` (Dagster on :3000, MLflow on :5000), reports in assets/reports/")
 
 
+def cmd_chat(args) -> int:
+    """One answer from a saved model about one image (greedy unless --sample)."""
+    from PIL import Image
+
+    from owl_pipeline.model.builders import from_pretrained
+
+    model, processor = from_pretrained(args.model)
+    model.eval()
+    images = [Image.open(path).convert("RGB") for path in args.image]
+    batch = processor.collate([processor.encode_prompt(args.question, images)], padding_side="left")
+    tokens = model.generate(**batch, max_new_tokens=args.max_new_tokens, do_sample=args.sample)
+    print(processor.decode(tokens[0]))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Answer an OwlEval folder with a saved model; write official-format answers; score if references exist."""
+    from owl_pipeline.eval.owleval import (answer_eval_set, load_eval_set, read_answers, reference_accuracy,
+                                           write_answers)
+    from owl_pipeline.model.builders import from_pretrained
+
+    model, processor = from_pretrained(args.model)
+    eval_set = load_eval_set(args.owleval)
+    answers = answer_eval_set(model, processor, eval_set, args.model_id, max_new_tokens=args.max_new_tokens,
+                              log=_log)
+    write_answers(answers, args.out)
+    print(f"answers: {args.out}")
+    references = Path(args.owleval) / "answer" / "reference_answer.jsonl"
+    if references.is_file():
+        accuracy = reference_accuracy(eval_set, answers, read_answers(references)[0])
+        print(f"accuracy {accuracy.overall:.3f} " + " ".join(f"{k} {v:.3f}" for k, v in accuracy.by_type.items()))
+    for problem in eval_set.problems:
+        print(f"problem: {problem}")
+    return 0
+
+
 def cmd_ui(args) -> int:
     from owl_pipeline.ui import serve
 
@@ -154,6 +190,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--stage", type=int, choices=(0, 1, 2), required=True)
     project_args(train)
     train.set_defaults(func=cmd_train)
+
+    chat = sub.add_parser("chat", help="ask a saved model about an image")
+    chat.add_argument("question")
+    chat.add_argument("--image", action="append", required=True, help="an image path (repeat for several)")
+    chat.add_argument("--model", default="assets/stage2_model/model", help="a folder written by save_pretrained")
+    chat.add_argument("--max-new-tokens", type=int, default=512)
+    chat.add_argument("--sample", action="store_true", help="top-k 3 sampling, as the official demo")
+    chat.set_defaults(func=cmd_chat)
+
+    evaluate = sub.add_parser("eval", help="answer (and score) an OwlEval folder with a saved model")
+    evaluate.add_argument("--model", default="assets/stage2_model/model")
+    evaluate.add_argument("--owleval", required=True, help="a folder in the official layout")
+    evaluate.add_argument("--out", default="owleval_answers.jsonl")
+    evaluate.add_argument("--model-id", default="owl-pipeline")
+    evaluate.add_argument("--max-new-tokens", type=int, default=512)
+    evaluate.set_defaults(func=cmd_eval)
 
     ui = sub.add_parser("ui", help="the Dagster UI and the MLflow UI for this project (Ctrl-C stops both)")
     ui.add_argument("--project", default=".")

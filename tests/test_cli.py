@@ -12,3 +12,33 @@ def test_info_reports_a_bad_config_clearly(tmp_path, capsys):
     path.write_text("preset: tiny\nllm:\n  hidden_size: 100\n")
     assert main(["info", "--config", str(path)]) == 2
     assert "llm.hidden_size / llm.num_heads = 25 must be even" in capsys.readouterr().err
+
+
+def test_chat_and_eval_with_a_saved_model(tmp_path, model, processor, red_image, capsys):
+    import json
+    import shutil
+    from pathlib import Path
+
+    from owl_pipeline.model.builders import save_pretrained
+
+    save_pretrained(model, processor, tmp_path / "model")
+    red_image.save(tmp_path / "red.png")
+    assert main(["chat", "What color is it?", "--image", str(tmp_path / "red.png"), "--model", str(tmp_path / "model"),
+                 "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.strip() != ""  # an untrained model answers something, stops within 4 tokens
+
+    real = Path(__file__).resolve().parents[2] / "shared/data/owleval"
+    folder = tmp_path / "owleval"
+    (folder / "cases").mkdir(parents=True)
+    lines = (real / "questions.jsonl").read_text().splitlines()[:3] + ["{broken"]
+    (folder / "questions.jsonl").write_text("\n".join(lines) + "\n")
+    for line in lines[:3]:
+        image = json.loads(line)["image"]
+        shutil.copy(real / "cases" / image, folder / "cases" / image)
+    out = tmp_path / "answers.jsonl"
+    assert main(["eval", "--model", str(tmp_path / "model"), "--owleval", str(folder), "--out", str(out),
+                 "--max-new-tokens", "3"]) == 0
+    answers = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [a["question_id"] for a in answers] == [json.loads(line)["question_id"] for line in lines[:3]]
+    assert set(answers[0]) == {"image", "question_id", "question", "answer", "model_id"}
+    assert "questions.jsonl line 4: malformed" in capsys.readouterr().out

@@ -34,8 +34,12 @@ class Question:
     question_id: int
     question: str
     ability: list[str]
-    category: str
+    categories: list[str]  # the official file: ["single_turn"], ["multi_turn"], or both on a dialogue's opener
     question_type: str | None = None
+
+    @property
+    def multi_turn(self) -> bool:
+        return "multi_turn" in self.categories
 
 
 @dataclass
@@ -61,9 +65,10 @@ def load_eval_set(folder: str | Path) -> EvalSet:
             unknown = [a for a in abilities if a not in ABILITIES]
             if unknown:
                 problems.append(f"questions.jsonl line {number}: unknown ability code(s) {unknown}; ignored")
+            category = record.get("category", "single_turn")
             questions.append(Question(image=record["image"], question_id=int(record["question_id"]),
                                       question=record["question"], ability=[a for a in abilities if a in ABILITIES],
-                                      category=record.get("category", "single_turn"),
+                                      categories=list(category) if isinstance(category, list) else [category],
                                       question_type=record.get("question_type")))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
             problems.append(f"questions.jsonl line {number}: malformed ({error}); skipped")
@@ -75,7 +80,7 @@ def dialogues(questions: list[Question]) -> list[list[Question]]:
     groups: list[list[Question]] = []
     for question in questions:
         previous = groups[-1][-1] if groups else None
-        if (question.category == "multi_turn" and previous is not None and previous.category == "multi_turn"
+        if (question.multi_turn and previous is not None and previous.multi_turn
                 and previous.image == question.image):
             groups[-1].append(question)
         else:
@@ -169,7 +174,8 @@ def reference_accuracy(eval_set: EvalSet, answers: list[dict], references: list[
     by_type: dict[str, list[bool]] = {}
     by_ability: dict[str, list[bool]] = {}
     for q in scored:
-        by_type.setdefault(q.question_type or q.category, []).append(correct[q.question_id])
+        by_type.setdefault(q.question_type or ("multi_turn" if q.multi_turn else "single_turn"), []).append(
+            correct[q.question_id])
         for ability in q.ability:
             by_ability.setdefault(ability, []).append(correct[q.question_id])
     return Accuracy(overall=_mean(list(correct.values())), by_type={k: _mean(v) for k, v in sorted(by_type.items())},
