@@ -70,7 +70,7 @@ def resolve_precision(setting: str) -> str:
     return setting
 
 
-def _set_modes(model: OwlModel, stage: int) -> None:
+def _set_modes(model: OwlModel) -> None:
     """Train mode (dropout) only where parameters train; frozen towers run as at inference."""
     model.train()
     for part in (model.vision, model.abstractor):
@@ -79,10 +79,9 @@ def _set_modes(model: OwlModel, stage: int) -> None:
 
 
 class _Trainer:
-    def __init__(self, model: OwlModel, processor: OwlProcessor, stage: int, config: StageConfig,
-                 output_dir: Path, tracker: Tracker, log: Callable[[str], None]):
-        self.stage, self.config, self.output_dir, self.tracker, self.log = stage, config, output_dir, tracker, log
-        self.processor = processor
+    def __init__(self, model: OwlModel, stage: int, config: StageConfig, output_dir: Path,
+                 log: Callable[[str], None]):
+        self.stage, self.config, self.output_dir = stage, config, output_dir
         self.accelerator = Accelerator(mixed_precision=resolve_precision(config.mixed_precision),
                                        cpu=not torch.cuda.is_available())
         set_trainable(model, stage)
@@ -161,7 +160,7 @@ class _Trainer:
                 out = self.model(**next(batches))
             total += out.loss.item() * out.num_target_tokens
             count += out.num_target_tokens
-        _set_modes(self.unwrapped, self.stage)
+        _set_modes(self.unwrapped)
         return total / max(count, 1)
 
     def last_checkpoint(self) -> Path | None:
@@ -190,13 +189,13 @@ def train_stage(model: OwlModel, processor: OwlProcessor, stage: int, train_data
     ``output_dir`` if there is one; write the final model to ``output_dir/model`` (the one saved layout)."""
     output_dir = Path(output_dir)
     tracker = tracker or NullTracker()
-    trainer = _Trainer(model, processor, stage, config, output_dir, tracker, log)
+    trainer = _Trainer(model, stage, config, output_dir, log)
     state = trainer.state
     first_step, started = state.step, time.perf_counter()
     batches = trainer.batches(train_data, shuffle=True, epoch=state.epoch, position=state.position)
     sampler_start = ResumableSampler(len(train_data), epoch=state.epoch, position=state.position)
     consumed = 0
-    _set_modes(trainer.unwrapped, stage)
+    _set_modes(trainer.unwrapped)
     metrics: dict[str, float] = {}
     while state.step < config.max_steps:
         metrics = trainer.train_step(batches)
