@@ -9,15 +9,89 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import time
+from dataclasses import dataclass
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from owl_pipeline.demo import demo_batch, demo_model  # noqa: E402
-from owl_pipeline.train.timing import time_training_steps  # noqa: E402
+from owl_pipeline.config import OwlConfig  # noqa: E402
+from owl_pipeline.constants import AI_PREFIX, HUMAN_PREFIX, IMAGE_TOKEN, SYSTEM_PROMPT  # noqa: E402
+from owl_pipeline.data import scenes  # noqa: E402
+from owl_pipeline.model.builders import (build_model, processor_config_for, set_trainable,  # noqa: E402
+                                         trainable_parameters)
+from owl_pipeline.model.owl import OwlModel  # noqa: E402
+from owl_pipeline.model.processor import AI, HUMAN, OwlProcessor, Turn  # noqa: E402
+from owl_pipeline.model.tokenizer import train_bpe_tokenizer  # noqa: E402
+
+
+def demo_model(seed: int = 0, preset: str = "tiny") -> tuple[OwlModel, OwlProcessor]:
+    """The preset's model with a tokenizer trained on shapes-world text."""
+    rng = np.random.default_rng(seed)
+    texts = [SYSTEM_PROMPT, HUMAN_PREFIX, AI_PREFIX] * 20  # the template compresses to a few tokens
+    for _ in range(200):
+        scene = scenes.random_scene(rng)
+        texts.append(scenes.caption(scene))
+        texts += [f"{qa.question} {qa.answer}" for qa in scenes.questions(scene, rng)]
+    config = OwlConfig.from_name(preset)
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=config.llm.vocab_size)
+    processor = OwlProcessor(tokenizer, processor_config_for(config, train_hflip=False))
+    torch.manual_seed(seed)
+    return build_model(config, processor), processor
+
+
+def demo_batch(processor: OwlProcessor, batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """One image and one question per sample, answers labelled."""
+    rng = np.random.default_rng(seed + 1)
+    size = processor.config.image_size
+    samples = []
+    for _ in range(batch_size):
+        scene = scenes.random_scene(rng)
+        qa = scenes.questions(scene, rng)[int(rng.integers(4))]
+        turns = [Turn(HUMAN, IMAGE_TOKEN), Turn(HUMAN, qa.question), Turn(AI, qa.answer)]
+        samples.append(processor.encode(turns, [scenes.render(scene, size, size)], train=True, rng=rng))
+    return processor.collate(samples)
+
+
+@dataclass
+class StepTiming:
+    stage: int
+    batch_size: int
+    seq_len: int
+    trainable: int
+    median_s: float
+    first_loss: float
+    last_loss: float
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.batch_size / self.median_s
+
+
+def time_training_steps(model: OwlModel, batch: dict[str, torch.Tensor], stage: int, steps: int = 5,
+                        warmup: int = 1, lr: float = 1e-3) -> StepTiming:
+    """Forward + backward + AdamW step on ``batch`` for the parameters ``stage`` trains; median seconds."""
+    set_trainable(model, stage)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    durations, losses = [], []
+    for step in range(warmup + steps):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        if step >= warmup:
+            durations.append(time.perf_counter() - start)
+        losses.append(loss.item())
+    return StepTiming(stage=stage, batch_size=batch["input_ids"].shape[0], seq_len=batch["input_ids"].shape[1],
+                      trainable=trainable_parameters(model), median_s=statistics.median(durations),
+                      first_loss=losses[0], last_loss=losses[-1])
 
 
 def main() -> None:

@@ -270,8 +270,6 @@ class SyntheticConfig:
     faults: FaultRates = field(default_factory=FaultRates)
 
     def __post_init__(self) -> None:
-        if isinstance(self.faults, dict):
-            self.faults = FaultRates(**self.faults)
         _require(self.metadata_format in ("laion", "coyo"),
                  f"synthetic.metadata_format must be 'laion' or 'coyo', got {self.metadata_format!r}")
         _require(self.num_pairs > 0 and self.shard_size > 0, "synthetic.num_pairs and shard_size must be positive")

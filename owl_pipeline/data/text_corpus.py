@@ -9,7 +9,6 @@ Two kinds of conversation, both text-only:
 from __future__ import annotations
 
 import lance
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -19,12 +18,9 @@ from owl_pipeline.data.lance_io import write_lance
 from owl_pipeline.model.processor import AI, HUMAN
 
 
-def build_text_corpus(curated_pairs: str, instructions: str, output: str, max_captions: int | None = None,
-                      seed: int = 0) -> int:
+def build_text_corpus(curated_pairs: str, instructions: str, output: str) -> int:
     """Write the base-LLM conversations to ``output`` (Lance, CONVERSATION_SCHEMA); returns the row count."""
     captions = lance.dataset(curated_pairs).to_table(columns=["caption"])["caption"].to_pylist()
-    if max_captions is not None and len(captions) > max_captions:
-        captions = list(np.random.default_rng(seed).choice(captions, size=max_captions, replace=False))
     copies = [{"id": f"copy-{i}", "format": "copy", "task_type": "caption_copy",
                "turns": [{"role": HUMAN, "text": c}, {"role": AI, "text": c}], "images": [], "image_refs": []}
               for i, c in enumerate(captions)]
