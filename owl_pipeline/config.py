@@ -366,6 +366,36 @@ class BaseLLMConfig:
         betas=(0.9, 0.95), vision_lr_scale=1.0, eval_every=0, save_every=300, log_every=50))
 
 
+@dataclass
+class EvaluationConfig:
+    """How OwlEval answers are produced and scored (owl_pipeline.eval)."""
+
+    max_new_tokens: int = 64
+    reference_answers: str = "mPLUG_Owl_7b"  # answer/<this>_answer.jsonl: the reference for similarity scoring
+    embedding_model: str | None = None  # a sentence-transformers folder; None: all-MiniLM-L6-v2 from its wheel
+    judge_model: str | None = None  # a local causal LM (path or hub id) grading A-D; None: no judge
+    judge_max_new_tokens: int = 8
+    human_ratings: str | None = None  # a filled rating sheet (CSV) to fold into the report
+
+    def __post_init__(self) -> None:
+        _require(self.max_new_tokens > 0 and self.judge_max_new_tokens > 0, "evaluation: token limits must be > 0")
+
+
+@dataclass
+class RegistryConfig:
+    """Registration in the MLflow model registry and the gate that promotes a version to ``champion``."""
+
+    model_name: str = "owl-shapes-world"
+    metric: str = "accuracy"  # a score of the evaluation report: accuracy | similarity | judge | human
+    tolerance: float = 0.02  # promoted when metric >= champion's metric - tolerance ...
+    floor: float = 0.3  # ... and metric >= floor
+
+    def __post_init__(self) -> None:
+        _require(self.metric in ("accuracy", "similarity", "judge", "human"),
+                 f"registry.metric must be accuracy, similarity, judge or human, not {self.metric!r}")
+        _require(self.tolerance >= 0, "registry.tolerance must be >= 0")
+
+
 # --- the pipeline ----------------------------------------------------------------------------------------
 @dataclass
 class InstructionFile:
@@ -389,6 +419,8 @@ class PipelineConfig:
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(default_factory=StageConfig.stage2_recipe)
     min_curated_rows: int = 100
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     def __post_init__(self) -> None:
         if self.instructions is not None:

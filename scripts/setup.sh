@@ -9,6 +9,14 @@ PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 STAMP="$VENV/.owl-install-stamp"
 want=$(cat pyproject.toml requirements/constraints.txt | sha256sum | cut -d' ' -f1)
 
+# The HTML report's test renders the page in headless Chromium (Debian's package; root with apt only).
+if [ "${OWL_SKIP_CHROMIUM:-0}" != 1 ] && ! [ -x /usr/bin/chromium ] && command -v apt-get >/dev/null \
+    && [ "$(id -u)" = 0 ]; then
+  echo "installing Chromium for the report test (apt) ..."
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+    || echo "Chromium not installed: the report's browser test will be skipped" >&2
+fi
+
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/owl" ]; then
   exit 0
 fi

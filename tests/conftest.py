@@ -2,6 +2,7 @@
 corpus and its Lance pairs. Offline always."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -56,6 +57,17 @@ def red_image():
 def noise_image():
     rng = np.random.default_rng(0)
     return Image.fromarray(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8))
+
+
+REAL_OWLEVAL = Path(__file__).resolve().parents[2] / "shared/data/owleval"
+
+
+@pytest.fixture(scope="session")
+def similarity():
+    """The packaged all-MiniLM-L6-v2 (loaded once: about 8 s)."""
+    from owl_pipeline.eval.similarity import SimilarityScorer
+
+    return SimilarityScorer()
 
 
 SMALL = dict(num_pairs=1200, shard_size=300, num_instruction_images=40, num_text_only=20, num_eval_images=6)

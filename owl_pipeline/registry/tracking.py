@@ -93,11 +93,13 @@ class MlflowTracking:
     """Opens runs in one experiment of one tracking store."""
 
     def __init__(self, tracking_uri: str, artifact_root: Path | None = None,
-                 experiment: str = DEFAULT_EXPERIMENT, ui_url: str = "http://127.0.0.1:5000"):
+                 experiment: str = DEFAULT_EXPERIMENT, ui_url: str = "http://127.0.0.1:5000",
+                 registry_uri: str | None = None):
         self.tracking_uri, self.ui_url = tracking_uri, ui_url
+        self.registry_uri = registry_uri or tracking_uri  # the model registry lives in the tracking store by default
         if tracking_uri.startswith("sqlite:///"):
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri)
+        self.client = MlflowClient(tracking_uri, registry_uri=self.registry_uri)
         try:
             found = self.client.get_experiment_by_name(experiment)
             self.experiment_id = found.experiment_id if found else self.client.create_experiment(

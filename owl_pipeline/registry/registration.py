@@ -1,0 +1,154 @@
+"""Registration in the MLflow model registry, and the promotion gate.
+
+Every new version gets the alias ``candidate``. It also gets ``champion`` only if it passes the gate: its score
+is at least the current champion's minus a tolerance, and at least an absolute floor. The decision and its
+reason are written on the version (tags ``gate.*`` and the description). Load the result the MLflow way:
+``mlflow.pyfunc.load_model("models:/<name>@champion")``.
+
+Nothing is registered half-way: the pyfunc is built before the registry is touched, and a failure after the
+version was created deletes that version again.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from PIL import Image
+
+from owl_pipeline.registry import pyfunc_model
+from owl_pipeline.registry.tracking import MlflowTracking
+
+CANDIDATE, CHAMPION = "candidate", "champion"
+SCORE_TAG_PREFIX = "eval."
+
+
+class RegistryUnavailableError(RuntimeError):
+    """The model registry could not be reached; nothing was registered."""
+
+
+@dataclass
+class GateDecision:
+    promoted: bool
+    reason: str
+
+
+def gate(score: float | None, champion_score: float | None, tolerance: float, floor: float) -> GateDecision:
+    """Promote when ``score >= floor`` and ``score >= champion_score - tolerance`` (no champion: floor only)."""
+    if score is None:
+        return GateDecision(False, "no score for the gate's metric: not promoted")
+    if score < floor:
+        return GateDecision(False, f"score {score:.4f} is below the floor {floor:.4f}")
+    if champion_score is not None and score < champion_score - tolerance:
+        return GateDecision(False, f"score {score:.4f} is below the champion's {champion_score:.4f} "
+                                   f"minus tolerance {tolerance:.4f}")
+    against = "no champion yet" if champion_score is None else f"champion {champion_score:.4f}"
+    return GateDecision(True, f"score {score:.4f} passes (floor {floor:.4f}, {against}, tolerance {tolerance:.4f})")
+
+
+def _example_image() -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def save_pyfunc(model_dir: Path, out: Path, max_new_tokens: int = 64) -> Path:
+    """The Owl folder as an MLflow pyfunc (models from code) in ``out``, with signature and input example."""
+    example = pd.DataFrame({"image": [_example_image()], "question": ["What color is the picture?"],
+                            "history": ["[]"]})
+    signature = infer_signature(example, ["an answer"], params={pyfunc_model.MAX_NEW_TOKENS_PARAM: max_new_tokens})
+    package = Path(pyfunc_model.__file__).resolve().parents[1]
+    mlflow.pyfunc.save_model(
+        path=str(out), python_model=str(Path(pyfunc_model.__file__).resolve()),
+        artifacts={pyfunc_model.OWL_ARTIFACT: str(model_dir)}, signature=signature, input_example=example,
+        code_paths=[str(package)],  # the model carries the owl_pipeline code it runs
+        pip_requirements=[f"torch>={_version('torch')}", f"transformers>={_version('transformers')}",
+                          f"peft>={_version('peft')}", "pillow", "pandas", f"mlflow>={mlflow.__version__}"])
+    return out
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+@dataclass
+class Registration:
+    name: str
+    version: str
+    promoted: bool
+    reason: str
+    run_id: str
+    model_uri: str  # models:/<name>/<version>
+
+
+def _champion_score(tracking: MlflowTracking, name: str, metric: str) -> tuple[float | None, str | None]:
+    try:
+        champion = tracking.client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None, None
+    value = champion.tags.get(SCORE_TAG_PREFIX + metric)
+    return (float(value) if value not in (None, "None") else None), champion.version
+
+
+def check_registry(tracking: MlflowTracking) -> None:
+    try:
+        tracking.client.search_registered_models(max_results=1)
+    except (MlflowException, OSError) as error:
+        raise RegistryUnavailableError(f"cannot reach the MLflow model registry at {tracking.registry_uri}: "
+                                       f"{error}. Nothing was registered.") from error
+
+
+def register_model(tracking: MlflowTracking, model_dir: Path, name: str, scores: dict[str, float | None],
+                   metric: str, tolerance: float, floor: float, tags: dict[str, str] | None = None,
+                   log: Callable[[str], None] = print) -> Registration:
+    """Log ``model_dir`` as a pyfunc in a new run, register it as a new version of ``name``, alias it
+    ``candidate``, and ``champion`` if it passes the gate on ``scores[metric]``."""
+    check_registry(tracking)
+    version_tags = {**(tags or {}), **{SCORE_TAG_PREFIX + k: str(v) for k, v in scores.items()}}
+    with tempfile.TemporaryDirectory() as scratch:
+        pyfunc_dir = save_pyfunc(Path(model_dir), Path(scratch) / "model")
+        with tracking.run(f"register {name}", tags=version_tags) as run:
+            run.log_metrics({k: v for k, v in scores.items() if v is not None}, step=0)
+            run.log_artifact(pyfunc_dir, "model")
+            source = f"{tracking.client.get_run(run.run_id).info.artifact_uri}/model"
+            return _create_version(tracking, name, source, run.run_id, version_tags, scores.get(metric), metric,
+                                   tolerance, floor, log)
+
+
+def _create_version(tracking: MlflowTracking, name: str, source: str, run_id: str, tags: dict[str, str],
+                    score: float | None, metric: str, tolerance: float, floor: float,
+                    log: Callable[[str], None]) -> Registration:
+    client = tracking.client
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="mPLUG-Owl-style model trained by owl-pipeline")
+    champion_score, champion_version = _champion_score(tracking, name, metric)
+    version = client.create_model_version(name, source, run_id=run_id, tags=tags)
+    try:
+        decision = gate(score, champion_score, tolerance, floor)
+        client.set_registered_model_alias(name, CANDIDATE, version.version)
+        if decision.promoted:
+            client.set_registered_model_alias(name, CHAMPION, version.version)
+        against = f" (champion was version {champion_version})" if champion_version else ""
+        client.set_model_version_tag(name, version.version, "gate.decision", "promoted" if decision.promoted
+                                     else "refused")
+        client.set_model_version_tag(name, version.version, "gate.reason", decision.reason + against)
+        client.update_model_version(name, version.version, description=f"gate on {metric}: {decision.reason}{against}")
+    except BaseException:
+        client.delete_model_version(name, version.version)  # never leave a half-registered version behind
+        raise
+    log(f"registered {name} version {version.version} ({CANDIDATE}); gate on {metric}: "
+        f"{'promoted to ' + CHAMPION if decision.promoted else 'not promoted'}: {decision.reason}")
+    return Registration(name, version.version, decision.promoted, decision.reason, run_id,
+                        f"models:/{name}/{version.version}")

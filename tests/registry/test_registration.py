@@ -1,0 +1,162 @@
+"""Registration with a real MLflow sqlite registry: two real tiny models scored on a slice of the real OwlEval,
+the promotion gate, loading ``models:/<name>@champion``, and `mlflow models serve` answering over HTTP."""
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+
+from owl_pipeline.config import OwlConfig
+from owl_pipeline.eval.owleval import answer_eval_set, load_eval_set
+from owl_pipeline.eval.report import Scorers, build_report, our_scores
+from owl_pipeline.model.builders import build_model, processor_config_for, save_pretrained
+from owl_pipeline.model.processor import OwlProcessor
+from owl_pipeline.registry.registration import (CANDIDATE, CHAMPION, RegistryUnavailableError, gate,
+                                                register_model)
+from owl_pipeline.registry.tracking import MlflowTracking
+from tests.conftest import REAL_OWLEVAL
+
+NAME = "owl-test"
+
+
+def test_gate_rules():
+    assert gate(0.5, None, 0.02, 0.3).promoted
+    assert not gate(0.2, None, 0.02, 0.3).promoted  # below the floor
+    assert gate(0.49, 0.5, 0.02, 0.3).promoted  # within the tolerance of the champion
+    decision = gate(0.47, 0.5, 0.02, 0.3)
+    assert not decision.promoted and "below the champion's 0.5000" in decision.reason
+    assert not gate(None, 0.5, 0.02, 0.0).promoted
+
+
+@pytest.fixture(scope="module")
+def eval_slice(tmp_path_factory):
+    """The first eight questions of the real OwlEval, with their pictures and the published answers."""
+    folder = tmp_path_factory.mktemp("owleval")
+    lines = (REAL_OWLEVAL / "questions.jsonl").read_text().splitlines()[:8]
+    (folder / "questions.jsonl").write_text("\n".join(lines) + "\n")
+    shutil.copytree(REAL_OWLEVAL / "answer", folder / "answer")
+    (folder / "cases").mkdir()
+    for line in lines:
+        image = json.loads(line)["image"]
+        shutil.copy(REAL_OWLEVAL / "cases" / image, folder / "cases" / image)
+    return load_eval_set(folder)
+
+
+@pytest.fixture(scope="module")
+def two_models(tokenizer, eval_slice, similarity, tmp_path_factory):
+    """Two real tiny models (seeds 0 and 1), saved, each with its measured similarity score; worse one first."""
+    config = OwlConfig.from_name("tiny")
+    scored = []
+    for seed in (0, 1):
+        processor = OwlProcessor(tokenizer, processor_config_for(config, train_hflip=False))
+        torch.manual_seed(seed)
+        model = build_model(config, processor)
+        folder = tmp_path_factory.mktemp(f"model{seed}")
+        save_pretrained(model, processor, folder)
+        answers = answer_eval_set(model, processor, eval_slice, f"seed{seed}", max_new_tokens=8)
+        score = our_scores(build_report(eval_slice, answers, f"seed{seed}", Scorers(similarity=similarity)))
+        scored.append((score["similarity"], folder))
+    scored.sort(key=lambda pair: pair[0])
+    assert scored[0][0] < scored[1][0], "the two models must score differently for the gate test to mean anything"
+    return scored
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, two_models):
+    """A sqlite registry holding: the worse model (champion, first), the better (promoted), the worse again."""
+    root = tmp_path_factory.mktemp("mlruns")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    tracking = MlflowTracking(uri, artifact_root=root / "artifacts")
+    (worse, worse_dir), (better, better_dir) = two_models
+    results = [register_model(tracking, folder, NAME, {"similarity": score}, "similarity", tolerance=0.0,
+                              floor=0.0, tags={"git_commit": "test"}, log=print)
+               for score, folder in ((worse, worse_dir), (better, better_dir), (worse, worse_dir))]
+    return uri, tracking, results
+
+
+def test_the_gate_promotes_the_better_model_and_refuses_the_worse(registry):
+    _, tracking, (first, better, worse_again) = registry
+    assert first.promoted and better.promoted and not worse_again.promoted
+    client = tracking.client
+    assert client.get_model_version_by_alias(NAME, CHAMPION).version == better.version
+    assert client.get_model_version_by_alias(NAME, CANDIDATE).version == worse_again.version
+    refused = client.get_model_version(NAME, worse_again.version)
+    assert refused.tags["gate.decision"] == "refused" and "below the champion's" in refused.tags["gate.reason"]
+    assert f"champion was version {better.version}" in refused.description
+    assert refused.tags["git_commit"] == "test" and "eval.similarity" in refused.tags
+
+
+def _image_b64() -> str:
+    return base64.b64encode((REAL_OWLEVAL / "cases" / "1.jpg").read_bytes()).decode()
+
+
+def test_champion_loads_and_predicts(registry, monkeypatch):
+    uri, _, _ = registry
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@{CHAMPION}")
+    frame = pd.DataFrame({"image": [str(REAL_OWLEVAL / "cases" / "1.jpg"), _image_b64()],
+                          "question": ["What is this?", "And now?"],
+                          "history": ["[]", json.dumps([["What is this?", "a phone"]])]})
+    answers = model.predict(frame, params={"max_new_tokens": 4})
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    assert model.metadata.get_input_schema().input_names() == ["image", "question", "history"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_http(registry, tmp_path):
+    uri, _, _ = registry
+    port = _free_port()
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    # the server runs `uvicorn` from PATH: the venv's bin, as when the venv is activated
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{mlflow_cli.parent}:{os.environ['PATH']}"}
+    server = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m", f"models:/{NAME}@{CHAMPION}",
+                               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "w"),
+                              start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+                time.sleep(1)
+        body = json.dumps({"dataframe_split": {"columns": ["image", "question", "history"],
+                                               "data": [[_image_b64(), "What is funny here?", "[]"]]},
+                           "params": {"max_new_tokens": 4}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        reply = json.loads(urllib.request.urlopen(request, timeout=60).read())
+        assert len(reply["predictions"]) == 1 and isinstance(reply["predictions"][0], str)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+def test_unreachable_registry_registers_nothing(tmp_path, two_models, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking = MlflowTracking(uri, registry_uri=f"http://127.0.0.1:{_free_port()}")
+    with pytest.raises(RegistryUnavailableError, match="cannot reach the MLflow model registry"):
+        register_model(tracking, two_models[1][1], NAME, {"similarity": 1.0}, "similarity", 0.0, 0.0)
+    assert MlflowTracking(uri).client.search_registered_models() == []
+    assert tracking.client.search_runs([tracking.experiment_id]) == []
