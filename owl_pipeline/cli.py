@@ -116,6 +116,12 @@ def _print_summary(project, seconds: float) -> None:
     if "accuracy" in evaluation:
         by_type = "  ".join(f"{k} {v:.2f}" for k, v in evaluation["accuracy_by_type"].items())
         print(f"  accuracy on {evaluation['questions']} held-out questions: {evaluation['accuracy']:.3f} ({by_type})")
+    if "similarity" in evaluation:
+        print(f"  similarity to the reference answers: {evaluation['similarity']:.3f}; "
+              f"report: {project.assets / C.ASSET_OWLEVAL / 'report.html'}")
+    registered = report(C.ASSET_REGISTERED)
+    if registered.get("registered"):
+        print(f"  registered {registered['model_uri']} aliases {registered['aliases']}: {registered['gate_reason']}")
     print("  look closer: `owl ui` (Dagster on :3000, MLflow on :5000), reports in assets/reports/")
 
 
@@ -135,22 +141,32 @@ def cmd_chat(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    """Answer an OwlEval folder with a saved model; write official-format answers; score if references exist."""
-    from owl_pipeline.eval.owleval import (answer_eval_set, load_eval_set, read_answers, reference_accuracy,
-                                           write_answers)
+    """Answer an OwlEval folder with a saved model; score it beside the published answers; write the report."""
+    from owl_pipeline.config import EvaluationConfig
+    from owl_pipeline.eval.evaluate import evaluate_answers
+    from owl_pipeline.eval.owleval import answer_eval_set, load_eval_set, write_answers
+    from owl_pipeline.eval.report import headline
     from owl_pipeline.model.builders import from_pretrained
 
+    config = EvaluationConfig(max_new_tokens=args.max_new_tokens, reference_answers=args.reference,
+                              judge_model=args.judge, human_ratings=args.ratings)
     model, processor = from_pretrained(args.model)
     eval_set = load_eval_set(args.owleval)
     answers = answer_eval_set(model, processor, eval_set, args.model_id, max_new_tokens=args.max_new_tokens,
                               log=_log)
-    write_answers(answers, args.out)
-    print(f"answers: {args.out}")
-    references = Path(args.owleval) / "answer" / "reference_answer.jsonl"
-    if references.is_file():
-        accuracy = reference_accuracy(eval_set, answers, read_answers(references)[0])
-        print(f"accuracy {accuracy.overall:.3f} " + " ".join(f"{k} {v:.3f}" for k, v in accuracy.by_type.items()))
-    for problem in eval_set.problems:
+    out = Path(args.out)
+    write_answers(answers, out / "answers.jsonl")
+    files = evaluate_answers(eval_set, answers, args.model_id, config, out, log=_log)
+    for model_summary in files.report["models"]:
+        scores = model_summary["scores"]["all"]
+        print(f"{model_summary['model_id']:<20}" + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()
+                                                           if v is not None))
+    summary = headline(files.report)
+    if "accuracy_by_type" in summary:
+        print("accuracy by type: " + " ".join(f"{k} {v:.3f}" for k, v in summary["accuracy_by_type"].items()))
+    print(f"answers: {out / 'answers.jsonl'}\nreport: {files.html}\nrating sheet: {files.rating_sheet} "
+          f"(fill the grade column, then pass it back with --ratings)")
+    for problem in files.report["problems"]:
         print(f"problem: {problem}")
     return 0
 
@@ -202,9 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="answer (and score) an OwlEval folder with a saved model")
     evaluate.add_argument("--model", default="assets/stage2_model/model")
     evaluate.add_argument("--owleval", required=True, help="a folder in the official layout")
-    evaluate.add_argument("--out", default="owleval_answers.jsonl")
+    evaluate.add_argument("--out", default="owleval_out", help="folder for answers.jsonl, report.{json,html}, "
+                          "rating_sheet.csv, judge_cache.jsonl")
     evaluate.add_argument("--model-id", default="owl-pipeline")
     evaluate.add_argument("--max-new-tokens", type=int, default=512)
+    evaluate.add_argument("--reference", default="mPLUG_Owl_7b",
+                          help="answer/<NAME>_answer.jsonl is the reference for similarity scoring")
+    evaluate.add_argument("--judge", help="a local causal LM (folder or hub id) that grades answers A-D")
+    evaluate.add_argument("--ratings", help="a filled rating sheet (CSV) to fold into the report")
     evaluate.set_defaults(func=cmd_eval)
 
     ui = sub.add_parser("ui", help="the Dagster UI and the MLflow UI for this project (Ctrl-C stops both)")

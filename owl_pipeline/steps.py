@@ -291,35 +291,60 @@ def run_training_step(name: str, project: Project, tracking=None, log: Log = pri
     return result
 
 
-# --- evaluation ---------------------------------------------------------------------------------------------
-REFERENCE_ANSWERS = "reference_answer.jsonl"
+# --- evaluation and registration ---------------------------------------------------------------------------
+def owleval_report(project: Project, log: Log = print) -> StepResult:
+    """Answer the eval set with the stage-2 model; score it beside the published answers (eval.report)."""
+    from owl_pipeline.eval.evaluate import evaluate_answers
+    from owl_pipeline.eval.owleval import answer_eval_set, load_eval_set, write_answers
+    from owl_pipeline.eval.report import headline
 
-
-def owleval_report(project: Project, log: Log = print, max_new_tokens: int = 64) -> StepResult:
-    """Answer the eval set with the stage-2 model; score against reference answers where the set has them."""
-    from owl_pipeline.eval.owleval import (answer_eval_set, load_eval_set, read_answers, reference_accuracy,
-                                           write_answers)
-
+    settings = project.config.evaluation
     folder = project.assets / C.ASSET_OWLEVAL
     model, processor = from_pretrained(project.stage2 / MODEL_DIR)
     eval_set = load_eval_set(project.owleval_dir())
-    answers = answer_eval_set(model, processor, eval_set, model_id=f"owl-{project.config.model_config().name}",
-                              max_new_tokens=max_new_tokens, log=log)
+    model_id = f"owl-{project.config.model_config().name}"
+    answers = answer_eval_set(model, processor, eval_set, model_id=model_id,
+                              max_new_tokens=settings.max_new_tokens, log=log)
     answers_path = write_answers(answers, folder / "answers.jsonl")
-    metadata: dict[str, Any] = {"questions": len(eval_set.questions), "problems": eval_set.problems}
-    references = project.owleval_dir() / "answer" / REFERENCE_ANSWERS
-    if references.is_file():
-        expected, problems = read_answers(references)
-        accuracy = reference_accuracy(eval_set, answers, expected)
-        metadata.update(accuracy=round(accuracy.overall, 4), accuracy_by_type=accuracy.by_type,
-                        accuracy_by_ability=accuracy.by_ability, problems=eval_set.problems + problems)
-        log(f"owleval: accuracy {accuracy.overall:.3f} " +
-            " ".join(f"{k} {v:.3f}" for k, v in accuracy.by_type.items()))
-    (folder / "report.json").write_text(json.dumps(metadata, indent=2))
-    return StepResult(C.ASSET_OWLEVAL, {"answers": str(answers_path), "report": str(folder / "report.json")}, metadata)
+    files = evaluate_answers(eval_set, answers, model_id, settings, folder, log=log)
+    metadata: dict[str, Any] = {"questions": len(eval_set.questions), **headline(files.report),
+                                "problems": files.report["problems"]}
+    log("owleval: " + ", ".join(f"{k} {v:.3f}" for k, v in metadata.items() if isinstance(v, float)))
+    return StepResult(C.ASSET_OWLEVAL, {"answers": str(answers_path), "report": str(files.json),
+                                        "html": str(files.html), "rating_sheet": str(files.rating_sheet)}, metadata)
 
 
-PIPELINE_ORDER = (*DATA_STEPS, *TRAINING_STEPS, C.ASSET_OWLEVAL)
+def _run_id(url: str | None) -> str | None:
+    return url.rstrip("/").rsplit("/runs/", 1)[-1] if url and "/runs/" in url else None
+
+
+def registered_model(project: Project, tracking=None, log: Log = print) -> StepResult:
+    """Register the stage-2 model in the MLflow registry: alias ``candidate``, ``champion`` if the gate passes."""
+    from owl_pipeline.eval.report import our_scores
+    from owl_pipeline.registry.registration import register_model
+
+    if tracking is None:
+        log("registered_model: tracking is off (--no-tracking); nothing registered")
+        return StepResult(C.ASSET_REGISTERED, {}, {"registered": False})
+    settings = project.config.registry
+    report = json.loads((project.assets / C.ASSET_OWLEVAL / "report.json").read_text())
+    scores = {k: v for k, v in our_scores(report).items() if v is not None}
+    parents = {f"parent_run.{name}": _run_id(project.read_report(name).get("metadata", {}).get("mlflow_run"))
+               for name in TRAINING_STEPS}
+    tags = {**_tags(project, {"curated_pairs": project.curated_pairs, "instructions": project.instructions}),
+            **{k: v for k, v in parents.items() if v}, "eval_set": report["eval_set"]}
+    registration = register_model(tracking, project.stage2 / MODEL_DIR, settings.model_name, scores,
+                                  settings.metric, settings.tolerance, settings.floor, tags=tags, log=log)
+    metadata = {"registered": True, "model_uri": registration.model_uri, "version": registration.version,
+                "aliases": ["candidate", "champion"] if registration.promoted else ["candidate"],
+                "promoted": registration.promoted, "gate_reason": registration.reason,
+                "gate_metric": settings.metric, "score": scores.get(settings.metric),
+                "mlflow_run": f"{tracking.ui_url.rstrip('/')}/#/experiments/{tracking.experiment_id}/runs/"
+                              f"{registration.run_id}"}
+    return StepResult(C.ASSET_REGISTERED, {"model_uri": registration.model_uri}, metadata)
+
+
+PIPELINE_ORDER = (*DATA_STEPS, *TRAINING_STEPS, C.ASSET_OWLEVAL, C.ASSET_REGISTERED)
 
 
 # --- running a step, or reusing its last result -------------------------------------------------------------
@@ -363,9 +388,13 @@ def step_inputs(name: str, project: Project) -> tuple[dict, list[Path]]:
         return {**common, "stage1": _model_stamp(project.stage1), "stage": asdict(config.stage2),
                 "instructions": _version_or_none(project.instructions)}, [project.stage2 / MODEL_DIR]
     if name == C.ASSET_OWLEVAL:
-        return {"stage2": _model_stamp(project.stage2),
+        return {"stage2": _model_stamp(project.stage2), "evaluation": asdict(config.evaluation),
                 "questions": _file_stats([project.owleval_dir() / "questions.jsonl"])}, [
             project.assets / C.ASSET_OWLEVAL / "report.json"]
+    if name == C.ASSET_REGISTERED:
+        report = project.assets / C.ASSET_OWLEVAL / "report.json"
+        return {"stage2": _model_stamp(project.stage2), "report": _file_stats([report]),
+                "registry": asdict(config.registry)}, [report]
     raise ValueError(f"unknown step {name!r}; steps: {', '.join(PIPELINE_ORDER)}")
 
 
@@ -375,14 +404,17 @@ def run_step(name: str, project: Project, tracking=None, log: Log = print, force
     inputs, outputs = step_inputs(name, project)
     digest = config_hash(inputs)
     last = project.read_report(name)
-    if not force and last.get("inputs_digest") == digest and all(p.exists() for p in outputs):
+    registered = last.get("metadata", {}).get("registered", True)  # a skipped registration is retried
+    if not force and last.get("inputs_digest") == digest and all(p.exists() for p in outputs) and registered:
         log(f"{name}: inputs and settings unchanged since the last run; reusing its result")
         return StepResult(name, last.get("outputs", {}), {**last.get("metadata", {}), "reused": True})
     if name in DATA_STEPS:
         result = DATA_STEPS[name](project, log=log)
     elif name in TRAINING_STEPS:
         result = run_training_step(name, project, tracking, log=log)
-    else:
+    elif name == C.ASSET_OWLEVAL:
         result = owleval_report(project, log=log)
+    else:
+        result = registered_model(project, tracking, log=log)
     project.write_report(name, {"metadata": result.metadata, "outputs": result.outputs, "inputs_digest": digest})
     return result

@@ -35,10 +35,15 @@ def test_chat_and_eval_with_a_saved_model(tmp_path, model, processor, red_image,
     for line in lines[:3]:
         image = json.loads(line)["image"]
         shutil.copy(real / "cases" / image, folder / "cases" / image)
-    out = tmp_path / "answers.jsonl"
+    shutil.copytree(real / "answer", folder / "answer")
+    out = tmp_path / "eval"
     assert main(["eval", "--model", str(tmp_path / "model"), "--owleval", str(folder), "--out", str(out),
-                 "--max-new-tokens", "3"]) == 0
-    answers = [json.loads(line) for line in out.read_text().splitlines()]
+                 "--max-new-tokens", "3", "--model-id", "mine"]) == 0
+    answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
     assert [a["question_id"] for a in answers] == [json.loads(line)["question_id"] for line in lines[:3]]
     assert set(answers[0]) == {"image", "question_id", "question", "answer", "model_id"}
-    assert "questions.jsonl line 4: malformed" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "questions.jsonl line 4: malformed" in printed
+    reference_line = next(line for line in printed.splitlines() if line.startswith("mPLUG_Owl_7b:v1 "))
+    assert "similarity 1.000" in reference_line  # the reference answers scored against themselves
+    assert (out / "report.html").is_file() and (out / "rating_sheet.csv").is_file()

@@ -31,7 +31,7 @@ def test_dvc_and_dagster_draw_the_same_graph(tmp_path):
     asset_of = {str(project.raw_shards): "raw_shards", str(project.raw_pairs): "raw_pairs",
                 str(project.curated_pairs): "curated_pairs", str(project.instructions): "instruction_data",
                 str(project.base_llm): "base_llm", str(project.stage1): "stage1_model",
-                str(project.stage2): "stage2_model"}
+                str(project.stage2): "stage2_model", str(project.assets / "owleval_report"): "owleval_report"}
     stages = yaml.safe_load(DVC_YAML.read_text())["stages"]
     dvc_edges = {name: {asset_of[str(tmp_path / d)] for d in stage.get("deps", [])} for name, stage in stages.items()}
     assert dvc_edges == asset_graph_edges()

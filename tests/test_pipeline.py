@@ -19,6 +19,7 @@ TINY_PARAMS = {
     "base_llm": {"vocab_size": 400, "train": {**TINY_STAGE, "lr": 0.003}},
     "stage1": {**TINY_STAGE, "lr": 0.001},
     "stage2": {**TINY_STAGE, "lr": 0.001},
+    "registry": {"model_name": "owl-tiny-test", "floor": 0.0},
 }
 
 
@@ -37,17 +38,32 @@ def test_run_writes_every_asset_and_a_summary(project, capsys):
                  "stage2_model/model/adapter/adapter_model.safetensors", "owleval_report/answers.jsonl",
                  "reports/filter_histograms.png"):
         assert (assets / name).exists(), name
-    report = json.loads((assets / "owleval_report/report.json").read_text())
+    report = json.loads((assets / "reports/owleval_report.json").read_text())["metadata"]
     assert report["questions"] == 4 * 4 + 2 and 0.0 <= report["accuracy"] <= 1.0
     assert set(report["accuracy_by_type"]) == {"color", "shape", "count", "position"}
+    assert 0.0 <= report["similarity"] <= 1.0
+    full = json.loads((assets / "owleval_report/report.json").read_text())
+    assert len(full["rows"]) == report["questions"] and (assets / "owleval_report/report.html").is_file()
+
+
+def test_the_run_registers_the_model_as_champion(project, capsys):
+    client = MlflowClient(local_tracking_uri(project))
+    champion = client.get_model_version_by_alias("owl-tiny-test", "champion")
+    assert str(champion.version) == "1" and champion.tags["gate.decision"] == "promoted"
+    assert str(client.get_model_version_by_alias("owl-tiny-test", "candidate").version) == "1"
+    assert {"parent_run.stage2_model", "eval.accuracy", "git_commit"} <= set(champion.tags)
+    stage2 = client.get_run(champion.tags["parent_run.stage2_model"])
+    assert stage2.info.run_name == "stage2_model"
 
 
 def test_every_training_step_is_an_mlflow_run_with_params_metrics_and_the_model(project):
     client = MlflowClient(local_tracking_uri(project))
     experiment = client.get_experiment_by_name("owl-pipeline")
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
-    assert set(runs) == {"base_llm", "stage1_model", "stage2_model"}
+    assert set(runs) == {"base_llm", "stage1_model", "stage2_model", "register owl-tiny-test"}
     for name, run in runs.items():
+        if name.startswith("register"):
+            continue
         assert run.info.status == "FINISHED"
         assert run.data.params["stage1.lr"] == "0.001" and run.data.params["model.preset"] == "tiny"
         assert len(client.get_metric_history(run.info.run_id, "loss")) == 4
@@ -61,7 +77,8 @@ def test_every_training_step_is_an_mlflow_run_with_params_metrics_and_the_model(
 def test_a_second_run_reuses_what_did_not_change(project, capfd):
     assert main(["run", "--project", str(project)]) == 0
     out = "".join(capfd.readouterr())  # step logs go through Dagster's logger to stderr
-    for name in ("raw_pairs", "curated_pairs", "base_llm", "stage1_model", "stage2_model", "owleval_report"):
+    for name in ("raw_pairs", "curated_pairs", "base_llm", "stage1_model", "stage2_model", "owleval_report",
+                 "registered_model"):
         assert f"{name}: inputs and settings unchanged since the last run; reusing its result" in out, name
 
 

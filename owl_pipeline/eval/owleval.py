@@ -150,34 +150,3 @@ def read_answers(path: str | Path) -> tuple[list[dict], list[str]]:
 
 def normalize(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9 ]+", " ", text.lower()).split())
-
-
-@dataclass
-class Accuracy:
-    overall: float
-    by_type: dict[str, float]
-    by_ability: dict[str, float]
-    correct: dict[int, bool]
-    count: int
-
-
-def _mean(values: list[bool]) -> float:
-    return sum(values) / len(values) if values else 0.0
-
-
-def reference_accuracy(eval_set: EvalSet, answers: list[dict], references: list[dict]) -> Accuracy:
-    """Normalized exact match against reference answers (reference-checkable sets such as shapes world)."""
-    expected = {int(r["question_id"]): normalize(r["answer"]) for r in references}
-    given = {int(a["question_id"]): normalize(a.get("answer", "")) for a in answers}
-    scored = [q for q in eval_set.questions if q.question_id in expected]
-    correct = {q.question_id: given.get(q.question_id, "") == expected[q.question_id] for q in scored}
-    by_type: dict[str, list[bool]] = {}
-    by_ability: dict[str, list[bool]] = {}
-    for q in scored:
-        by_type.setdefault(q.question_type or ("multi_turn" if q.multi_turn else "single_turn"), []).append(
-            correct[q.question_id])
-        for ability in q.ability:
-            by_ability.setdefault(ability, []).append(correct[q.question_id])
-    return Accuracy(overall=_mean(list(correct.values())), by_type={k: _mean(v) for k, v in sorted(by_type.items())},
-                    by_ability={k: _mean(v) for k, v in sorted(by_ability.items())}, correct=correct,
-                    count=len(scored))

@@ -163,6 +163,18 @@ def our_scores(report: dict) -> dict:
     return ours["scores"].get("all", {})
 
 
+def headline(report: dict) -> dict:
+    """What a run summary shows: our overall scores, accuracy per question type and per ability (where set)."""
+    ours = next(m for m in report["models"] if m["ours"])["scores"]
+    summary = {k: v for k, v in our_scores(report).items() if v is not None}
+    for prefix, key in (("type:", "accuracy_by_type"), ("ability:", "accuracy_by_ability")):
+        values = {g.removeprefix(prefix): s["accuracy"] for g, s in sorted(ours.items())
+                  if g.startswith(prefix) and s.get("accuracy") is not None}
+        if values:
+            summary[key] = values
+    return summary
+
+
 def write_report_json(report: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")

@@ -1,7 +1,7 @@
 """Software-defined assets: one thin layer over each function of owl_pipeline.steps.
 
     raw_shards -> raw_pairs -> curated_pairs -> instruction_data -> base_llm -> stage1_model -> stage2_model
-    -> owleval_report
+    -> owleval_report -> registered_model
 """
 
 
@@ -77,7 +77,8 @@ stage2_model = _training_asset(C.ASSET_STAGE2, [C.ASSET_STAGE1, C.ASSET_INSTRUCT
 
 
 @dg.asset(name=C.ASSET_OWLEVAL, deps=[C.ASSET_STAGE2, C.ASSET_RAW_SHARDS], group_name=GROUP_EVAL,
-          compute_kind="pytorch", description="OwlEval answers in the official format, scored where references exist")
+          compute_kind="pytorch",
+          description="OwlEval answers in the official format, scored beside the published models (HTML report)")
 def owleval_report(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
     result = steps.run_step(C.ASSET_OWLEVAL, project.project(), log=context.log.info)
     metadata = ui_metadata(result)
@@ -87,8 +88,17 @@ def owleval_report(context: dg.AssetExecutionContext, project: ProjectResource) 
     return dg.MaterializeResult(metadata=metadata)
 
 
+@dg.asset(name=C.ASSET_REGISTERED, deps=[C.ASSET_STAGE2, C.ASSET_OWLEVAL], group_name=GROUP_EVAL, compute_kind="mlflow",
+          description="The stage-2 model in the MLflow registry: alias candidate, champion if it passes the gate")
+def registered_model(context: dg.AssetExecutionContext, project: ProjectResource, mlflow: MlflowResource
+                     ) -> dg.MaterializeResult:
+    owl_project = project.project()
+    result = steps.run_step(C.ASSET_REGISTERED, owl_project, mlflow.tracking(owl_project), log=context.log.info)
+    return dg.MaterializeResult(metadata=ui_metadata(result))
+
+
 ALL_ASSETS = [raw_shards, raw_pairs, curated_pairs, instruction_data, base_llm, stage1_model, stage2_model,
-              owleval_report]
+              owleval_report, registered_model]
 
 
 def asset_graph_edges() -> dict[str, set[str]]:

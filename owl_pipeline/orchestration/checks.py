@@ -45,17 +45,26 @@ def instruction_data_ready(project: ProjectResource) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset=C.ASSET_OWLEVAL, blocking=True,
-                description="The evaluation finished: every question answered, scores present where references exist")
+                description="Evaluation finished: questions answered, scores present (accuracy where references exist)")
 def owleval_scored(project: ProjectResource) -> dg.AssetCheckResult:
+    from owl_pipeline.eval.report import GROUND_TRUTH_FILE, our_scores
+
     owl_project = project.project()
     report_path = owl_project.assets / C.ASSET_OWLEVAL / "report.json"
     if not report_path.is_file():
         return dg.AssetCheckResult(passed=False, metadata={"problem": f"{report_path} missing"})
     report = json.loads(report_path.read_text())
-    has_references = (owl_project.owleval_dir() / "answer" / "reference_answer.jsonl").is_file()
-    passed = report.get("questions", 0) > 0 and (not has_references or "accuracy" in report)
-    return dg.AssetCheckResult(passed=passed, metadata={"questions": report.get("questions", 0),
-                                                       "accuracy": report.get("accuracy", -1.0)})
+    scores = {k: v for k, v in our_scores(report).items() if v is not None}
+    answered = sum(1 for row in report["rows"] if row["answers"].get(report["our_model"], {}).get("answer"))
+    has_references = (owl_project.owleval_dir() / "answer" / GROUND_TRUTH_FILE).is_file()
+    metric = owl_project.config.registry.metric
+    problems = [text for failed, text in (
+        (report["questions"] == 0, "no questions"), (answered == 0, "no question got an answer"),
+        (has_references and "accuracy" not in scores, "references exist but no accuracy"),
+        (metric not in scores, f"no {metric!r} score for the registration gate")) if failed]
+    return dg.AssetCheckResult(passed=not problems, metadata={
+        "questions": report["questions"], "answered": answered, "scores": dg.MetadataValue.json(scores),
+        "problems": dg.MetadataValue.json(problems)})
 
 
 ALL_CHECKS = [curated_pairs_ready, instruction_data_ready, owleval_scored]

@@ -150,5 +150,5 @@ def _create_version(tracking: MlflowTracking, name: str, source: str, run_id: st
         raise
     log(f"registered {name} version {version.version} ({CANDIDATE}); gate on {metric}: "
         f"{'promoted to ' + CHAMPION if decision.promoted else 'not promoted'}: {decision.reason}")
-    return Registration(name, version.version, decision.promoted, decision.reason, run_id,
+    return Registration(name, str(version.version), decision.promoted, decision.reason, run_id,
                         f"models:/{name}/{version.version}")

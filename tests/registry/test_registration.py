@@ -89,8 +89,8 @@ def test_the_gate_promotes_the_better_model_and_refuses_the_worse(registry):
     _, tracking, (first, better, worse_again) = registry
     assert first.promoted and better.promoted and not worse_again.promoted
     client = tracking.client
-    assert client.get_model_version_by_alias(NAME, CHAMPION).version == better.version
-    assert client.get_model_version_by_alias(NAME, CANDIDATE).version == worse_again.version
+    assert str(client.get_model_version_by_alias(NAME, CHAMPION).version) == better.version
+    assert str(client.get_model_version_by_alias(NAME, CANDIDATE).version) == worse_again.version
     refused = client.get_model_version(NAME, worse_again.version)
     assert refused.tags["gate.decision"] == "refused" and "below the champion's" in refused.tags["gate.reason"]
     assert f"champion was version {better.version}" in refused.description

@@ -2,9 +2,10 @@
 
 from pathlib import Path
 
-from owl_pipeline.eval.owleval import dialogues, load_eval_set, read_answers, reference_accuracy
+from owl_pipeline.eval.owleval import dialogues, load_eval_set, read_answers
+from owl_pipeline.eval.report import GROUND_TRUTH_FILE, Scorers, build_report, headline
 
-REAL = Path(__file__).resolve().parents[2] / "shared/data/owleval"
+REAL = Path(__file__).resolve().parents[3] / "shared/data/owleval"
 
 
 def test_the_real_set_reads_whole():
@@ -30,12 +31,14 @@ def test_bad_lines_and_unknown_abilities_are_reported(tmp_path):
     assert len(eval_set.problems) == 3 and "unknown ability code(s) ['z']" in eval_set.problems[0]
 
 
-def test_reference_accuracy_normalizes_and_groups():
-    eval_set = load_eval_set(REAL)
-    first = eval_set.questions[:2]
-    eval_set.questions = first
-    refs = [{"question_id": q.question_id, "answer": "A Red, circle."} for q in first]
-    answers = [{"question_id": first[0].question_id, "answer": "a red circle"},
-               {"question_id": first[1].question_id, "answer": "blue"}]
-    accuracy = reference_accuracy(eval_set, answers, refs)
-    assert accuracy.overall == 0.5 and accuracy.count == 2
+def test_accuracy_normalizes_and_groups_by_type_and_ability(tmp_path):
+    (tmp_path / "answer").mkdir()
+    (tmp_path / "questions.jsonl").write_text(
+        '{"image": "1.jpg", "question_id": 1, "question": "Color?", "ability": "b", "question_type": "color"}\n'
+        '{"image": "1.jpg", "question_id": 2, "question": "How many?", "ability": "b,e", "question_type": "count"}\n')
+    (tmp_path / "answer" / GROUND_TRUTH_FILE).write_text(
+        '{"question_id": 1, "answer": "A Red, circle."}\n{"question_id": 2, "answer": "two"}\n')
+    answers = [{"question_id": 1, "answer": "a red circle"}, {"question_id": 2, "answer": "three"}]
+    summary = headline(build_report(load_eval_set(tmp_path), answers, "mine", Scorers(), log=print))
+    assert summary["accuracy"] == 0.5 and summary["accuracy_by_type"] == {"color": 1.0, "count": 0.0}
+    assert summary["accuracy_by_ability"] == {"b": 0.5, "e": 0.0}
