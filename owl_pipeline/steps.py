@@ -61,6 +61,13 @@ class Project:
         self.reports = self.assets / "reports"
         self.inbox = self.root / "inbox"  # new shards dropped here are ingested with the rest
 
+    def asset_paths(self) -> dict[str, Path]:
+        """Each asset's dataset or folder: what its DVC stage declares as ``outs`` (registered_model has none)."""
+        return {C.ASSET_RAW_SHARDS: self.raw_shards, C.ASSET_RAW_PAIRS: self.raw_pairs,
+                C.ASSET_CURATED_PAIRS: self.curated_pairs, C.ASSET_INSTRUCTIONS: self.instructions,
+                C.ASSET_BASE_LLM: self.base_llm, C.ASSET_STAGE1: self.stage1, C.ASSET_STAGE2: self.stage2,
+                C.ASSET_OWLEVAL: self.assets / C.ASSET_OWLEVAL}
+
     def _path(self, value: str) -> Path:
         path = Path(value)
         return path if path.is_absolute() else self.root / path

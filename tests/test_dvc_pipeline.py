@@ -28,10 +28,7 @@ def test_dvc_and_dagster_draw_the_same_graph(tmp_path):
     from owl_pipeline.orchestration.assets import asset_graph_edges
 
     project = steps.Project(steps.PipelineConfig(), tmp_path)
-    asset_of = {str(project.raw_shards): "raw_shards", str(project.raw_pairs): "raw_pairs",
-                str(project.curated_pairs): "curated_pairs", str(project.instructions): "instruction_data",
-                str(project.base_llm): "base_llm", str(project.stage1): "stage1_model",
-                str(project.stage2): "stage2_model", str(project.assets / "owleval_report"): "owleval_report"}
+    asset_of = {str(path): name for name, path in project.asset_paths().items()}
     stages = yaml.safe_load(DVC_YAML.read_text())["stages"]
     dvc_edges = {name: {asset_of[str(tmp_path / d)] for d in stage.get("deps", [])} for name, stage in stages.items()}
     assert dvc_edges == asset_graph_edges()

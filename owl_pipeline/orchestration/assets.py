@@ -11,6 +11,7 @@ import dagster as dg
 
 from owl_pipeline import constants as C
 from owl_pipeline import steps
+from owl_pipeline.data.versions import data_version
 from owl_pipeline.orchestration.resources import MlflowResource, ProjectResource
 
 GROUP_DATA, GROUP_TRAINING, GROUP_EVAL = "data", "training", "evaluation"
@@ -40,11 +41,24 @@ def ui_metadata(result: steps.StepResult) -> dict[str, dg.MetadataValue]:
     return metadata
 
 
+def materialized(project: steps.Project, result: steps.StepResult, deps: list[str],
+                 metadata: dict[str, dg.MetadataValue] | None = None) -> dg.MaterializeResult:
+    """The result with lineage: DVC hash (and Lance version) of what the step wrote and of what it read.
+    The output's DVC hash is also the Dagster data version, so the UI shows when bytes really changed."""
+    metadata = metadata if metadata is not None else ui_metadata(result)
+    paths = project.asset_paths()
+    written = data_version(paths[result.name]) if result.name in paths else {}
+    metadata.update({f"written_{k}": dg.MetadataValue.text(str(v)) for k, v in written.items()})
+    metadata["read_versions"] = dg.MetadataValue.json({dep: data_version(paths[dep]) for dep in deps if dep in paths})
+    version = dg.DataVersion(written["dvc_md5"]) if written.get("dvc_md5") else None
+    return dg.MaterializeResult(metadata=metadata, data_version=version)
+
+
 def _data_asset(name: str, deps: list[str], description: str):
     @dg.asset(name=name, deps=deps, group_name=GROUP_DATA, description=description, compute_kind="lance")
     def _asset(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
-        result = steps.run_step(name, project.project(), log=context.log.info)
-        return dg.MaterializeResult(metadata=ui_metadata(result))
+        owl_project = project.project()
+        return materialized(owl_project, steps.run_step(name, owl_project, log=context.log.info), deps)
 
     return _asset
 
@@ -59,7 +73,7 @@ def _training_asset(name: str, deps: list[str], description: str):
         curve = Path(result.outputs["model"]).parent / "loss_curve.png"
         if curve.is_file():
             metadata["loss_curve"] = dg.MetadataValue.path(str(curve))
-        return dg.MaterializeResult(metadata=metadata)
+        return materialized(owl_project, result, deps, metadata)
 
     return _asset
 
@@ -80,21 +94,23 @@ stage2_model = _training_asset(C.ASSET_STAGE2, [C.ASSET_STAGE1, C.ASSET_INSTRUCT
           compute_kind="pytorch",
           description="OwlEval answers in the official format, scored beside the published models (HTML report)")
 def owleval_report(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
-    result = steps.run_step(C.ASSET_OWLEVAL, project.project(), log=context.log.info)
+    owl_project = project.project()
+    result = steps.run_step(C.ASSET_OWLEVAL, owl_project, log=context.log.info)
     metadata = ui_metadata(result)
     if "accuracy_by_type" in result.metadata:
         rows = "\n".join(f"| {k} | {v:.3f} |" for k, v in result.metadata["accuracy_by_type"].items())
         metadata["accuracy_table"] = dg.MetadataValue.md(f"| question type | accuracy |\n|---|---|\n{rows}")
-    return dg.MaterializeResult(metadata=metadata)
+    return materialized(owl_project, result, [C.ASSET_STAGE2], metadata)
 
 
-@dg.asset(name=C.ASSET_REGISTERED, deps=[C.ASSET_STAGE2, C.ASSET_OWLEVAL], group_name=GROUP_EVAL, compute_kind="mlflow",
+@dg.asset(name=C.ASSET_REGISTERED, deps=[C.ASSET_STAGE2, C.ASSET_OWLEVAL], group_name=GROUP_EVAL,
+          compute_kind="mlflow",
           description="The stage-2 model in the MLflow registry: alias candidate, champion if it passes the gate")
 def registered_model(context: dg.AssetExecutionContext, project: ProjectResource, mlflow: MlflowResource
                      ) -> dg.MaterializeResult:
     owl_project = project.project()
     result = steps.run_step(C.ASSET_REGISTERED, owl_project, mlflow.tracking(owl_project), log=context.log.info)
-    return dg.MaterializeResult(metadata=ui_metadata(result))
+    return materialized(owl_project, result, [C.ASSET_STAGE2, C.ASSET_OWLEVAL])
 
 
 ALL_ASSETS = [raw_shards, raw_pairs, curated_pairs, instruction_data, base_llm, stage1_model, stage2_model,

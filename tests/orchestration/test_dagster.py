@@ -1,6 +1,9 @@
 """Real Dagster: Definitions load, the whole graph materializes at tiny size, checks block, automation fires."""
 
 import json
+import shutil
+import subprocess
+import sys
 
 import dagster as dg
 import pytest
@@ -50,6 +53,25 @@ def test_the_whole_graph_materializes_with_ui_metadata(materialized):
     assert "accuracy_table" in events["owleval_report"].metadata
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks == {"curated_pairs_ready": True, "instruction_data_ready": True, "owleval_scored": True}
+
+
+def test_materializations_record_the_dvc_hash_and_lance_version(materialized, tmp_path):
+    """The hash on a materialization is the one `dvc add` records for the same folder (real DVC, real git)."""
+    root, result = materialized
+    events = {e.asset_key.to_user_string(): e.event_specific_data.materialization
+              for e in result.get_asset_materialization_events()}
+    curated = events["curated_pairs"]
+    read = events["stage1_model"].metadata["read_versions"].value
+    assert read["curated_pairs"]["dvc_md5"] == curated.metadata["written_dvc_md5"].value
+    assert read["curated_pairs"]["lance_version"] == int(curated.metadata["written_lance_version"].value)
+    assert curated.tags["dagster/data_version"] == curated.metadata["written_dvc_md5"].value
+    repo = tmp_path / "repo"
+    shutil.copytree(root / "assets" / "curated_pairs.lance", repo / "curated_pairs.lance")
+    dvc = [sys.executable, "-m", "dvc"]
+    for command in (["git", "init", "-q"], [*dvc, "init", "-q"], [*dvc, "add", "-q", "curated_pairs.lance"]):
+        subprocess.run(command, cwd=repo, check=True, capture_output=True)
+    recorded = yaml.safe_load((repo / "curated_pairs.lance.dvc").read_text())["outs"][0]["md5"]
+    assert recorded == curated.metadata["written_dvc_md5"].value and recorded.endswith(".dir")
 
 
 def test_a_failed_blocking_check_stops_training(tmp_path):
