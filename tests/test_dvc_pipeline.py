@@ -32,3 +32,11 @@ def test_dvc_and_dagster_draw_the_same_graph(tmp_path):
     stages = yaml.safe_load(DVC_YAML.read_text())["stages"]
     dvc_edges = {name: {asset_of[str(tmp_path / d)] for d in stage.get("deps", [])} for name, stage in stages.items()}
     assert dvc_edges == asset_graph_edges()
+
+
+def test_every_param_section_a_stage_names_is_in_params_yaml():
+    stages = yaml.safe_load(DVC_YAML.read_text())["stages"]
+    params = yaml.safe_load((DVC_YAML.parent / "params.yaml").read_text())
+    named = {key for stage in stages.values() for key in stage.get("params", [])}
+    assert named <= set(params), named - set(params)
+    assert steps.PipelineConfig.from_yaml(DVC_YAML.parent / "params.yaml").registry.metric == "accuracy"

@@ -1,0 +1,64 @@
+"""`dvc repro` runs the whole pipeline from dvc.yaml in a fresh git repo (real DVC, the `owl step` CLI, tiny
+params), records every stage in dvc.lock, skips everything on a second run, and reruns only what a changed
+parameter touches."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from owl_pipeline import steps
+from owl_pipeline.config import PipelineConfig, from_mapping
+
+from .test_pipeline import TINY_PARAMS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dvc(repo: Path, *args: str) -> str:
+    # `owl` must be on PATH for the stages' commands: the venv's bin, as with the venv activated
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("dvc_repro")
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    # every section, as in the project's params.yaml: dvc.yaml names them as stage params
+    config = from_mapping(PipelineConfig, {**TINY_PARAMS, "registry": {"model_name": "repro", "floor": 0}}, "params")
+    (repo / "params.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(config.to_dict()))))
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    dvc(repo, "init", "-q")
+    dvc(repo, "config", "core.analytics", "false")
+    return repo, dvc(repo, "repro")
+
+
+def test_repro_runs_every_stage_and_locks_it(repo):
+    path, output = repo
+    for name in steps.PIPELINE_ORDER:
+        assert f"Running stage '{name}'" in output, name
+    lock = yaml.safe_load((path / "dvc.lock").read_text())["stages"]
+    assert set(lock) == set(steps.PIPELINE_ORDER)
+    assert lock["curated_pairs"]["outs"][0]["md5"].endswith(".dir")
+    assert (path / "assets/stage2_model/model/owl_config.json").is_file()
+    registered = json.loads((path / "assets/reports/registered_model.json").read_text())["metadata"]
+    assert registered["registered"] and registered["model_uri"] == "models:/repro/1"
+
+
+def test_second_repro_skips_and_a_param_change_reruns_downstream_only(repo):
+    path, _ = repo
+    assert "Running stage" not in dvc(path, "repro")
+    params = yaml.safe_load((path / "params.yaml").read_text())
+    params["stage2"]["lr"] = 0.002
+    (path / "params.yaml").write_text(yaml.safe_dump(params))
+    output = dvc(path, "repro")
+    rerun = {name for name in steps.PIPELINE_ORDER if f"Running stage '{name}'" in output}
+    assert rerun == {"stage2_model", "owleval_report", "registered_model"}
