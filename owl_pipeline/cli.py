@@ -66,7 +66,34 @@ def run_step(name: str, project, tracking=None, force: bool = False):
 
 def cmd_step(args) -> int:
     project = _project(args)
-    run_step(args.name, project, None if args.no_tracking else _tracking(project), force=args.force)
+    tracking = None if args.no_tracking else _tracking(project)
+    if args.dagster_pipes:
+        return _step_under_dagster_pipes(args.name, project, tracking, args.force)
+    run_step(args.name, project, tracking, force=args.force)
+    return 0
+
+
+def _step_under_dagster_pipes(name: str, project, tracking, force: bool) -> int:
+    """Launched by Dagster's TrainingLauncher: rank 0 streams its log lines and reports the materialization
+    (with the same metadata and lineage as in-process) through dagster-pipes; other ranks only train."""
+    from owl_pipeline import steps
+    from owl_pipeline.steps import is_main_process
+
+    if not is_main_process():
+        steps.run_step(name, project, tracking, log=_log, force=force)
+        return 0
+    from dagster_pipes import open_dagster_pipes
+
+    from owl_pipeline.orchestration.metadata import materialization, pipes_metadata
+
+    with open_dagster_pipes() as pipes:
+        def log(line: str) -> None:
+            _log(line)
+            pipes.log.info(line)
+
+        result = steps.run_step(name, project, tracking, log=log, force=force)
+        entries, version = materialization(project, result)
+        pipes.report_asset_materialization(metadata=pipes_metadata(entries), data_version=version)
     return 0
 
 
@@ -200,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     step = sub.add_parser("step", help="run one step of the pipeline (what dvc.yaml's stages call)")
     step.add_argument("name")
     project_args(step)
+    step.add_argument("--dagster-pipes", action="store_true",
+                      help="report to the Dagster run that launched this process (dagster-pipes)")
     step.set_defaults(func=cmd_step)
 
     train = sub.add_parser("train", help="run one training stage (0: base LLM, 1: pretraining, 2: instructions)")

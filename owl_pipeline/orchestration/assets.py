@@ -5,112 +5,59 @@
 """
 
 
-from pathlib import Path
-
 import dagster as dg
 
 from owl_pipeline import constants as C
 from owl_pipeline import steps
-from owl_pipeline.data.versions import data_version
-from owl_pipeline.orchestration.resources import MlflowResource, ProjectResource
+from owl_pipeline.orchestration.metadata import ASSET_DEPS, materialization
 
 GROUP_DATA, GROUP_TRAINING, GROUP_EVAL = "data", "training", "evaluation"
 
 
-def ui_metadata(result: steps.StepResult) -> dict[str, dg.MetadataValue]:
-    """What the Dagster UI shows for a materialization: numbers as numbers, links as links, plots inline."""
-    metadata: dict[str, dg.MetadataValue] = {}
-    for key, value in result.metadata.items():
-        if isinstance(value, bool) or value is None:
-            metadata[key] = dg.MetadataValue.text(str(value))
-        elif isinstance(value, int):
-            metadata[key] = dg.MetadataValue.int(value)
-        elif isinstance(value, float):
-            metadata[key] = dg.MetadataValue.float(value)
-        elif isinstance(value, str) and value.startswith("http"):
-            metadata[key] = dg.MetadataValue.url(value)
-        elif isinstance(value, (dict, list)):
-            metadata[key] = dg.MetadataValue.json(value)
-        else:
-            metadata[key] = dg.MetadataValue.text(str(value))
-    for name, path in result.outputs.items():
-        metadata[f"path_{name}"] = dg.MetadataValue.path(path)
-    if "removed" in result.metadata:
-        rows = "\n".join(f"| {rule} | {count} |" for rule, count in result.metadata["removed"].items())
-        metadata["removed_per_rule"] = dg.MetadataValue.md(f"| rule | rows removed |\n|---|---|\n{rows}")
-    return metadata
+_METADATA_VALUE = {"text": dg.MetadataValue.text, "int": dg.MetadataValue.int, "float": dg.MetadataValue.float,
+                   "url": dg.MetadataValue.url, "json": dg.MetadataValue.json, "path": dg.MetadataValue.path,
+                   "md": dg.MetadataValue.md}
 
 
-def materialized(project: steps.Project, result: steps.StepResult, deps: list[str],
-                 metadata: dict[str, dg.MetadataValue] | None = None) -> dg.MaterializeResult:
-    """The result with lineage: DVC hash (and Lance version) of what the step wrote and of what it read.
-    The output's DVC hash is also the Dagster data version, so the UI shows when bytes really changed."""
-    metadata = metadata if metadata is not None else ui_metadata(result)
-    paths = project.asset_paths()
-    written = data_version(paths[result.name]) if result.name in paths else {}
-    metadata.update({f"written_{k}": dg.MetadataValue.text(str(v)) for k, v in written.items()})
-    metadata["read_versions"] = dg.MetadataValue.json({dep: data_version(paths[dep]) for dep in deps if dep in paths})
-    version = dg.DataVersion(written["dvc_md5"]) if written.get("dvc_md5") else None
-    return dg.MaterializeResult(metadata=metadata, data_version=version)
+def materialized(project: steps.Project, result: steps.StepResult) -> dg.MaterializeResult:
+    """What the Dagster UI shows for a step: its figures, tables and plots, and the versions it read and wrote."""
+    entries, version = materialization(project, result)
+    return dg.MaterializeResult(metadata={key: _METADATA_VALUE[kind](value) for key, (kind, value) in entries.items()},
+                                data_version=dg.DataVersion(version) if version else None)
 
 
-def _data_asset(name: str, deps: list[str], description: str):
-    @dg.asset(name=name, deps=deps, group_name=GROUP_DATA, description=description, compute_kind="lance")
-    def _asset(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
-        owl_project = project.project()
-        return materialized(owl_project, steps.run_step(name, owl_project, log=context.log.info), deps)
+def _asset(name: str, group: str, kind: str, description: str, resources: tuple[str, ...] = ("project",)):
+    """Asset ``name``: run its step (or reuse its result) and report it; training goes through the launcher."""
 
-    return _asset
+    @dg.asset(name=name, deps=ASSET_DEPS[name], group_name=group, description=description, compute_kind=kind,
+              required_resource_keys=set(resources))
+    def _materialize(context: dg.AssetExecutionContext):
+        owl_project = context.resources.project.project()
+        if "launcher" in resources and context.resources.launcher.mode == "pipes":
+            return context.resources.launcher.run_step(context, name, context.resources.project,
+                                                       context.resources.mlflow)
+        tracking = context.resources.mlflow.tracking(owl_project) if "mlflow" in resources else None
+        return materialized(owl_project, steps.run_step(name, owl_project, tracking, log=context.log.info))
 
-
-def _training_asset(name: str, deps: list[str], description: str):
-    @dg.asset(name=name, deps=deps, group_name=GROUP_TRAINING, description=description, compute_kind="pytorch")
-    def _asset(context: dg.AssetExecutionContext, project: ProjectResource, mlflow: MlflowResource
-               ) -> dg.MaterializeResult:
-        owl_project = project.project()
-        result = steps.run_step(name, owl_project, mlflow.tracking(owl_project), log=context.log.info)
-        metadata = ui_metadata(result)
-        curve = Path(result.outputs["model"]).parent / "loss_curve.png"
-        if curve.is_file():
-            metadata["loss_curve"] = dg.MetadataValue.path(str(curve))
-        return materialized(owl_project, result, deps, metadata)
-
-    return _asset
+    return _materialize
 
 
-raw_shards = _data_asset(C.ASSET_RAW_SHARDS, [], "Shapes world generated, or your img2dataset shards checked")
-raw_pairs = _data_asset(C.ASSET_RAW_PAIRS, [C.ASSET_RAW_SHARDS], "Every readable pair in one Lance table")
-curated_pairs = _data_asset(C.ASSET_CURATED_PAIRS, [C.ASSET_RAW_PAIRS], "Pairs that pass the LAION/COYO rules")
-instruction_data = _data_asset(C.ASSET_INSTRUCTIONS, [C.ASSET_RAW_SHARDS], "Instruction conversations in Lance")
-base_llm = _training_asset(C.ASSET_BASE_LLM, [C.ASSET_CURATED_PAIRS, C.ASSET_INSTRUCTIONS],
-                           "The LLM the stages build on (trained here on the embedded default)")
-stage1_model = _training_asset(C.ASSET_STAGE1, [C.ASSET_BASE_LLM, C.ASSET_CURATED_PAIRS],
-                               "Stage 1: vision + abstractor trained, LLM frozen")
-stage2_model = _training_asset(C.ASSET_STAGE2, [C.ASSET_STAGE1, C.ASSET_INSTRUCTIONS],
-                               "Stage 2: LoRA on the LLM with the mixed instructions")
-
-
-@dg.asset(name=C.ASSET_OWLEVAL, deps=[C.ASSET_STAGE2, C.ASSET_RAW_SHARDS], group_name=GROUP_EVAL,
-          compute_kind="pytorch",
-          description="OwlEval answers in the official format, scored beside the published models (HTML report)")
-def owleval_report(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
-    owl_project = project.project()
-    result = steps.run_step(C.ASSET_OWLEVAL, owl_project, log=context.log.info)
-    metadata = ui_metadata(result)
-    if "accuracy_by_type" in result.metadata:
-        rows = "\n".join(f"| {k} | {v:.3f} |" for k, v in result.metadata["accuracy_by_type"].items())
-        metadata["accuracy_table"] = dg.MetadataValue.md(f"| question type | accuracy |\n|---|---|\n{rows}")
-    return materialized(owl_project, result, [C.ASSET_STAGE2], metadata)
-
-
-@dg.asset(name=C.ASSET_REGISTERED, deps=[C.ASSET_STAGE2, C.ASSET_OWLEVAL], group_name=GROUP_EVAL,
-          compute_kind="mlflow",
-          description="The stage-2 model in the MLflow registry: alias candidate, champion if it passes the gate")
-def registered_model(context: dg.AssetExecutionContext, project: ProjectResource, mlflow: MlflowResource
-                     ) -> dg.MaterializeResult:
-    owl_project = project.project()
-    result = steps.run_step(C.ASSET_REGISTERED, owl_project, mlflow.tracking(owl_project), log=context.log.info)
-    return materialized(owl_project, result, [C.ASSET_STAGE2, C.ASSET_OWLEVAL])
+_TRAINING = ("project", "mlflow", "launcher")
+raw_shards = _asset(C.ASSET_RAW_SHARDS, GROUP_DATA, "lance", "Shapes world generated, or your img2dataset shards")
+raw_pairs = _asset(C.ASSET_RAW_PAIRS, GROUP_DATA, "lance", "Every readable pair in one Lance table")
+curated_pairs = _asset(C.ASSET_CURATED_PAIRS, GROUP_DATA, "lance", "Pairs that pass the LAION/COYO rules")
+instruction_data = _asset(C.ASSET_INSTRUCTIONS, GROUP_DATA, "lance", "Instruction conversations in Lance")
+base_llm = _asset(C.ASSET_BASE_LLM, GROUP_TRAINING, "pytorch",
+                  "The LLM the stages build on (trained here on the embedded default)", _TRAINING)
+stage1_model = _asset(C.ASSET_STAGE1, GROUP_TRAINING, "pytorch", "Stage 1: vision + abstractor trained, LLM frozen",
+                      _TRAINING)
+stage2_model = _asset(C.ASSET_STAGE2, GROUP_TRAINING, "pytorch", "Stage 2: LoRA on the LLM with the mixed instructions",
+                      _TRAINING)
+owleval_report = _asset(C.ASSET_OWLEVAL, GROUP_EVAL, "pytorch",
+                        "OwlEval answers in the official format, scored beside the published models (HTML report)")
+registered_model = _asset(C.ASSET_REGISTERED, GROUP_EVAL, "mlflow",
+                          "The stage-2 model in the MLflow registry: alias candidate, champion if it passes the gate",
+                          ("project", "mlflow"))
 
 
 ALL_ASSETS = [raw_shards, raw_pairs, curated_pairs, instruction_data, base_llm, stage1_model, stage2_model,

@@ -7,7 +7,7 @@ import dagster as dg
 
 from owl_pipeline.orchestration.assets import ALL_ASSETS
 from owl_pipeline.orchestration.checks import ALL_CHECKS
-from owl_pipeline.orchestration.resources import MlflowResource, ProjectResource
+from owl_pipeline.orchestration.resources import MlflowResource, ProjectResource, TrainingLauncher
 
 
 def materialize_pipeline(project_root: Path, params: Path | None, tracking: bool = True) -> dg.ExecuteInProcessResult:
@@ -16,7 +16,7 @@ def materialize_pipeline(project_root: Path, params: Path | None, tracking: bool
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
     resources = {"project": ProjectResource(root=str(project_root), params=str(params) if params else None),
-                 "mlflow": MlflowResource(enabled=tracking)}
+                 "mlflow": MlflowResource(enabled=tracking), "launcher": TrainingLauncher()}
     with dg.DagsterInstance.get() as instance:
         return dg.materialize([*ALL_ASSETS, *ALL_CHECKS], resources=resources, instance=instance,
                               raise_on_error=False, tags={"owl/launched_by": "owl run"})

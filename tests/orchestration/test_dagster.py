@@ -14,17 +14,19 @@ from owl_pipeline.orchestration.assets import ALL_ASSETS
 from owl_pipeline.orchestration.automation import curated_growth_sensor, new_shards_sensor, weekly_retrain
 from owl_pipeline.orchestration.checks import ALL_CHECKS
 from owl_pipeline.orchestration.definitions import defs
-from owl_pipeline.orchestration.resources import MlflowResource, ProjectResource
+from owl_pipeline.orchestration.resources import MlflowResource, ProjectResource, TrainingLauncher
 
 from ..test_pipeline import TINY_PARAMS
 
 
-def materialize(root, **params_overrides):
+def materialize(root, assets=ALL_ASSETS, launcher=None, **params_overrides):
     (root / "params.yaml").write_text(yaml.safe_dump({**TINY_PARAMS, **params_overrides}))
-    resources = {"project": ProjectResource(root=str(root)), "mlflow": MlflowResource()}
+    resources = {"project": ProjectResource(root=str(root)), "mlflow": MlflowResource(),
+                 "launcher": launcher or TrainingLauncher()}
+    keys = {a.key for a in assets}
+    checks = [c for c in ALL_CHECKS if c.check_key.asset_key in keys]
     with dg.instance_for_test() as instance:
-        return dg.materialize([*ALL_ASSETS, *ALL_CHECKS], resources=resources, instance=instance,
-                              raise_on_error=False)
+        return dg.materialize([*assets, *checks], resources=resources, instance=instance, raise_on_error=False)
 
 
 def test_definitions_load_with_every_asset_job_schedule_and_sensor():
@@ -112,3 +114,22 @@ def test_the_weekly_schedule_requests_a_retraining_run():
     with dg.build_schedule_context() as context:
         request = weekly_retrain.evaluate_tick(context).run_requests[0]
     assert weekly_retrain.job_name == "retrain" and isinstance(request, dg.RunRequest)
+
+
+def test_training_through_dagster_pipes_under_accelerate_launch(tmp_path, capfd):
+    """The pipes launcher runs the same step in a subprocess started by `accelerate launch` (CPU, one process);
+    the subprocess reports its materialization, with the same metadata, back through dagster-pipes."""
+    data = [a for a in ALL_ASSETS if a.key.to_user_string() in
+            {"raw_shards", "raw_pairs", "curated_pairs", "instruction_data", "base_llm"}]
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    result = materialize(tmp_path, assets=data, launcher=TrainingLauncher(mode="pipes", command=accelerate))
+    assert result.success
+    event = next(e.event_specific_data.materialization for e in result.get_asset_materialization_events()
+                 if e.asset_key.to_user_string() == "base_llm")
+    assert event.metadata["steps"].value == TINY_PARAMS["base_llm"]["train"]["max_steps"]
+    assert event.metadata["final_loss"].value < event.metadata["first_loss"].value
+    assert event.metadata["mlflow_run"].value.startswith("http://127.0.0.1:5000/#/experiments/")
+    assert event.tags["dagster/data_version"] == event.metadata["written_dvc_md5"].value
+    log = "".join(capfd.readouterr())
+    assert "accelerate.commands.launch --cpu" in log and "external process successfully opened dagster pipes" in log
