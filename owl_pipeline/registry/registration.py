@@ -21,7 +21,8 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.types import ColSpec, Schema
 from PIL import Image
 
 from owl_pipeline.registry import pyfunc_model
@@ -64,7 +65,10 @@ def save_pyfunc(model_dir: Path, out: Path, max_new_tokens: int = 64) -> Path:
     """The Owl folder as an MLflow pyfunc (models from code) in ``out``, with signature and input example."""
     example = pd.DataFrame({"image": [_example_image()], "question": ["What color is the picture?"],
                             "history": ["[]"]})
-    signature = infer_signature(example, ["an answer"], params={pyfunc_model.MAX_NEW_TOKENS_PARAM: max_new_tokens})
+    inferred = infer_signature(example, ["an answer"], params={pyfunc_model.MAX_NEW_TOKENS_PARAM: max_new_tokens})
+    inputs = Schema([ColSpec("string", "image"), ColSpec("string", "question"),
+                     ColSpec("string", "history", required=False)])  # history only for follow-up turns
+    signature = ModelSignature(inputs=inputs, outputs=inferred.outputs, params=inferred.params)
     package = Path(pyfunc_model.__file__).resolve().parents[1]
     mlflow.pyfunc.save_model(
         path=str(out), python_model=str(Path(pyfunc_model.__file__).resolve()),

@@ -111,6 +111,8 @@ def test_champion_loads_and_predicts(registry, monkeypatch):
     answers = model.predict(frame, params={"max_new_tokens": 4})
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
     assert model.metadata.get_input_schema().input_names() == ["image", "question", "history"]
+    single = model.predict(pd.DataFrame({"image": [_image_b64()], "question": ["What is it?"]}))  # history optional
+    assert len(single) == 1
 
 
 def _free_port() -> int:
