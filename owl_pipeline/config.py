@@ -334,6 +334,7 @@ class StageConfig:
     seed: int = 0
     mixed_precision: str = "auto"  # "auto": bf16 autocast on GPU, fp32 on CPU; or "no" / "bf16" / "fp16"
     text_only_fraction: float | None = None  # stage 2: share of text-only conversations; None keeps the data's
+    activation_checkpointing: bool = False  # recompute LLM/vision layer activations in backward: less memory
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from owl_pipeline.config import StageConfig
 from owl_pipeline.data.loader import MixtureSampler, ResumableSampler, make_loader
-from owl_pipeline.model.builders import save_pretrained, set_trainable
+from owl_pipeline.model.builders import enable_activation_checkpointing, save_pretrained, set_trainable
 from owl_pipeline.model.owl import OwlModel
 from owl_pipeline.model.processor import OwlProcessor
 from owl_pipeline.train.checkpoint import TrainerState, list_checkpoints, load_checkpoint, save_checkpoint
@@ -85,6 +85,8 @@ class _Trainer:
         self.accelerator = Accelerator(mixed_precision=resolve_precision(config.mixed_precision),
                                        cpu=not torch.cuda.is_available())
         set_trainable(model, stage)
+        if config.activation_checkpointing:
+            enable_activation_checkpointing(model)
         optimizer = build_optimizer(model, config)
         self.scheduler = build_scheduler(optimizer, config)
         self.state = TrainerState()
