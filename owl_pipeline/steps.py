@@ -148,8 +148,11 @@ def raw_shards(project: Project, log: Log = print) -> StepResult:
 def raw_pairs(project: Project, log: Log = print) -> StepResult:
     shards = find_shards(project.shard_folder()) + (find_shards(project.inbox) if project.inbox.is_dir() else [])
     report = ingest(shards, project.raw_pairs, log=log)
-    metadata = {"rows": report.rows_written, "skipped": dict(report.skipped), "failed_shards": report.failed_shards,
-                "lance_version": report.lance_version, "images_per_s": round(report.rows_written / report.seconds)}
+    metadata = {"rows": lance.dataset(str(project.raw_pairs)).count_rows(), "rows_added": report.rows_written,
+                "mode": report.mode, "shards_read": report.shards,
+                "shards_already_ingested": report.shards_already_ingested, "skipped": dict(report.skipped),
+                "failed_shards": report.failed_shards, "lance_version": report.lance_version,
+                "images_per_s": round(report.rows_written / report.seconds) if report.seconds else None}
     return StepResult(C.ASSET_RAW_PAIRS, {"lance": str(project.raw_pairs)}, metadata)
 
 

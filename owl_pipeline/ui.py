@@ -51,14 +51,25 @@ def serve(project_root: Path, dagster_port: int = 3000, mlflow_port: int = 5000,
         _stop(processes.values())
 
 
-def _stop(processes, grace: float = 10.0) -> None:
+def _stop(processes, grace: float = 20.0) -> None:
+    """Ctrl-C to each server's process group, then SIGKILL to whatever is left of it after ``grace`` seconds,
+    children that moved to a group of their own included (an orphaned webserver would keep its port)."""
+    import psutil
+
+    family = []
     for process in processes:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-    deadline = time.time() + grace
-    for process in processes:
+            try:
+                family += [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+            os.killpg(process.pid, signal.SIGINT)
+    _, alive = psutil.wait_procs(family, timeout=grace)
+    for leftover in alive:
         try:
-            process.wait(timeout=max(0.1, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            leftover.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    for process in processes:
+        process.wait()

@@ -16,12 +16,13 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
+import lance
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from owl_pipeline.data.lance_io import write_lance
+from owl_pipeline.data.lance_io import EmptyDatasetError, write_lance
 
 PAIR_SCHEMA = pa.schema([
     ("key", pa.string()), ("image", pa.binary()), ("caption", pa.string()), ("url", pa.string()),
@@ -100,6 +101,8 @@ class IngestReport:
     failed_shards: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     lance_version: int | None = None
+    mode: str = "full"  # "full": every shard (re)read; "append": only new shards, added as a new version
+    shards_already_ingested: int = 0
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -234,9 +237,50 @@ def find_shards(folder: Path) -> list[Path]:
     return tars or sorted(folder.glob("*.parquet"))
 
 
-def ingest(shards: list[Path], output: str | Path, log=print) -> IngestReport:
-    """Read ``shards`` and write the normalized Lance dataset at ``output`` as a new version."""
-    report = IngestReport(shards=len(shards))
+INGESTED_SHARDS_FILE = "owl_ingested_shards.json"  # inside the dataset folder: which files made which version
+
+
+def _shard_stats(shards: list[Path]) -> dict[str, list[int]]:
+    return {Path(p).name: [Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for p in shards}
+
+
+def _known_shards(output: Path) -> dict[str, list[int]]:
+    """The shard files the dataset's current version was made from; {} when unknown (then all are re-read)."""
+    record = output / INGESTED_SHARDS_FILE
+    if not record.is_file() or not (output / "_versions").is_dir():
+        return {}
+    data = json.loads(record.read_text())
+    return data["shards"] if data.get("version") == lance.dataset(str(output)).version else {}
+
+
+def ingest(shards: list[Path], output: str | Path, log=print, incremental: bool = True) -> IngestReport:
+    """Read ``shards`` and write the normalized Lance dataset at ``output`` as a new version.
+
+    Incremental (the default): when every shard the current version was made from is still there unchanged,
+    only the new shards are read and appended; otherwise (a shard changed or went away) all are re-read."""
+    output = Path(output)
+    stats = _shard_stats(shards)
+    known = _known_shards(output) if incremental else {}
+    unchanged = bool(known) and all(stats.get(name) == stat for name, stat in known.items())
+    todo = [p for p in shards if Path(p).name not in known] if unchanged else list(shards)
+    report = IngestReport(shards=len(todo), mode="append" if unchanged else "full",
+                          shards_already_ingested=len(shards) - len(todo))
+    if unchanged and not todo:
+        report.lance_version = lance.dataset(str(output)).version
+        log(f"ingest: all {len(shards)} shards already in {output} (version {report.lance_version})")
+        return report
+    try:
+        version = _write_shards(todo, output, report, append=unchanged, log=log).version
+    except EmptyDatasetError:
+        if not unchanged:
+            raise
+        version = report.lance_version = lance.dataset(str(output)).version  # new shards all unreadable: counted
+        log(f"ingest: no readable rows in the {len(todo)} new shards; {output} stays at version {version}")
+    (output / INGESTED_SHARDS_FILE).write_text(json.dumps({"version": version, "shards": stats}))
+    return report
+
+
+def _write_shards(shards: list[Path], output: Path, report: IngestReport, append: bool, log) -> lance.LanceDataset:
     start = time.perf_counter()
 
     def batches() -> Iterator[pa.RecordBatch]:
@@ -252,9 +296,10 @@ def ingest(shards: list[Path], output: str | Path, log=print) -> IngestReport:
             log(f"ingest: shard {number}/{len(shards)} {Path(path).name}: "
                 f"{report.rows_written - rows_before} rows")
 
-    dataset = write_lance(batches(), PAIR_SCHEMA, output, message=f"ingest {len(shards)} shards")
+    verb = "append" if append else "ingest"
+    dataset = write_lance(batches(), PAIR_SCHEMA, output, message=f"{verb} {len(shards)} shards", append=append)
     report.lance_version = dataset.version
     report.seconds = time.perf_counter() - start
-    log(f"ingest: {report.rows_written} rows -> {output} (version {dataset.version}) in {report.seconds:.1f} s; "
-        f"skipped {dict(report.skipped)}")
-    return report
+    log(f"ingest ({report.mode}): {report.rows_written} rows -> {output} (version {dataset.version}) in "
+        f"{report.seconds:.1f} s; skipped {dict(report.skipped)}")
+    return dataset

@@ -18,10 +18,11 @@ class EmptyDatasetError(ValueError):
 
 
 def write_lance(batches: Iterable[pa.RecordBatch], schema: pa.Schema, uri: str | Path,
-                message: str = "") -> lance.LanceDataset:
-    """Write ``batches`` as the new version of ``uri`` (created or overwritten), atomically."""
+                message: str = "", append: bool = False) -> lance.LanceDataset:
+    """Write ``batches`` as the new version of ``uri`` (created, overwritten, or appended to), atomically."""
     uri = Path(uri)
-    mode = "overwrite" if (uri / "_versions").exists() else "create"
+    exists = (uri / "_versions").exists()
+    mode = ("append" if append else "overwrite") if exists else "create"
     source = _CheckedBatches(batches, uri)
     reader = pa.RecordBatchReader.from_batches(schema, source)
     try:

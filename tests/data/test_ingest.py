@@ -106,12 +106,10 @@ def test_a_failed_run_leaves_the_previous_version_intact(tmp_path, monkeypatch):
     first = write_tar(tmp_path / "00000.tar", sample("a") + sample("b"))
     ingest([first], uri, log=quiet)
     second = write_tar(tmp_path / "00001.tar", sample("c"))
-    calls = {"n": 0}
     real = ingest_module._to_table
 
     def crash_on_second_shard(records, shard, report):
-        calls["n"] += 1
-        if calls["n"] == 2:
+        if shard == "00001.tar":
             raise RuntimeError("disk on fire")
         return real(records, shard, report)
 
@@ -120,6 +118,24 @@ def test_a_failed_run_leaves_the_previous_version_intact(tmp_path, monkeypatch):
         ingest([first, second], uri, log=quiet)
     dataset = lance.dataset(str(uri))
     assert dataset.version == 1 and dataset.count_rows() == 2
+
+
+def test_new_shards_are_appended_and_a_changed_shard_rereads_all(tmp_path):
+    uri = tmp_path / "out.lance"
+    first = write_tar(tmp_path / "00000.tar", sample("a") + sample("b"))
+    assert ingest([first], uri, log=quiet).mode == "full"
+    second = write_tar(tmp_path / "00001.tar", sample("c"))
+    report = ingest([first, second], uri, log=quiet)
+    assert (report.mode, report.shards, report.shards_already_ingested, report.rows_written) == ("append", 1, 1, 1)
+    dataset = lance.dataset(str(uri))
+    assert dataset.version == 2 and sorted(dataset.to_table()["key"].to_pylist()) == ["a", "b", "c"]
+    assert ingest([first, second], uri, log=quiet).shards == 0 and lance.dataset(str(uri)).version == 2
+    bad = write_tar(tmp_path / "00002.tar", sample("d", image=b"garbage"))
+    report = ingest([first, second, bad], uri, log=quiet)  # unreadable new shard: counted, nothing lost
+    assert report.skipped and lance.dataset(str(uri)).count_rows() == 3
+    write_tar(first, sample("a") + sample("e"))  # a shard rewritten in place: everything is read again
+    report = ingest([first, second], uri, log=quiet)
+    assert report.mode == "full" and sorted(lance.dataset(str(uri)).to_table()["key"].to_pylist()) == ["a", "c", "e"]
 
 
 def test_nothing_readable_raises_and_writes_nothing(tmp_path):
