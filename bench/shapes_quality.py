@@ -26,7 +26,8 @@ import yaml  # noqa: E402
 
 from owl_pipeline import steps  # noqa: E402
 from owl_pipeline.config import PipelineConfig, from_mapping  # noqa: E402
-from owl_pipeline.eval.owleval import answer_eval_set, load_eval_set, read_answers, reference_accuracy  # noqa: E402
+from owl_pipeline.eval.owleval import answer_eval_set, load_eval_set, read_answers  # noqa: E402
+from owl_pipeline.eval.report import Scorers, build_report, headline  # noqa: E402
 from owl_pipeline.model.builders import from_pretrained  # noqa: E402
 from owl_pipeline.train.loop import MODEL_DIR  # noqa: E402
 
@@ -70,18 +71,19 @@ def _kind(question: str) -> str | None:
     return None
 
 
-def evaluate(model_dir: Path, eval_set, references):
+def evaluate(model_dir: Path, eval_set):
     model, processor = from_pretrained(model_dir)
     answers = answer_eval_set(model, processor, eval_set, "owl-shapes", max_new_tokens=12, log=lambda *_: None)
-    accuracy = reference_accuracy(eval_set, answers, references)
-    return {"overall": accuracy.overall, **accuracy.by_type}
+    summary = headline(build_report(eval_set, answers, "owl-shapes", Scorers(), log=lambda *_: None))
+    return {"overall": summary["accuracy"], **summary["accuracy_by_type"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(Path(__file__).resolve().parents[1] / "params.yaml"))
     parser.add_argument("--set", nargs="*", default=[], dest="overrides")
-    parser.add_argument("--keep", help="project folder to keep (default: a temporary one)")
+    parser.add_argument("--keep", help="project folder to keep (default: a temporary one); steps whose inputs and "
+                        "settings did not change since the last bench in it are reused, e.g. to try stage-2 settings")
     args = parser.parse_args()
     data = apply_overrides(yaml.safe_load(Path(args.params).read_text()), args.overrides)
     config = from_mapping(PipelineConfig, data, "params")
@@ -89,17 +91,17 @@ def main() -> None:
         project = steps.Project(config, args.keep or folder)
         times = {}
         start = time.perf_counter()
-        for name, step in {**steps.DATA_STEPS, **steps.TRAINING_STEPS}.items():
+        for name in (*steps.DATA_STEPS, *steps.TRAINING_STEPS):
             began = time.perf_counter()
-            step(project, log=lambda line: print("   ", line, flush=True) if "step" in line else None)
+            steps.run_step(name, project, log=lambda line: print("   ", line, flush=True) if "step" in line else None)
             times[name] = time.perf_counter() - began
         total = time.perf_counter() - start
         eval_set = load_eval_set(project.owleval_dir())
         references, _ = read_answers(project.owleval_dir() / "answer" / "reference_answer.jsonl")
         rows = {"chance": chance_accuracy(project, eval_set, references),
-                "untrained (base LLM)": evaluate(project.base_llm / MODEL_DIR, eval_set, references),
-                "after stage 1": evaluate(project.stage1 / MODEL_DIR, eval_set, references),
-                "after stage 2": evaluate(project.stage2 / MODEL_DIR, eval_set, references)}
+                "untrained (base LLM)": evaluate(project.base_llm / MODEL_DIR, eval_set),
+                "after stage 1": evaluate(project.stage1 / MODEL_DIR, eval_set),
+                "after stage 2": evaluate(project.stage2 / MODEL_DIR, eval_set)}
     print(f"\noverrides: {' '.join(args.overrides) or '(none)'}")
     print(f"{'step':<20}{'seconds':>9}")
     for name, seconds in times.items():

@@ -335,6 +335,7 @@ class StageConfig:
     mixed_precision: str = "auto"  # "auto": bf16 autocast on GPU, fp32 on CPU; or "no" / "bf16" / "fp16"
     text_only_fraction: float | None = None  # stage 2: share of text-only conversations; None keeps the data's
     activation_checkpointing: bool = False  # recompute LLM/vision layer activations in backward: less memory
+    group_by_length: bool = False  # stage 2: batches of similar length (windows of 64 batches): less padding
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -347,6 +348,8 @@ class StageConfig:
         _require(self.text_only_fraction is None or 0.0 <= self.text_only_fraction <= 1.0,
                  f"text_only_fraction must be in [0, 1], got {self.text_only_fraction}")
         _require(self.keep_last >= 1, f"keep_last must be at least 1, got {self.keep_last}")
+        _require(not (self.group_by_length and self.text_only_fraction is not None),
+                 "group_by_length and text_only_fraction cannot be combined (pick one sampler)")
 
     @classmethod
     def stage2_recipe(cls, **overrides) -> StageConfig:

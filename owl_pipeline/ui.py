@@ -37,6 +37,8 @@ def serve(project_root: Path, dagster_port: int = 3000, mlflow_port: int = 5000,
     processes = {name: subprocess.Popen(command, env=env, cwd=project_root, start_new_session=True)
                  for name, command in ui_commands(project_root, dagster_port, mlflow_port, host).items()}
     log(f"Dagster UI: http://{host}:{dagster_port}   MLflow UI: http://{host}:{mlflow_port}   (Ctrl-C stops both)")
+    # Ctrl-C and SIGTERM stop both, even when this process was started with SIGINT ignored (a shell's `&` job)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         while all(p.poll() is None for p in processes.values()):

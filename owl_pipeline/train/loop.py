@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from torch.utils.data import Dataset
 
 from owl_pipeline.config import StageConfig
-from owl_pipeline.data.loader import MixtureSampler, ResumableSampler, make_loader
+from owl_pipeline.data.loader import LengthGroupedSampler, MixtureSampler, ResumableSampler, make_loader
 from owl_pipeline.model.builders import enable_activation_checkpointing, save_pretrained, set_trainable
 from owl_pipeline.model.owl import OwlModel
 from owl_pipeline.model.processor import OwlProcessor
@@ -30,6 +30,7 @@ from owl_pipeline.train.optim import build_optimizer, build_scheduler
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
 LOSS_CURVE = "loss_curve.png"
+LENGTH_GROUP_BATCHES = 64  # group_by_length sorts windows of this many (global) batches
 
 
 class TrainingDivergedError(RuntimeError):
@@ -112,6 +113,11 @@ class _Trainer:
             if not hasattr(dataset, "text_only_rows"):
                 raise ValueError("text_only_fraction applies to conversation data (stage 2) only")
             sampler = MixtureSampler(dataset.text_only_rows(), self.config.text_only_fraction, **common)
+        elif shuffle and self.config.group_by_length:
+            if not hasattr(dataset, "approximate_lengths"):
+                raise ValueError("group_by_length applies to conversation data (stage 2) only")
+            window = LENGTH_GROUP_BATCHES * self.config.batch_size * self.accelerator.num_processes
+            sampler = LengthGroupedSampler(dataset.approximate_lengths(), window, **common)
         else:
             sampler = ResumableSampler(len(dataset), shuffle=shuffle, **common)
         loader = make_loader(dataset, self.config.batch_size, sampler, self.config.num_workers)

@@ -59,3 +59,29 @@ def test_bf16_autocast_matches_fp32_within_bf16_tolerance(model, batch):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             bf16 = model(**batch).loss
     assert torch.isfinite(bf16) and abs(bf16.item() - fp32.item()) / fp32.item() < 2e-2
+
+
+def test_stage_two_with_length_grouping_and_checkpointing_trains(model, processor, corpus, tmp_path):
+    from owl_pipeline.config import StageConfig
+    from owl_pipeline.data.instructions import InstructionSource, build_instruction_table
+    from owl_pipeline.data.loader import ConversationDataset
+    from owl_pipeline.train.loop import train_stage
+
+    root, _ = corpus
+    uri = tmp_path / "instructions.lance"
+    build_instruction_table([InstructionSource("owl", root / "instructions/owl.jsonl"),
+                             InstructionSource("alpaca", root / "instructions/alpaca.json")], uri, log=print)
+    config = StageConfig(max_steps=3, batch_size=4, lr=1e-3, warmup_steps=1, eval_every=0, save_every=3,
+                         group_by_length=True, activation_checkpointing=True)
+    result = train_stage(model, processor, 2, ConversationDataset(uri, processor, train=True), config,
+                         tmp_path / "run", log=print)
+    assert result.steps == 3 and all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
+
+
+def test_length_grouping_needs_conversation_data(model, processor, pairs, tmp_path):  # noqa: F811
+    from owl_pipeline.config import StageConfig
+    from owl_pipeline.train.loop import train_stage
+
+    config = StageConfig(max_steps=1, batch_size=4, warmup_steps=0, eval_every=0, group_by_length=True)
+    with pytest.raises(ValueError, match="group_by_length applies to conversation data"):
+        train_stage(model, processor, 2, CaptionPairDataset(pairs, processor, train=True), config, tmp_path / "r")
