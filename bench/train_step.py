@@ -26,7 +26,8 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration  # noqa: E40
 
 from owl_pipeline.config import OwlConfig  # noqa: E402
 from owl_pipeline.model.abstractor import VisualAbstractor  # noqa: E402
-from owl_pipeline.model.builders import build_llm, build_vision, set_trainable  # noqa: E402
+from owl_pipeline.model.builders import (build_llm, build_vision, enable_activation_checkpointing,  # noqa: E402
+                                         set_trainable)
 from owl_pipeline.model.owl import OwlModel  # noqa: E402
 from owl_pipeline.model.vision import clip_config_from  # noqa: E402
 
@@ -128,6 +129,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the card (H100/H200)")
+    parser.add_argument("--activation-checkpointing", action="store_true",
+                        help="ours with activation checkpointing (memory for compute)")
+    parser.add_argument("--compile", action="store_true", help="ours through torch.compile")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     config = OwlConfig.from_name("tiny" if args.tiny else "owl-1b")
@@ -143,6 +147,10 @@ def main() -> None:
             torch.manual_seed(0)
             model = builder(config, regime.stage).to(device)
             model.train()
+            if name == "ours" and args.activation_checkpointing:
+                enable_activation_checkpointing(model)
+            if name == "ours" and args.compile:
+                model = torch.compile(model)
             batch = batch_for(image_tokens, config.llm.vocab_size - 1, regime, config, device)
             seconds, peak = time_steps(model, batch, args.steps, args.warmup, device)
             rates[name] = regime.batch / seconds

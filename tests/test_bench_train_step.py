@@ -4,11 +4,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "train_step.py"
 
 
-def test_tiny_mode_prints_both_models_for_both_stages():
-    done = subprocess.run([sys.executable, str(BENCH), "--tiny", "--steps", "1", "--warmup", "1"],
+@pytest.mark.parametrize("options", [[], ["--activation-checkpointing"]])
+def test_tiny_mode_prints_both_models_for_both_stages(options):
+    done = subprocess.run([sys.executable, str(BENCH), "--tiny", "--steps", "1", "--warmup", "1", *options],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line.split() for line in done.stdout.splitlines() if line.strip()[:1] in ("1", "2")]
