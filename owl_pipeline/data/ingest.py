@@ -241,7 +241,8 @@ INGESTED_SHARDS_FILE = "owl_ingested_shards.json"  # inside the dataset folder: 
 
 
 def _shard_stats(shards: list[Path]) -> dict[str, list[int]]:
-    return {Path(p).name: [Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for p in shards}
+    # keyed by the whole path: the shard folder and the inbox may both hold a 00000.tar
+    return {str(Path(p).resolve()): [Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for p in shards}
 
 
 def _known_shards(output: Path) -> dict[str, list[int]]:
@@ -262,7 +263,7 @@ def ingest(shards: list[Path], output: str | Path, log=print, incremental: bool 
     stats = _shard_stats(shards)
     known = _known_shards(output) if incremental else {}
     unchanged = bool(known) and all(stats.get(name) == stat for name, stat in known.items())
-    todo = [p for p in shards if Path(p).name not in known] if unchanged else list(shards)
+    todo = [p for p in shards if str(Path(p).resolve()) not in known] if unchanged else list(shards)
     report = IngestReport(shards=len(todo), mode="append" if unchanged else "full",
                           shards_already_ingested=len(shards) - len(todo))
     if unchanged and not todo:
