@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ConnectionError) as error:  # ConnectionError: MLflow store unreachable
         print(f"owl {args.command}: error: {error}", file=sys.stderr)
         return 2
 

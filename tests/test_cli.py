@@ -47,3 +47,15 @@ def test_chat_and_eval_with_a_saved_model(tmp_path, model, processor, red_image,
     reference_line = next(line for line in printed.splitlines() if line.startswith("mPLUG_Owl_7b:v1 "))
     assert "similarity 1.000" in reference_line  # the reference answers scored against themselves
     assert (out / "report.html").is_file() and (out / "rating_sheet.csv").is_file()
+
+
+def test_an_unreachable_tracking_server_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    assert main(["step", "registered_model", "--project", str(tmp_path)]) == 2
+    assert "cannot reach the MLflow tracking store" in capsys.readouterr().err

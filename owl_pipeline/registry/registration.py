@@ -32,7 +32,7 @@ CANDIDATE, CHAMPION = "candidate", "champion"
 SCORE_TAG_PREFIX = "eval."
 
 
-class RegistryUnavailableError(RuntimeError):
+class RegistryUnavailableError(ConnectionError):
     """The model registry could not be reached; nothing was registered."""
 
 

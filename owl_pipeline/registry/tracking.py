@@ -23,7 +23,7 @@ DEFAULT_EXPERIMENT = "owl-pipeline"
 _PARAM_VALUE_LIMIT = 500  # MLflow's limit on a param value's length
 
 
-class TrackingUnavailableError(RuntimeError):
+class TrackingUnavailableError(ConnectionError):
     """The tracking store could not be reached; nothing was logged."""
 
 
