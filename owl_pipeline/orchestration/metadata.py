@@ -6,6 +6,7 @@ dagster-pipes (``owl step --dagster-pipes``) describe a step the same way, linea
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -56,20 +57,38 @@ def step_entries(result: StepResult) -> Entries:
     return entries
 
 
-def lineage_entries(project: Project, name: str) -> tuple[Entries, str | None]:
-    """DVC hash (and Lance version) of what the step wrote and of what it read; the written hash is also the
-    Dagster data version, so the UI shows when the bytes really changed."""
+def _version_record(project: Project, name: str) -> Path:
+    return project.reports / "data_versions" / f"{name}.json"  # one file per asset: parallel steps never race
+
+
+def _data_version(project: Project, name: str, recompute: bool) -> dict:
+    """The asset's version as recorded when its step last ran; hashed (and recorded) only when ``recompute``
+    or nothing is recorded, so a folder is read once per change, not once per downstream step."""
     from owl_pipeline.data.versions import data_version
 
+    record = _version_record(project, name)
+    if not recompute and record.is_file():
+        return json.loads(record.read_text())
+    version = data_version(project.asset_paths()[name])
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(version))
+    return version
+
+
+def lineage_entries(project: Project, result: StepResult) -> tuple[Entries, str | None]:
+    """DVC hash (and Lance version) of what the step wrote and of what it read; the written hash is also the
+    Dagster data version, so the UI shows when the bytes really changed."""
     paths = project.asset_paths()
-    written = data_version(paths[name]) if name in paths else {}
+    reran = not result.metadata.get("reused", False)
+    written = _data_version(project, result.name, recompute=reran) if result.name in paths else {}
     entries: Entries = {f"written_{key}": ("text", str(value)) for key, value in written.items()}
-    entries["read_versions"] = ("json", {dep: data_version(paths[dep]) for dep in ASSET_DEPS[name] if dep in paths})
+    entries["read_versions"] = ("json", {dep: _data_version(project, dep, recompute=False)
+                                         for dep in ASSET_DEPS[result.name] if dep in paths})
     return entries, written.get("dvc_md5")
 
 
 def materialization(project: Project, result: StepResult) -> tuple[Entries, str | None]:
-    lineage, version = lineage_entries(project, result.name)
+    lineage, version = lineage_entries(project, result)
     return {**step_entries(result), **lineage}, version
 
 
