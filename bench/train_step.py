@@ -1,7 +1,13 @@
 """Training-step throughput of our model against the HF transformers LLaVA peer, both stages, one run.
 
     python bench/train_step.py                 # owl-1b size (CLIP ViT-L/14@224 + TinyLlama shape), on the GPU
+    python bench/train_step.py --variants base compile ckpt fp32-frozen   # ours several ways, one peer row
     python bench/train_step.py --tiny          # the tiny preset on CPU, seconds (exercised by a test)
+
+Ours runs as the training loop runs it (train/speed.py: frozen Linears in bf16, fused AdamW from
+train/optim.py, logits only where a label follows); a variant adds "+"-joined options: compile (regional
+torch.compile), ckpt (activation checkpointing), fp32-frozen (frozen weights left fp32, as autocast alone).
+The peer runs as a user would run it: bf16 autocast, SDPA, fused AdamW.
 
 Regimes (DESIGN.md section 8): stage 1 = LLM frozen, batch 64, 64 text tokens; stage 2 = LoRA r8 on q/v,
 batch 16, 512 text tokens. Both models are randomly initialized at the same vision and LLM sizes; ours feeds
@@ -24,12 +30,15 @@ import torch  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import LlavaConfig, LlavaForConditionalGeneration  # noqa: E402
 
-from owl_pipeline.config import OwlConfig  # noqa: E402
+from owl_pipeline.config import OwlConfig, StageConfig  # noqa: E402
 from owl_pipeline.model.abstractor import VisualAbstractor  # noqa: E402
-from owl_pipeline.model.builders import (build_llm, build_vision, enable_activation_checkpointing,  # noqa: E402
-                                         set_trainable)
+from owl_pipeline.model.builders import build_llm, build_vision, set_train_modes, set_trainable  # noqa: E402
 from owl_pipeline.model.owl import OwlModel  # noqa: E402
 from owl_pipeline.model.vision import clip_config_from  # noqa: E402
+from owl_pipeline.train.optim import build_optimizer  # noqa: E402
+from owl_pipeline.train.speed import apply_speed_options  # noqa: E402
+
+VARIANT_OPTIONS = ("compile", "ckpt", "fp32-frozen")
 
 
 @dataclass
@@ -99,9 +108,27 @@ def flops_per_sample(name: str, model, config: OwlConfig, regime: Regime, image_
             * connector_tokens + 4 * llm_params * (image_tokens + regime.text_tokens))
 
 
-def time_steps(model, batch: dict, steps: int, warmup: int, device) -> tuple[float, float]:
+def variant_options(variant: str) -> set[str]:
+    options = set() if variant == "base" else set(variant.split("+"))
+    if options - set(VARIANT_OPTIONS):
+        raise SystemExit(f"unknown variant option(s) {sorted(options - set(VARIANT_OPTIONS))} in {variant!r}; "
+                         f"join any of {VARIANT_OPTIONS} with '+', or say 'base'")
+    return options
+
+
+def prepare_ours(model: OwlModel, options: set[str], device) -> torch.optim.Optimizer:
+    """The training loop's preparation (train/loop.py), on an already staged model."""
+    precision = "bf16" if device.type == "cuda" and "fp32-frozen" not in options else "no"
+    apply_speed_options(model, precision, compile="compile" in options, activation_checkpointing="ckpt" in options)
+    return build_optimizer(model, StageConfig(lr=1e-5, weight_decay=0.0, vision_lr_scale=1.0))
+
+
+def prepare_peer(model) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
+    return torch.optim.AdamW(params, lr=1e-5, fused=all(p.is_cuda for p in params) or None)
+
+
+def time_steps(model, optimizer, batch: dict, steps: int, warmup: int, device) -> tuple[float, float]:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
         "cpu", enabled=False)
     if device.type == "cuda":
@@ -129,39 +156,50 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the card (H100/H200)")
-    parser.add_argument("--activation-checkpointing", action="store_true",
-                        help="ours with activation checkpointing (memory for compute)")
-    parser.add_argument("--compile", action="store_true", help="ours through torch.compile")
+    parser.add_argument("--variants", nargs="+", default=["base"],
+                        help=f"ours these ways: base, or options joined by '+' from {VARIANT_OPTIONS}")
     args = parser.parse_args()
+    variants = {variant: variant_options(variant) for variant in args.variants}
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     config = OwlConfig.from_name("tiny" if args.tiny else "owl-1b")
     regimes = [Regime(1, 4, 16), Regime(2, 2, 32)] if args.tiny else [Regime(1, 64, 64), Regime(2, 16, 512)]
     name_of_device = torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
     print(f"{config.name} on {name_of_device}; {args.steps} timed steps after {args.warmup} warm-up steps")
-    print(f"{'stage':>5} {'model':<6}{'batch':>6}{'samples/s':>11}{'LLM tok/s':>11}{'TFLOP/s':>9}{'MFU':>7}"
+    print(f"{'stage':>5} {'model':<20}{'batch':>6}{'samples/s':>11}{'LLM tok/s':>11}{'TFLOP/s':>9}{'MFU':>7}"
           f"{'peak GiB':>9}{'ours/peer':>10}")
     for regime in regimes:
-        rates = {}
-        for name, builder, image_tokens in (("ours", build_ours, config.abstractor.num_output_tokens),
-                                            ("llava", build_llava, config.vision.num_tokens - 1)):
-            torch.manual_seed(0)
-            model = builder(config, regime.stage).to(device)
-            model.train()
-            if name == "ours" and args.activation_checkpointing:
-                enable_activation_checkpointing(model)
-            if name == "ours" and args.compile:
-                model = torch.compile(model)
-            batch = batch_for(image_tokens, config.llm.vocab_size - 1, regime, config, device)
-            seconds, peak = time_steps(model, batch, args.steps, args.warmup, device)
-            rates[name] = regime.batch / seconds
-            tflops = flops_per_sample(name, model, config, regime, image_tokens) * rates[name] / 1e12
-            llm_tokens = rates[name] * (image_tokens + regime.text_tokens)
-            ratio = f"{rates['ours'] / rates['llava']:.2f}" if name == "llava" else ""
-            print(f"{regime.stage:>5} {name:<6}{regime.batch:>6}{rates[name]:>11.1f}{llm_tokens:>11.0f}"
-                  f"{tflops:>9.3g}{tflops / args.peak_tflops:>7.3f}{peak:>9.1f}{ratio:>10}")
-            del model, batch
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        peer_rate, peer_row = time_model("llava", None, config, regime, device, args)
+        print(peer_row, flush=True)
+        for variant, options in variants.items():
+            rate, row = time_model("ours" if variant == "base" else f"ours+{variant}", options, config, regime,
+                                   device, args)
+            print(f"{row}{rate / peer_rate:>10.2f}", flush=True)
+
+
+def time_model(label: str, options: set[str] | None, config: OwlConfig, regime: Regime, device,
+               args) -> tuple[float, str]:
+    """Samples/s of ours (``options`` given) or the peer in ``regime``, and its table row (ratio to come)."""
+    name = "llava" if options is None else "ours"
+    image_tokens = config.abstractor.num_output_tokens if name == "ours" else config.vision.num_tokens - 1
+    torch.manual_seed(0)
+    with device:  # random init on the device: seconds instead of a minute on the CPU at owl-1b size
+        model = build_llava(config, regime.stage) if options is None else build_ours(config, regime.stage)
+    if options is None:
+        model.train()
+        optimizer = prepare_peer(model)
+    else:
+        set_train_modes(model)
+        optimizer = prepare_ours(model, options, device)
+    batch = batch_for(image_tokens, config.llm.vocab_size - 1, regime, config, device)
+    seconds, peak = time_steps(model, optimizer, batch, args.steps, args.warmup, device)
+    rate = regime.batch / seconds
+    tflops = flops_per_sample(name, model, config, regime, image_tokens) * rate / 1e12
+    llm_tokens = rate * (image_tokens + regime.text_tokens)
+    del model, optimizer, batch
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rate, (f"{regime.stage:>5} {label:<20}{regime.batch:>6}{rate:>11.1f}{llm_tokens:>11.0f}"
+                  f"{tflops:>9.3g}{tflops / args.peak_tflops:>7.3f}{peak:>9.1f}")
 
 
 if __name__ == "__main__":

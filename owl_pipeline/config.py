@@ -330,12 +330,13 @@ class StageConfig:
     save_every: int = 1000
     keep_last: int = 2
     log_every: int = 10
-    num_workers: int = 0
+    num_workers: int | None = None  # loader processes; None: none on CPU, up to 8 per GPU (bench/loader.py)
     seed: int = 0
     mixed_precision: str = "auto"  # "auto": bf16 autocast on GPU, fp32 on CPU; or "no" / "bf16" / "fp16"
     text_only_fraction: float | None = None  # stage 2: share of text-only conversations; None keeps the data's
     activation_checkpointing: bool = False  # recompute LLM/vision layer activations in backward: less memory
     group_by_length: bool = False  # stage 2: batches of similar length (windows of 64 batches): less padding
+    compile: bool = False  # torch.compile each repeated layer (regional): fused kernels, a minute of compiling
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)

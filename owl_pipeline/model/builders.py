@@ -116,6 +116,14 @@ def set_trainable(model: OwlModel, stage: int) -> OwlModel:
     return model
 
 
+def set_train_modes(model: OwlModel) -> None:
+    """Train mode (dropout) only where parameters train; frozen towers run as at inference."""
+    model.train()
+    for part in (model.vision, model.abstractor):
+        if not any(p.requires_grad for p in part.parameters()):
+            part.eval()
+
+
 def enable_activation_checkpointing(model: OwlModel) -> OwlModel:
     """Recompute the activations of the LLM's and the vision tower's layers during backward (non-reentrant, so
     gradients still reach a frozen LLM's inputs in stage 1): memory for large models at ~30% more compute.

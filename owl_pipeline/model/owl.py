@@ -20,22 +20,28 @@ from owl_pipeline.model.vision import VisionEncoder
 
 @dataclass
 class OwlOutput:
-    logits: torch.Tensor  # (B, L, vocab)
+    logits: torch.Tensor  # (B, L, vocab); with labels only at ``positions_with_targets(labels)``: (B, K, vocab)
     loss: torch.Tensor | None = None
     num_target_tokens: int = 0
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Mean next-token cross-entropy over labelled tokens.
+def positions_with_targets(labels: torch.Tensor) -> torch.Tensor:
+    """Sequence positions whose next token is labelled in at least one row: (K,), sorted.
+
+    Only these positions' logits enter the loss, so the LM head (and the fp32 logits of the loss) runs on
+    them alone; image and prompt positions need none."""
+    return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+
+
+def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy of ``logits`` (B, K, V) against ``targets`` (B, K), the labels one position later.
 
     Divides by max(count, 1): a batch whose every label is masked (truncation can remove all answers)
     gives a loss of 0 with a valid graph instead of the NaN of a mean over nothing.
     """
-    shift_logits = logits[:, :-1].float()  # (B, L-1, V)
-    shift_labels = labels[:, 1:]  # (B, L-1)
-    total = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+    total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                             ignore_index=IGNORE_INDEX, reduction="sum")
-    count = int((shift_labels != IGNORE_INDEX).sum())
+    count = int((targets != IGNORE_INDEX).sum())
     return total / max(count, 1), count
 
 
@@ -54,8 +60,10 @@ class OwlModel(nn.Module):
         return self.abstractor.num_output_tokens
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, num_image_tokens, D_llm)."""
-        return self.abstractor(self.vision(pixel_values))
+        """(N, 3, H, W) -> (N, num_image_tokens, D_llm). Without a graph when neither part trains (stage 2)."""
+        image_side_trains = any(p.requires_grad for part in (self.vision, self.abstractor) for p in part.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and image_side_trains):
+            return self.abstractor(self.vision(pixel_values))
 
     def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings with every image placeholder replaced by its image's abstractor output."""
@@ -77,10 +85,13 @@ class OwlModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> OwlOutput:
         embeds = self.embed_inputs(input_ids, pixel_values)
-        logits = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).logits
         if labels is None:
-            return OwlOutput(logits=logits)
-        loss, count = causal_lm_loss(logits, labels)
+            return OwlOutput(logits=self.llm(inputs_embeds=embeds, attention_mask=attention_mask,
+                                             use_cache=False).logits)
+        positions = positions_with_targets(labels)
+        logits = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False,
+                          logits_to_keep=positions).logits  # (B, K, V)
+        loss, count = causal_lm_loss(logits, labels[:, positions + 1])
         return OwlOutput(logits=logits, loss=loss, num_target_tokens=count)
 
     @torch.no_grad()

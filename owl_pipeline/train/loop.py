@@ -1,14 +1,16 @@
 """The one training loop (accelerate), used by the base LLM, stage 1 and stage 2 alike: a stage is only which
 parameters train (``set_trainable``) and a StageConfig.
 
-bf16 autocast on GPU, fp32 on CPU; gradient accumulation; clipping; AdamW with per-group learning rates;
-warmup + cosine; periodic evaluation; atomic, resumable checkpoints; metrics to a tracker; progress lines.
+bf16 autocast on GPU (frozen Linears stored in bf16, optional regional compile: train/speed.py), fp32 on CPU;
+gradient accumulation; clipping; fused AdamW with per-group learning rates; warmup + cosine; periodic
+evaluation; atomic, resumable checkpoints; metrics to a tracker; progress lines.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,15 +19,17 @@ from typing import Protocol
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from torch.utils.data import Dataset
 
 from owl_pipeline.config import StageConfig
 from owl_pipeline.data.loader import LengthGroupedSampler, MixtureSampler, ResumableSampler, make_loader
-from owl_pipeline.model.builders import enable_activation_checkpointing, save_pretrained, set_trainable
+from owl_pipeline.model.builders import save_pretrained, set_train_modes, set_trainable
 from owl_pipeline.model.owl import OwlModel
 from owl_pipeline.model.processor import OwlProcessor
 from owl_pipeline.train.checkpoint import TrainerState, list_checkpoints, load_checkpoint, save_checkpoint
 from owl_pipeline.train.optim import build_optimizer, build_scheduler
+from owl_pipeline.train.speed import apply_speed_options, restore_dtypes
 
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
@@ -71,23 +75,33 @@ def resolve_precision(setting: str) -> str:
     return setting
 
 
-def _set_modes(model: OwlModel) -> None:
-    """Train mode (dropout) only where parameters train; frozen towers run as at inference."""
-    model.train()
-    for part in (model.vision, model.abstractor):
-        if not any(p.requires_grad for p in part.parameters()):
-            part.eval()
+def resolve_num_workers(setting: int | None, gpu: bool, processes: int, cores: int | None) -> int:
+    """Loader processes per training process. Unset: none without a GPU (the model's step needs every core),
+    else up to 8, leaving one core per process to drive its GPU. A worker decodes and augments ~370 samples/s
+    at 224 px (bench/loader.py), so 8 keep ahead of any step rate measured in bench/train_step.py."""
+    if setting is not None:
+        return setting
+    if not gpu:
+        return 0
+    return max(0, min(8, (cores or 1) // processes - 1))
+
+
+def _allow_new_precision(precision: str) -> None:
+    """accelerate keeps one mixed-precision setting per process and refuses another; stages run one after the
+    other in one process (``owl run``) may differ, so forget the setting (not the process group) between them."""
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", precision) != precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 class _Trainer:
     def __init__(self, model: OwlModel, stage: int, config: StageConfig, output_dir: Path,
                  log: Callable[[str], None]):
         self.stage, self.config, self.output_dir = stage, config, output_dir
-        self.accelerator = Accelerator(mixed_precision=resolve_precision(config.mixed_precision),
-                                       cpu=not torch.cuda.is_available())
+        precision = resolve_precision(config.mixed_precision)
+        _allow_new_precision(precision)
+        self.accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
         set_trainable(model, stage)
-        if config.activation_checkpointing:
-            enable_activation_checkpointing(model)
         optimizer = build_optimizer(model, config)
         self.scheduler = build_scheduler(optimizer, config)
         self.state = TrainerState()
@@ -99,6 +113,8 @@ class _Trainer:
             self.state = load_checkpoint(checkpoints[-1], model, optimizer, self.scheduler)
             self.resumed_from = self.state.step
             log(f"stage {stage}: resuming from {checkpoints[-1].name}")
+        self.frozen_dtypes = apply_speed_options(model, precision, compile=config.compile,
+                                                 activation_checkpointing=config.activation_checkpointing)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.params = [p for p in model.parameters() if p.requires_grad]
 
@@ -120,7 +136,9 @@ class _Trainer:
             sampler = LengthGroupedSampler(dataset.approximate_lengths(), window, **common)
         else:
             sampler = ResumableSampler(len(dataset), shuffle=shuffle, **common)
-        loader = make_loader(dataset, self.config.batch_size, sampler, self.config.num_workers)
+        workers = resolve_num_workers(self.config.num_workers, torch.cuda.is_available(),
+                                      self.accelerator.num_processes, os.cpu_count())
+        loader = make_loader(dataset, self.config.batch_size, sampler, workers)
         for batch in loader:
             yield {k: v.to(self.accelerator.device, non_blocking=True) for k, v in batch.items()}
 
@@ -168,7 +186,7 @@ class _Trainer:
                 out = self.model(**next(batches))
             total += out.loss.item() * out.num_target_tokens
             count += out.num_target_tokens
-        _set_modes(self.unwrapped)
+        set_train_modes(self.unwrapped)
         return total / max(count, 1)
 
     def last_checkpoint(self) -> Path | None:
@@ -203,7 +221,7 @@ def train_stage(model: OwlModel, processor: OwlProcessor, stage: int, train_data
     batches = trainer.batches(train_data, shuffle=True, epoch=state.epoch, position=state.position)
     sampler_start = ResumableSampler(len(train_data), epoch=state.epoch, position=state.position)
     consumed = 0
-    _set_modes(trainer.unwrapped)
+    set_train_modes(trainer.unwrapped)
     metrics: dict[str, float] = {}
     while state.step < config.max_steps:
         metrics = trainer.train_step(batches)
@@ -223,6 +241,7 @@ def train_stage(model: OwlModel, processor: OwlProcessor, stage: int, train_data
             on_step_end(state.step)
     eval_loss = trainer.evaluate(eval_data) if eval_data is not None else None
     model_dir = output_dir / MODEL_DIR
+    restore_dtypes(trainer.frozen_dtypes)
     if trainer.accelerator.is_main_process:
         save_pretrained(trainer.unwrapped, processor, model_dir)
         _write_loss_curve(state.history, output_dir / LOSS_CURVE, stage)

@@ -16,6 +16,7 @@ def test_model_and_config_load_none_of_the_pipeline_stack():
         from owl_pipeline.model.processor import OwlProcessor
         from owl_pipeline.model.tokenizer import train_bpe_tokenizer
         from owl_pipeline.train.optim import build_optimizer
+        from owl_pipeline.train.speed import apply_speed_options
         loaded = sorted({{name.split(".")[0] for name in sys.modules}} & set({PIPELINE_STACK!r}))
         print(count_parameters(OwlConfig.from_name("owl-1b"))["total"], loaded)
     """)

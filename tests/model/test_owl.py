@@ -1,7 +1,11 @@
 import pytest
 import torch
 
+import torch.nn.functional as F
+
 from owl_pipeline.constants import IGNORE_INDEX, IMAGE_TOKEN
+from owl_pipeline.model.builders import set_trainable
+from owl_pipeline.model.owl import positions_with_targets
 from owl_pipeline.model.processor import AI, HUMAN, Turn
 
 IMG = Turn(HUMAN, IMAGE_TOKEN)
@@ -19,11 +23,34 @@ def mixed_batch(processor, red_image, noise_image):
 def test_forward_backward_on_a_mixed_batch(model, processor, red_image, noise_image):
     batch = mixed_batch(processor, red_image, noise_image)
     out = model(**batch)
-    assert out.logits.shape == (*batch["input_ids"].shape, model.llm.config.vocab_size)
+    kept = len(positions_with_targets(batch["labels"]))
+    assert out.logits.shape == (batch["input_ids"].shape[0], kept, model.llm.config.vocab_size)
     assert torch.isfinite(out.loss) and out.num_target_tokens == int((batch["labels"][:, 1:] != -100).sum())
     out.loss.backward()
     assert model.vision.clip.embeddings.patch_embedding.weight.grad.abs().sum() > 0
     assert model.abstractor.query_embeds.grad.abs().sum() > 0
+
+
+def test_the_loss_on_labelled_positions_equals_the_loss_over_all_logits(model, processor, red_image, noise_image):
+    model.eval()
+    batch = mixed_batch(processor, red_image, noise_image)
+    positions = positions_with_targets(batch["labels"])
+    assert 0 < len(positions) < batch["input_ids"].shape[1] - 65  # image and prompt positions are skipped
+    out = model(**batch)
+    full = model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"]).logits  # (B, L, V)
+    reference = F.cross_entropy(full[:, :-1].reshape(-1, full.shape[-1]), batch["labels"][:, 1:].reshape(-1),
+                                ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(out.loss, reference, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(out.logits, full[:, positions])
+
+
+def test_stage_two_builds_no_graph_through_the_frozen_image_side(model, processor, red_image, noise_image):
+    batch = mixed_batch(processor, red_image, noise_image)
+    set_trainable(model, 2)
+    assert not model.encode_images(batch["pixel_values"]).requires_grad
+    model.config.train_abstractor_in_stage2 = True
+    set_trainable(model, 2)
+    assert model.encode_images(batch["pixel_values"]).requires_grad
 
 
 def test_images_land_on_their_placeholders_in_order(model, processor, red_image, noise_image):

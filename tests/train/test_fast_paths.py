@@ -1,13 +1,18 @@
-"""The speed options change nothing but speed or memory: activation checkpointing gives the same loss and
-gradients as the plain path; bf16 autocast (the GPU default) stays within bf16 tolerance of fp32."""
+"""The speed options change nothing but speed or memory: activation checkpointing, frozen Linears stored in
+bf16 and compiled layers give the same loss and gradients as the plain path; the whole fast path (bf16
+autocast, bf16 frozen weights, compiled layers: the GPU setting) stays within bf16 tolerance of fp32."""
 
 import copy
 
 import pytest
 import torch
+from torch import nn
 
+from owl_pipeline.config import StageConfig
 from owl_pipeline.data.loader import CaptionPairDataset
-from owl_pipeline.model.builders import enable_activation_checkpointing, set_trainable
+from owl_pipeline.model.builders import enable_activation_checkpointing, from_pretrained, set_trainable
+from owl_pipeline.train.loop import train_stage
+from owl_pipeline.train.speed import compile_repeated_layers, restore_dtypes, store_frozen_linears_in
 
 from .test_training import pairs  # noqa: F401  (fixture)
 
@@ -18,7 +23,7 @@ def batch(pairs, processor):  # noqa: F811
     return processor.collate([dataset[i] for i in range(4)])
 
 
-def loss_and_grads(model, batch):
+def loss_and_grads(model, batch, autocast_dtype=None):
     """Loss, gradients, and how many layer calls went through the checkpoint function."""
     checkpointed = []
 
@@ -30,7 +35,8 @@ def loss_and_grads(model, batch):
             module._gradient_checkpointing_func = counting(module._gradient_checkpointing_func)
     torch.manual_seed(0)  # the same dropout masks on both paths
     model.train()
-    loss = model(**batch).loss
+    with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        loss = model(**batch).loss
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return loss.detach(), grads, len(checkpointed)
@@ -49,6 +55,61 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(model, batch
     assert grads.keys() == grads_ckpt.keys() and grads
     for name, grad in grads.items():
         assert torch.allclose(grad, grads_ckpt[name], atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_frozen_linears_stored_in_bf16_give_the_same_loss_and_gradients_under_autocast(model, batch, stage):
+    set_trainable(model, stage)
+    plain = copy.deepcopy(model)
+    previous = store_frozen_linears_in(model, torch.bfloat16)
+    assert previous and all(not p.requires_grad for linear in previous for p in linear.parameters())
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert {dtypes[n] for n, p in model.named_parameters() if p.requires_grad} == {torch.float32}  # master weights
+    assert dtypes["llm.lm_head.weight" if stage == 1 else "llm.base_model.model.lm_head.weight"] == torch.bfloat16
+    assert all(m.weight.dtype == torch.float32 for m in model.modules() if isinstance(m, nn.Embedding | nn.LayerNorm))
+    loss, grads, _ = loss_and_grads(plain, batch, torch.bfloat16)
+    loss_bf16, grads_bf16, _ = loss_and_grads(model, batch, torch.bfloat16)
+    assert loss.item() == loss_bf16.item()  # autocast rounds the same weights the same way before each matmul
+    assert grads.keys() == grads_bf16.keys() and grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, grads_bf16[name], atol=0, rtol=0, msg=name)
+    restore_dtypes(previous)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_compiled_layers_give_the_same_loss_and_gradients(model, batch):
+    from torch._dynamo.utils import counters
+
+    set_trainable(model, 1)
+    plain = copy.deepcopy(model)
+    counters.clear()
+    assert compile_repeated_layers(model, backend="aot_eager") == 6  # 2 vision, 2 abstractor, 2 LLM layers
+    loss, grads, _ = loss_and_grads(plain, batch)
+    loss_compiled, grads_compiled, _ = loss_and_grads(model, batch)
+    assert counters["stats"]["unique_graphs"] >= 3  # one graph per layer class at least: the compiled path ran
+    torch.testing.assert_close(loss_compiled, loss, atol=1e-5, rtol=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_compiled[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_the_gpu_fast_path_stays_within_bf16_tolerance_of_plain_fp32(model, processor, pairs, tmp_path):  # noqa: F811
+    """The loop as it runs on a GPU (bf16 autocast, frozen Linears in bf16, every layer compiled by inductor),
+    here on CPU, against the plain fp32 loop from the same start: the same losses within bf16 tolerance, and a
+    saved model in the usual fp32 layout."""
+    data = CaptionPairDataset(pairs, processor, train=False, seed=0)
+    common = dict(max_steps=3, batch_size=4, lr=1e-3, warmup_steps=0, eval_every=0, save_every=3, log_every=100)
+    start = copy.deepcopy(model)
+    plain = train_stage(model, processor, 1, data, StageConfig(mixed_precision="no", **common), tmp_path / "plain",
+                        log=print)
+    fast = train_stage(start, processor, 1, data, StageConfig(mixed_precision="bf16", compile=True, **common),
+                       tmp_path / "fast", log=print)
+    for step_plain, step_fast in zip(plain.history, fast.history, strict=True):
+        assert abs(step_fast["loss"] - step_plain["loss"]) / step_plain["loss"] < 2e-2, (step_plain, step_fast)
+    saved, _ = from_pretrained(fast.model_dir)
+    assert {p.dtype for p in saved.parameters()} == {torch.float32}
+    frozen = saved.llm.model.layers[0].self_attn.q_proj.weight  # stage 1: the LLM stays as it came, bf16-rounded
+    torch.testing.assert_close(frozen, model.llm.model.layers[0].self_attn.q_proj.weight.bfloat16().float(),
+                               atol=0, rtol=0)
 
 
 def test_bf16_autocast_matches_fp32_within_bf16_tolerance(model, batch):

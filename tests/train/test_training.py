@@ -13,7 +13,7 @@ from owl_pipeline.config import StageConfig
 from owl_pipeline.data.loader import CaptionPairDataset
 from owl_pipeline.model.builders import from_pretrained
 from owl_pipeline.train.checkpoint import list_checkpoints
-from owl_pipeline.train.loop import TrainingDivergedError, train_stage
+from owl_pipeline.train.loop import TrainingDivergedError, resolve_num_workers, train_stage
 from owl_pipeline.train.optim import build_optimizer, warmup_cosine
 
 from ..conftest import quiet
@@ -42,6 +42,14 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     factor = warmup_cosine(StageConfig(max_steps=100, warmup_steps=10, lr=1e-3, min_lr=1e-4))
     assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
     assert factor(55) == pytest.approx(0.55) and factor(100) == pytest.approx(0.1)
+
+
+def test_loader_workers_default_to_none_on_cpu_and_up_to_eight_per_gpu_process():
+    assert resolve_num_workers(None, gpu=False, processes=1, cores=16) == 0
+    assert resolve_num_workers(None, gpu=True, processes=1, cores=16) == 8
+    assert resolve_num_workers(None, gpu=True, processes=8, cores=16) == 1  # one core left to drive each GPU
+    assert resolve_num_workers(None, gpu=True, processes=4, cores=None) == 0
+    assert resolve_num_workers(3, gpu=True, processes=1, cores=16) == 3  # a set value is kept
 
 
 def test_vision_gets_a_scaled_lr_and_norms_no_decay(model):

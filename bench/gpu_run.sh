@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Everything the GPU speed work needs from a lent GPU, in one call (the `device` tool; about 6 minutes on
+# an H100). The GPU image has torch, transformers, peft and accelerate and nothing of the pipeline stack,
+# which these scripts do not import. Results also go to $OUT (the device tool brings that folder back).
+#
+#     bash bench/gpu_run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PYTHON:-python3}
+OUT=${OUT:-$(mktemp -d)}
+
+$PY -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else "no GPU visible to torch: this script \
+is for a GPU machine; on a CPU run bench/train_step.py --tiny and bench/fast_path_check.py")'
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+$PY -c 'import torch, transformers, peft, accelerate; print("torch", torch.__version__, "transformers",
+transformers.__version__, "peft", peft.__version__, "accelerate", accelerate.__version__)' | tee -a "$OUT/gpu.txt"
+# The numerical check first: a fast path that changes results is not worth timing.
+$PY bench/fast_path_check.py | tee "$OUT/fast_path_check.txt"
+$PY bench/train_step.py --variants base compile ckpt fp32-frozen | tee "$OUT/train_step.txt"
