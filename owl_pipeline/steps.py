@@ -178,13 +178,19 @@ def _tags(project: Project, inputs: dict[str, Path]) -> dict[str, Any]:
     return {**tags, "git_commit": git_commit(project.root), "config_hash": config_hash(project.config.to_dict())}
 
 
+def _recent_mean(history: list[dict], key: str, digits: int) -> float | None:
+    """Mean of ``key`` over the last 20 steps (the first steps include start-up); steps resumed from a
+    checkpoint of an older version may lack it."""
+    values = [h[key] for h in history[-20:] if key in h]
+    return round(sum(values) / len(values), digits) if values else None
+
+
 def _stage_metadata(result: StageResult, run_url: str | None) -> dict[str, Any]:
     first = result.history[0]["loss"] if result.history else None
-    throughput = [h["samples_per_s"] for h in result.history[-20:]]
     return {"steps": result.steps, "first_loss": first, "final_loss": result.final_loss, "eval_loss": result.eval_loss,
             "seconds": round(result.seconds, 1), "resumed_from_step": result.resumed_from_step,
-            "samples_per_s": round(sum(throughput) / len(throughput), 1) if throughput else None,
-            "mlflow_run": run_url}
+            "samples_per_s": _recent_mean(result.history, "samples_per_s", 1),
+            "data_wait_share": _recent_mean(result.history, "data_wait_share", 3), "mlflow_run": run_url}
 
 
 def base_llm(project: Project, tracker: Tracker | None = None, log: Log = print, run_url: str | None = None

@@ -67,7 +67,7 @@ def test_every_training_step_is_an_mlflow_run_with_params_metrics_and_the_model(
         assert run.info.status == "FINISHED"
         assert run.data.params["stage1.lr"] == "0.001" and run.data.params["model.preset"] == "tiny"
         assert len(client.get_metric_history(run.info.run_id, "loss")) == 4
-        assert {"samples_per_s", "tokens_per_s", "grad_norm", "lr"} <= set(run.data.metrics)
+        assert {"samples_per_s", "tokens_per_s", "data_wait_share", "grad_norm", "lr"} <= set(run.data.metrics)
         assert run.data.tags["git_commit"] and run.data.tags["config_hash"]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"model", "loss_curve.png", "config.json"} <= artifacts, name

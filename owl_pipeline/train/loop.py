@@ -144,9 +144,11 @@ class _Trainer:
 
     def train_step(self, batches) -> dict[str, float]:
         start = time.perf_counter()
-        losses, tokens, samples = [], 0, 0
+        losses, tokens, samples, data_wait = [], 0, 0, 0.0
         for micro in range(self.config.grad_accum):
+            asked = time.perf_counter()
             batch = next(batches)
+            data_wait += time.perf_counter() - asked
             sync = micro == self.config.grad_accum - 1
             context = self.accelerator.no_sync(self.model) if not sync else contextlib.nullcontext()
             with context, self.accelerator.autocast():
@@ -168,7 +170,7 @@ class _Trainer:
         world = self.accelerator.num_processes
         return {"loss": sum(losses) / len(losses), "lr": max(self.scheduler.get_last_lr()), "grad_norm": grad_norm,
                 "samples_per_s": samples * world / seconds, "tokens_per_s": tokens * world / seconds,
-                "samples": samples * world}
+                "data_wait_share": data_wait / seconds, "samples": samples * world}
 
     def _clip(self) -> float:
         if self.config.grad_clip is not None:
@@ -204,7 +206,8 @@ def _progress(stage: int, step: int, total: int, metrics: dict[str, float], star
     done = step - first_step
     eta = (time.perf_counter() - started) / max(done, 1) * (total - step)
     return (f"stage {stage} step {step}/{total} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
-            f"grad {metrics['grad_norm']:.2f} | {metrics['samples_per_s']:.0f} samples/s | ETA {eta:.0f}s")
+            f"grad {metrics['grad_norm']:.2f} | {metrics['samples_per_s']:.0f} samples/s, "
+            f"{metrics['data_wait_share']:.0%} waiting for data | ETA {eta:.0f}s")
 
 
 def train_stage(model: OwlModel, processor: OwlProcessor, stage: int, train_data: Dataset, config: StageConfig,
