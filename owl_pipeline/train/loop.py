@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedType
 from torch.utils.data import Dataset
 
 from owl_pipeline.config import StageConfig
@@ -86,6 +87,12 @@ def resolve_num_workers(setting: int | None, gpu: bool, processes: int, cores: i
     return max(0, min(8, (cores or 1) // processes - 1))
 
 
+def storage_precision(precision: str, distributed_type: DistributedType) -> str:
+    """The precision frozen weights are stored in: the autocast one, except under FSDP (it flattens each
+    layer's parameters into one tensor, which must have one dtype) and DeepSpeed (it casts the model itself)."""
+    return "no" if distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED) else precision
+
+
 def _allow_new_precision(precision: str) -> None:
     """accelerate keeps one mixed-precision setting per process and refuses another; stages run one after the
     other in one process (``owl run``) may differ, so forget the setting (not the process group) between them."""
@@ -113,8 +120,9 @@ class _Trainer:
             self.state = load_checkpoint(checkpoints[-1], model, optimizer, self.scheduler)
             self.resumed_from = self.state.step
             log(f"stage {stage}: resuming from {checkpoints[-1].name}")
-        self.frozen_dtypes = apply_speed_options(model, precision, compile=config.compile,
-                                                 activation_checkpointing=config.activation_checkpointing)
+        self.frozen_dtypes = apply_speed_options(
+            model, storage_precision(precision, self.accelerator.distributed_type), compile=config.compile,
+            activation_checkpointing=config.activation_checkpointing)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.params = [p for p in model.parameters() if p.requires_grad]
 

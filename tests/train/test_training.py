@@ -13,7 +13,7 @@ from owl_pipeline.config import StageConfig
 from owl_pipeline.data.loader import CaptionPairDataset
 from owl_pipeline.model.builders import from_pretrained
 from owl_pipeline.train.checkpoint import list_checkpoints
-from owl_pipeline.train.loop import TrainingDivergedError, resolve_num_workers, train_stage
+from owl_pipeline.train.loop import TrainingDivergedError, resolve_num_workers, storage_precision, train_stage
 from owl_pipeline.train.optim import build_optimizer, warmup_cosine
 
 from ..conftest import quiet
@@ -50,6 +50,15 @@ def test_loader_workers_default_to_none_on_cpu_and_up_to_eight_per_gpu_process()
     assert resolve_num_workers(None, gpu=True, processes=8, cores=16) == 1  # one core left to drive each GPU
     assert resolve_num_workers(None, gpu=True, processes=4, cores=None) == 0
     assert resolve_num_workers(3, gpu=True, processes=1, cores=16) == 3  # a set value is kept
+
+
+def test_frozen_weights_keep_their_dtype_where_fsdp_or_deepspeed_manage_dtypes():
+    from accelerate.utils import DistributedType
+
+    assert storage_precision("bf16", DistributedType.MULTI_GPU) == "bf16"
+    assert storage_precision("bf16", DistributedType.NO) == "bf16"
+    assert storage_precision("bf16", DistributedType.FSDP) == "no"
+    assert storage_precision("bf16", DistributedType.DEEPSPEED) == "no"
 
 
 def test_vision_gets_a_scaled_lr_and_norms_no_decay(model):
