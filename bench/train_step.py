@@ -11,8 +11,9 @@ The peer runs as a user would run it: bf16 autocast, SDPA, fused AdamW.
 
 Regimes (DESIGN.md section 8): stage 1 = LLM frozen, batch 64, 64 text tokens; stage 2 = LoRA r8 on q/v,
 batch 16, 512 text tokens. Both models are randomly initialized at the same vision and LLM sizes; ours feeds
-65 tokens per image to the LLM, LLaVA 256. Model FLOPs count 6N per token through trained weights, 4N through
-frozen weights that still pass gradients, 2N through forward-only weights (attention scores not counted).
+65 tokens per image to the LLM, LLaVA 256. Model FLOPs (train/flops.py, what the training loop logs) count 6N
+per token through trained weights, 4N through frozen weights that still pass gradients, 2N through forward-only
+weights (embedding lookups and attention scores not counted); MFU against --peak-tflops (989: H100/H200 bf16).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from owl_pipeline.model.abstractor import VisualAbstractor  # noqa: E402
 from owl_pipeline.model.builders import build_llm, build_vision, set_train_modes, set_trainable  # noqa: E402
 from owl_pipeline.model.owl import OwlModel  # noqa: E402
 from owl_pipeline.model.vision import clip_config_from  # noqa: E402
+from owl_pipeline.train.flops import flops_per_token, step_flops  # noqa: E402
 from owl_pipeline.train.optim import build_optimizer  # noqa: E402
 from owl_pipeline.train.speed import apply_speed_options  # noqa: E402
 
@@ -48,20 +50,13 @@ class Regime:
     text_tokens: int
 
 
-def numel(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def components(name: str, model) -> tuple[torch.nn.Module, torch.nn.Module, int]:
-    """Vision tower, connector, and the LLM parameters a token goes through as matmuls (all but the input
-    embedding, which is a lookup; the output head included)."""
+def parts(name: str, model) -> list[torch.nn.Module]:
+    """Vision tower, connector and LLM (output head included), in forward order, for the FLOP count."""
     if name == "ours":
-        llm = model.llm
-        return model.vision, model.abstractor, numel(llm) - llm.get_input_embeddings().weight.numel()
+        return [model.vision, model.abstractor, model.llm]
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    language = inner.model.language_model
-    llm_params = numel(language) - language.get_input_embeddings().weight.numel() + numel(inner.lm_head)
-    return inner.model.vision_tower, inner.model.multi_modal_projector, llm_params
+    language = torch.nn.ModuleList([inner.model.language_model, inner.lm_head])
+    return [inner.model.vision_tower, inner.model.multi_modal_projector, language]
 
 
 def build_ours(config: OwlConfig, stage: int) -> OwlModel:
@@ -99,13 +94,11 @@ def batch_for(image_tokens: int, image_token_id: int, regime: Regime, config: Ow
 
 
 def flops_per_sample(name: str, model, config: OwlConfig, regime: Regime, image_tokens: int) -> float:
-    vision, connector, llm_params = components(name, model)
+    """Model FLOPs per sample (train/flops.py, as the training loop logs them): vision tokens, the tokens the
+    connector outputs (ours: its queries), LLM tokens."""
     connector_tokens = config.abstractor.num_queries if name == "ours" else image_tokens
-    trained = regime.stage == 1
-    vision_factor = 6 if trained else 2  # stage 2: the vision tower runs forward only
-    connector_factor = 6 if trained or (name == "ours" and config.train_abstractor_in_stage2) else 2
-    return (vision_factor * numel(vision) * config.vision.num_tokens + connector_factor * numel(connector)
-            * connector_tokens + 4 * llm_params * (image_tokens + regime.text_tokens))
+    tokens = [config.vision.num_tokens, connector_tokens, image_tokens + regime.text_tokens]
+    return step_flops(flops_per_token(parts(name, model)), tokens)
 
 
 def variant_options(variant: str) -> set[str]:

@@ -187,10 +187,14 @@ def _recent_mean(history: list[dict], key: str, digits: int) -> float | None:
 
 def _stage_metadata(result: StageResult, run_url: str | None) -> dict[str, Any]:
     first = result.history[0]["loss"] if result.history else None
-    return {"steps": result.steps, "first_loss": first, "final_loss": result.final_loss, "eval_loss": result.eval_loss,
-            "seconds": round(result.seconds, 1), "resumed_from_step": result.resumed_from_step,
-            "samples_per_s": _recent_mean(result.history, "samples_per_s", 1),
-            "data_wait_share": _recent_mean(result.history, "data_wait_share", 3), "mlflow_run": run_url}
+    metadata = {"steps": result.steps, "first_loss": first, "final_loss": result.final_loss,
+                "eval_loss": result.eval_loss, "seconds": round(result.seconds, 1),
+                "resumed_from_step": result.resumed_from_step,
+                "samples_per_s": _recent_mean(result.history, "samples_per_s", 1),
+                "model_tflops_per_s": _recent_mean(result.history, "model_tflops_per_s", 4),
+                "data_wait_share": _recent_mean(result.history, "data_wait_share", 3), "mlflow_run": run_url}
+    mfu = _recent_mean(result.history, "mfu", 3)  # only where the card's peak is known (not on a CPU)
+    return metadata if mfu is None else {**metadata, "mfu": mfu}
 
 
 def base_llm(project: Project, tracker: Tracker | None = None, log: Log = print, run_url: str | None = None

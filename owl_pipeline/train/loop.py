@@ -29,6 +29,7 @@ from owl_pipeline.model.builders import save_pretrained, set_train_modes, set_tr
 from owl_pipeline.model.owl import OwlModel
 from owl_pipeline.model.processor import OwlProcessor
 from owl_pipeline.train.checkpoint import TrainerState, list_checkpoints, load_checkpoint, save_checkpoint
+from owl_pipeline.train.flops import flops_per_token, peak_tflops, step_flops
 from owl_pipeline.train.optim import build_optimizer, build_scheduler
 from owl_pipeline.train.speed import apply_speed_options, restore_dtypes
 
@@ -123,6 +124,11 @@ class _Trainer:
         self.frozen_dtypes = apply_speed_options(
             model, storage_precision(precision, self.accelerator.distributed_type), compile=config.compile,
             activation_checkpointing=config.activation_checkpointing)
+        self.flop_factors = flops_per_token([model.vision, model.abstractor, model.llm])
+        vision = model.vision.clip.config
+        self.vision_tokens = (vision.image_size // vision.patch_size) ** 2 + 1  # patches + CLS
+        self.query_tokens = model.abstractor.query_embeds.shape[1]  # the abstractor is counted at its queries
+        self.peak_tflops = peak_tflops(self.accelerator.device)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.params = [p for p in model.parameters() if p.requires_grad]
 
@@ -152,7 +158,7 @@ class _Trainer:
 
     def train_step(self, batches) -> dict[str, float]:
         start = time.perf_counter()
-        losses, tokens, samples, data_wait = [], 0, 0, 0.0
+        losses, counts, data_wait = [], {"samples": 0, "images": 0, "tokens": 0}, 0.0
         for micro in range(self.config.grad_accum):
             asked = time.perf_counter()
             batch = next(batches)
@@ -168,17 +174,29 @@ class _Trainer:
                         "check the data (every label masked?), or use fp32")
                 self.accelerator.backward(loss / self.config.grad_accum)
             losses.append(loss.item())
-            tokens += int(batch["attention_mask"].sum())
-            samples += batch["input_ids"].shape[0]
+            counts["tokens"] += int(batch["attention_mask"].sum())
+            counts["samples"] += batch["input_ids"].shape[0]
+            counts["images"] += batch["pixel_values"].shape[0]
         grad_norm = self._clip()
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - start
-        world = self.accelerator.num_processes
         return {"loss": sum(losses) / len(losses), "lr": max(self.scheduler.get_last_lr()), "grad_norm": grad_norm,
-                "samples_per_s": samples * world / seconds, "tokens_per_s": tokens * world / seconds,
-                "data_wait_share": data_wait / seconds, "samples": samples * world}
+                **self._throughput(counts, seconds), "data_wait_share": data_wait / seconds,
+                "samples": counts["samples"] * self.accelerator.num_processes}
+
+    def _throughput(self, counts: dict[str, int], seconds: float) -> dict[str, float]:
+        """Samples, LLM tokens and model FLOPs per second over all processes (train/flops.py), and MFU where
+        the card's peak is known."""
+        world = self.accelerator.num_processes
+        images, tokens = counts["images"], counts["tokens"]
+        flops = step_flops(self.flop_factors, [images * self.vision_tokens, images * self.query_tokens, tokens])
+        rates = {"samples_per_s": counts["samples"] * world / seconds, "tokens_per_s": tokens * world / seconds,
+                 "model_tflops_per_s": flops * world / seconds / 1e12}
+        if self.peak_tflops:
+            rates["mfu"] = rates["model_tflops_per_s"] / self.peak_tflops
+        return rates
 
     def _clip(self) -> float:
         if self.config.grad_clip is not None:
@@ -213,8 +231,9 @@ class _Trainer:
 def _progress(stage: int, step: int, total: int, metrics: dict[str, float], started: float, first_step: int) -> str:
     done = step - first_step
     eta = (time.perf_counter() - started) / max(done, 1) * (total - step)
+    mfu = f", MFU {metrics['mfu']:.0%}" if "mfu" in metrics else ""
     return (f"stage {stage} step {step}/{total} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
-            f"grad {metrics['grad_norm']:.2f} | {metrics['samples_per_s']:.0f} samples/s, "
+            f"grad {metrics['grad_norm']:.2f} | {metrics['samples_per_s']:.0f} samples/s{mfu}, "
             f"{metrics['data_wait_share']:.0%} waiting for data | ETA {eta:.0f}s")
 
 
