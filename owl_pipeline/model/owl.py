@@ -33,6 +33,11 @@ def positions_with_targets(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
 
 
+def padded_on_the_right_only(attention_mask: torch.Tensor) -> bool:
+    """True when every row is real tokens then padding (the training collate), never padding first."""
+    return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
+
+
 def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy of ``logits`` (B, K, V) against ``targets`` (B, K), the labels one position later.
 
@@ -89,6 +94,10 @@ class OwlModel(nn.Module):
             return OwlOutput(logits=self.llm(inputs_embeds=embeds, attention_mask=attention_mask,
                                              use_cache=False).logits)
         positions = positions_with_targets(labels)
+        if attention_mask is not None and padded_on_the_right_only(attention_mask):
+            # Causal attention never lets a real token see the padding after it, so the mask changes nothing
+            # the loss reads; without it SDPA takes its fused causal (flash) kernel instead of a masked one.
+            attention_mask = None
         logits = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False,
                           logits_to_keep=positions).logits  # (B, K, V)
         loss, count = causal_lm_loss(logits, labels[:, positions + 1])

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from owl_pipeline.constants import IGNORE_INDEX, IMAGE_TOKEN
 from owl_pipeline.model.builders import set_trainable
-from owl_pipeline.model.owl import positions_with_targets
+from owl_pipeline.model.owl import padded_on_the_right_only, positions_with_targets
 from owl_pipeline.model.processor import AI, HUMAN, Turn
 
 IMG = Turn(HUMAN, IMAGE_TOKEN)
@@ -31,9 +31,18 @@ def test_forward_backward_on_a_mixed_batch(model, processor, red_image, noise_im
     assert model.abstractor.query_embeds.grad.abs().sum() > 0
 
 
-def test_the_loss_on_labelled_positions_equals_the_loss_over_all_logits(model, processor, red_image, noise_image):
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_the_loss_on_labelled_positions_equals_the_loss_over_all_logits(model, processor, red_image, noise_image,
+                                                                        padding_side):
+    """With labels the model computes logits only where a label follows, and drops a right-padding-only mask
+    (causal attention hides the padding anyway): the loss is the one over all logits with the mask."""
     model.eval()
-    batch = mixed_batch(processor, red_image, noise_image)
+    samples = [processor.encode([IMG, Turn(HUMAN, "What color?"), Turn(AI, "red")], [red_image]),
+               processor.encode([Turn(HUMAN, "Say hi"), Turn(AI, "hi")], []),
+               processor.encode([IMG, IMG, Turn(HUMAN, "Same?"), Turn(AI, "no")], [noise_image, red_image])]
+    batch = processor.collate(samples, padding_side=padding_side)
+    assert not batch["attention_mask"].all()
+    assert padded_on_the_right_only(batch["attention_mask"]) == (padding_side == "right")
     positions = positions_with_targets(batch["labels"])
     assert 0 < len(positions) < batch["input_ids"].shape[1] - 65  # image and prompt positions are skipped
     out = model(**batch)
@@ -41,7 +50,8 @@ def test_the_loss_on_labelled_positions_equals_the_loss_over_all_logits(model, p
     reference = F.cross_entropy(full[:, :-1].reshape(-1, full.shape[-1]), batch["labels"][:, 1:].reshape(-1),
                                 ignore_index=IGNORE_INDEX)
     torch.testing.assert_close(out.loss, reference, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(out.logits, full[:, positions])
+    targets = batch["labels"][:, positions + 1] != IGNORE_INDEX  # padding's own logits may differ: unread
+    torch.testing.assert_close(out.logits[targets], full[:, positions][targets])
 
 
 def test_stage_two_builds_no_graph_through_the_frozen_image_side(model, processor, red_image, noise_image):
