@@ -46,6 +46,21 @@ def step_flops(factors: Sequence[float], tokens: Sequence[float]) -> float:
     return sum(factor * count for factor, count in zip(factors, tokens, strict=True))
 
 
+class OwlStepFlops:
+    """Model FLOPs of a training step of an OwlModel as it is staged now (after ``set_trainable``): each image
+    sends its patch tokens (+ CLS) through the vision tower and the abstractor's queries through the abstractor
+    (its keys and values over the visual tokens are left out, like attention scores); the LLM sees every token."""
+
+    def __init__(self, model: nn.Module):
+        self.factors = flops_per_token([model.vision, model.abstractor, model.llm])
+        vision = model.vision.clip.config
+        self.vision_tokens = (vision.image_size // vision.patch_size) ** 2 + 1
+        self.query_tokens = model.abstractor.query_embeds.shape[1]
+
+    def __call__(self, images: int, llm_tokens: int) -> float:
+        return step_flops(self.factors, [images * self.vision_tokens, images * self.query_tokens, llm_tokens])
+
+
 def peak_tflops(device: torch.device) -> float | None:
     """The card's dense bf16 peak if it is in the table; None elsewhere (CPU, unknown cards)."""
     if device.type != "cuda":

@@ -29,7 +29,7 @@ from owl_pipeline.model.builders import save_pretrained, set_train_modes, set_tr
 from owl_pipeline.model.owl import OwlModel
 from owl_pipeline.model.processor import OwlProcessor
 from owl_pipeline.train.checkpoint import TrainerState, list_checkpoints, load_checkpoint, save_checkpoint
-from owl_pipeline.train.flops import flops_per_token, peak_tflops, step_flops
+from owl_pipeline.train.flops import OwlStepFlops, peak_tflops
 from owl_pipeline.train.optim import build_optimizer, build_scheduler
 from owl_pipeline.train.speed import apply_speed_options, restore_dtypes
 
@@ -124,10 +124,7 @@ class _Trainer:
         self.frozen_dtypes = apply_speed_options(
             model, storage_precision(precision, self.accelerator.distributed_type), compile=config.compile,
             activation_checkpointing=config.activation_checkpointing)
-        self.flop_factors = flops_per_token([model.vision, model.abstractor, model.llm])
-        vision = model.vision.clip.config
-        self.vision_tokens = (vision.image_size // vision.patch_size) ** 2 + 1  # patches + CLS
-        self.query_tokens = model.abstractor.query_embeds.shape[1]  # the abstractor is counted at its queries
+        self.step_flops = OwlStepFlops(model)
         self.peak_tflops = peak_tflops(self.accelerator.device)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -190,8 +187,8 @@ class _Trainer:
         """Samples, LLM tokens and model FLOPs per second over all processes (train/flops.py), and MFU where
         the card's peak is known."""
         world = self.accelerator.num_processes
-        images, tokens = counts["images"], counts["tokens"]
-        flops = step_flops(self.flop_factors, [images * self.vision_tokens, images * self.query_tokens, tokens])
+        tokens = counts["tokens"]
+        flops = self.step_flops(counts["images"], tokens)
         rates = {"samples_per_s": counts["samples"] * world / seconds, "tokens_per_s": tokens * world / seconds,
                  "model_tflops_per_s": flops * world / seconds / 1e12}
         if self.peak_tflops:

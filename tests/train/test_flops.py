@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from owl_pipeline.model.builders import set_trainable
-from owl_pipeline.train.flops import flops_per_token, matmul_parameters, peak_tflops, step_flops
+from owl_pipeline.train.flops import OwlStepFlops, flops_per_token, matmul_parameters, peak_tflops, step_flops
 
 
 def test_embeddings_are_not_counted_and_trained_and_frozen_are_split():
@@ -37,6 +37,15 @@ def test_stage_factors_on_the_owl_model(model):
     assert lora > 0 and base == llm
     assert flops_per_token([model.vision, model.abstractor, model.llm]) == [2 * vision, 2 * abstractor,
                                                                            6 * lora + 4 * base]
+
+
+def test_a_step_counts_patch_tokens_queries_and_llm_tokens(model):
+    set_trainable(model, 1)
+    factors = flops_per_token([model.vision, model.abstractor, model.llm])
+    counter = OwlStepFlops(model)
+    patches = (64 // 8) ** 2 + 1  # the tiny preset: 64 px, 8 px patches, + CLS
+    assert (counter.vision_tokens, counter.query_tokens) == (patches, model.num_image_tokens - 1)
+    assert counter(images=3, llm_tokens=100) == 3 * patches * factors[0] + 3 * 64 * factors[1] + 100 * factors[2]
 
 
 def test_no_peak_is_claimed_for_a_cpu():
