@@ -89,15 +89,17 @@ class OwlModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> OwlOutput:
-        embeds = self.embed_inputs(input_ids, pixel_values)
         if labels is None:
+            embeds = self.embed_inputs(input_ids, pixel_values)
             return OwlOutput(logits=self.llm(inputs_embeds=embeds, attention_mask=attention_mask,
                                              use_cache=False).logits)
+        # Both read small tensors back to the host: done before the image side is queued, the wait is short.
         positions = positions_with_targets(labels)
         if attention_mask is not None and padded_on_the_right_only(attention_mask):
             # Causal attention never lets a real token see the padding after it, so the mask changes nothing
             # the loss reads; without it SDPA takes its fused causal (flash) kernel instead of a masked one.
             attention_mask = None
+        embeds = self.embed_inputs(input_ids, pixel_values)
         logits = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False,
                           logits_to_keep=positions).logits  # (B, K, V)
         loss, count = causal_lm_loss(logits, labels[:, positions + 1])
