@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from owl_pipeline.model.builders import enable_activation_checkpointing
+
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -64,8 +66,6 @@ def apply_speed_options(model: nn.Module, precision: str, compile: bool = False,
     """What the training loop does to a model whose trainable parameters are already chosen (set_trainable):
     activation checkpointing if asked, frozen Linears in the autocast dtype of ``precision`` ("bf16"/"fp16"; "no"
     changes nothing), then regional compilation if asked. Returns what ``restore_dtypes`` needs before saving."""
-    from owl_pipeline.model.builders import enable_activation_checkpointing
-
     if activation_checkpointing:
         enable_activation_checkpointing(model)
     previous = store_frozen_linears_in(model, AUTOCAST_DTYPES[precision]) if precision in AUTOCAST_DTYPES else {}
