@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "train_step.py"
 
 

@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 import torch.nn.functional as F
 
 from owl_pipeline.constants import IGNORE_INDEX, IMAGE_TOKEN
