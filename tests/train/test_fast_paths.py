@@ -92,6 +92,27 @@ def test_compiled_layers_give_the_same_loss_and_gradients(model, batch):
         torch.testing.assert_close(grads_compiled[name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_a_compiled_layer_stack_compiles_per_layer_class_not_per_layer(tiny_config, processor, pairs):  # noqa: F811
+    """owl-1b has 22 LLM and 24 vision layers; were each compiled on its own, dynamo's recompile limit (8) would
+    send most back to eager. New shapes (stage 2 lengths) add dynamic-shape graphs once, not one per shape."""
+    from torch._dynamo.utils import counters
+
+    from owl_pipeline.model.builders import build_model
+
+    tiny_config.llm.num_layers = tiny_config.vision.num_layers = 10
+    torch.manual_seed(0)
+    model = set_trainable(build_model(tiny_config, processor), 2)
+    counters.clear()
+    assert compile_repeated_layers(model, backend="aot_eager") == 22
+    dataset = CaptionPairDataset(pairs, processor, train=False, seed=0)
+    graphs = []
+    for size in (1, 2, 3, 4):  # batches of different lengths
+        model(**processor.collate([dataset[i] for i in range(size)])).loss.backward()
+        graphs.append(counters["stats"]["unique_graphs"])
+    # 3 layer classes: a few graphs each (static, then dynamic shapes), then no more; 22 or more if per layer.
+    assert graphs[0] <= 4 and graphs[1] == graphs[-1] < 22 // 2, graphs
+
+
 def test_the_gpu_fast_path_stays_within_bf16_tolerance_of_plain_fp32(model, processor, pairs, tmp_path):  # noqa: F811
     """The loop as it runs on a GPU (bf16 autocast, frozen Linears in bf16, every layer compiled by inductor),
     here on CPU, against the plain fp32 loop from the same start: the same losses within bf16 tolerance, and a
