@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything the GPU speed work needs from a lent GPU, in one call (the `device` tool; a few minutes by
 # estimate, not yet run on a GPU: each row is printed as it is measured). The GPU image has torch,
-# transformers, peft and accelerate and nothing of the pipeline stack, which these scripts do not import. Results also go to $OUT (the device tool brings that folder back).
+# transformers, peft and accelerate and nothing of the pipeline stack, which these scripts do not import.
+# Results also go to $OUT (the device tool brings that folder back).
 #
 #     bash bench/gpu_run.sh
 set -euo pipefail
