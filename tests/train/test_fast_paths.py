@@ -92,6 +92,20 @@ def test_compiled_layers_give_the_same_loss_and_gradients(model, batch):
         torch.testing.assert_close(grads_compiled[name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("stage", [1, 2])
+def test_compiled_and_checkpointed_layers_together_give_the_same_loss_and_gradients(model, batch, stage):
+    set_trainable(model, stage)
+    plain = copy.deepcopy(model)
+    compile_repeated_layers(enable_activation_checkpointing(model), backend="aot_eager")
+    loss, grads, _ = loss_and_grads(plain, batch)
+    loss_fast, grads_fast, calls = loss_and_grads(model, batch)
+    assert calls == model.config.llm.num_layers + (model.config.vision.num_layers if stage == 1 else 0)
+    torch.testing.assert_close(loss_fast, loss, atol=1e-5, rtol=1e-5)
+    assert grads.keys() == grads_fast.keys() and grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_fast[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_a_compiled_layer_stack_compiles_per_layer_class_not_per_layer(tiny_config, processor, pairs):  # noqa: F811
     """owl-1b has 22 LLM and 24 vision layers; were each compiled on its own, dynamo's recompile limit (8) would
     send most back to eager. New shapes (stage 2 lengths) add dynamic-shape graphs once, not one per shape."""
