@@ -198,6 +198,15 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    """Official mPLUG-Owl checkpoint <-> our model folder (model/convert.py)."""
+    from owl_pipeline.model.convert import official_to_owl, owl_to_official
+
+    convert = official_to_owl if args.direction == "official-to-owl" else owl_to_official
+    convert(args.source, args.output, log=_log)
+    return 0
+
+
 def cmd_ui(args) -> int:
     from owl_pipeline.ui import serve
 
@@ -256,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--judge", help="a local causal LM (folder or hub id) that grades answers A-D")
     evaluate.add_argument("--ratings", help="a filled rating sheet (CSV) to fold into the report")
     evaluate.set_defaults(func=cmd_eval)
+
+    convert = sub.add_parser("convert", help="convert an official mPLUG-Owl checkpoint to our model folder or back")
+    convert.add_argument("direction", choices=("official-to-owl", "owl-to-official"))
+    convert.add_argument("source", help="the checkpoint folder to read")
+    convert.add_argument("output", help="the folder to write")
+    convert.set_defaults(func=cmd_convert)
 
     ui = sub.add_parser("ui", help="the Dagster UI and the MLflow UI for this project (Ctrl-C stops both)")
     ui.add_argument("--project", default=".")

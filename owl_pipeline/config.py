@@ -40,7 +40,7 @@ class VisionConfig:
     num_heads: int = 16
     intermediate_size: int = 4096
     hidden_act: str = "quick_gelu"
-    layer_norm_eps: float = 1e-5
+    layer_norm_eps: float = 1e-6  # the official vision config's default (CLIP's own is 1e-5)
     pretrained: str | None = None
 
     def __post_init__(self) -> None:
@@ -65,7 +65,7 @@ class AbstractorConfig:
     hidden_size: int = 1024
     intermediate_size: int = 2816
     attention_dropout: float = 0.1
-    layer_norm_eps: float = 1e-6
+    layer_norm_eps: float = 1e-6  # the MLP's inner LayerNorm only; the other abstractor norms use 1e-5
 
     def __post_init__(self) -> None:
         _require(self.num_queries > 0, f"abstractor.num_queries must be positive, got {self.num_queries}")

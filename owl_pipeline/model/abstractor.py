@@ -6,6 +6,9 @@ Each layer (official code, ``MplugOwlVisualAbstractorLayer``):
     x = q + out_proj(attn)                       # the residual is the *normed* queries
     x = x + W2(LN(SiLU(W1 LN2(x)) * W3 LN2(x)))  # SwiGLU with a LayerNorm on the inner activation
 No positional embeddings. After the last layer: ``visual_fc`` to the LLM width, then ``vit_eos`` is appended.
+
+Numerics as the official code: LN1, LNk and LN2 are built without an eps (PyTorch's 1e-5); only the MLP's inner
+LayerNorm uses the config's ``layer_norm_eps`` (1e-6). The queries start at zero.
 """
 
 from __future__ import annotations
@@ -56,11 +59,11 @@ class AbstractorMLP(nn.Module):
 class AbstractorLayer(nn.Module):
     def __init__(self, cfg: AbstractorConfig):
         super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.normk = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.norm1 = nn.LayerNorm(cfg.hidden_size)  # eps 1e-5, as the official code (only ffn_ln uses the config's)
+        self.normk = nn.LayerNorm(cfg.hidden_size)
         self.attention = AbstractorAttention(cfg)
         self.out_proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.norm2 = nn.LayerNorm(cfg.hidden_size)
         self.mlp = AbstractorMLP(cfg)
 
     def forward(self, queries: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
@@ -75,7 +78,7 @@ class VisualAbstractor(nn.Module):
 
     def __init__(self, cfg: AbstractorConfig, llm_hidden_size: int):
         super().__init__()
-        self.query_embeds = nn.Parameter(torch.randn(1, cfg.num_queries, cfg.hidden_size) * 0.02)
+        self.query_embeds = nn.Parameter(torch.zeros(1, cfg.num_queries, cfg.hidden_size))  # official: zeros
         self.layers = nn.ModuleList(AbstractorLayer(cfg) for _ in range(cfg.num_layers))
         self.visual_fc = nn.Linear(cfg.hidden_size, llm_hidden_size)
         self.vit_eos = nn.Parameter(torch.randn(1, 1, llm_hidden_size) * 0.02)

@@ -167,9 +167,14 @@ def save_pretrained(model: OwlModel, processor: OwlProcessor, folder: str | Path
     return folder
 
 
+def merged_llm(llm: torch.nn.Module) -> torch.nn.Module:
+    """The LLM with its LoRA adapter folded into the base weights (a copy); an LLM without one as it is."""
+    return copy.deepcopy(llm).merge_and_unload() if isinstance(llm, PeftModel) else llm
+
+
 def _save_peft_llm(llm: PeftModel, folder: Path, merge_lora: bool) -> None:
     if merge_lora:
-        copy.deepcopy(llm).merge_and_unload().save_pretrained(folder / LLM_DIR)
+        merged_llm(llm).save_pretrained(folder / LLM_DIR)
         return
     llm.save_pretrained(folder / ADAPTER_DIR)
     # peft injects LoRA layers into the base model in place; save the base under its original names.

@@ -9,15 +9,17 @@ A conversation renders as (DESIGN.md section 2):
     Human: {question 2}
     AI: {answer 2}</s>
 
-Only the text after each ``AI:`` plus its EOS carries labels. Prompt pieces and answers are tokenized as
-separate segments, so a label boundary never falls inside a token, and a generation prompt ends with ``AI:``
-exactly where a training answer begins.
+Only the text after each ``AI: `` plus its EOS carries labels. Token-exact as the official code: ``AI: `` (with
+its space) ends an unlabelled prompt segment and each answer is tokenized on its own, without a leading space,
+so a label boundary never falls inside a token, and a generation prompt ends with ``AI: `` exactly where a
+training answer begins.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,6 +33,8 @@ from owl_pipeline.constants import (AI_PREFIX, CLIP_MEAN, CLIP_STD, HUMAN_PREFIX
 from owl_pipeline.model.tokenizer import prepare_tokenizer
 
 HUMAN, AI = "human", "ai"
+# The official code tokenizes the template's separators as chunks of their own (the split keeps them).
+_TEMPLATE_SEPARATORS = re.compile(f"({re.escape(AI_PREFIX)}|{re.escape(chr(10) + HUMAN_PREFIX)})")
 
 
 @dataclass(frozen=True)
@@ -119,16 +123,16 @@ class ImageTransform:
 
 
 def render_conversation(turns: list[Turn]) -> tuple[str, list[tuple[int, int]]]:
-    """The template's text (without EOS) and the character span of each answer, its leading space included."""
+    """The template's text (without EOS) and the character span of each answer (after ``AI: ``)."""
     text = SYSTEM_PROMPT
     spans = []
     for turn in turns:
         if turn.role == HUMAN:
             text += "\n" + HUMAN_PREFIX + turn.text
         else:
-            text += "\n" + AI_PREFIX.rstrip()
+            text += "\n" + AI_PREFIX
             start = len(text)
-            text += " " + turn.text
+            text += turn.text
             spans.append((start, len(text)))
     return text, spans
 
@@ -173,13 +177,18 @@ class OwlProcessor:
 
     def encode_prompt(self, question: str, images: list[Image.Image],
                       history: list[tuple[str, str]] | None = None) -> EncodedSample:
-        """A generation prompt: images first, earlier (question, answer) turns, then the question and ``AI:``."""
+        """A generation prompt: images first, earlier (question, answer) turns, then the question and ``AI: ``."""
         turns = [Turn(HUMAN, IMAGE_TOKEN) for _ in images]
         for past_question, past_answer in history or []:
             turns += [Turn(HUMAN, past_question), Turn(AI, past_answer)]
-        turns.append(Turn(HUMAN, question))
+        return self.encode_turns_prompt([*turns, Turn(HUMAN, question)], images)
+
+    def encode_turns_prompt(self, turns: list[Turn], images: list[Image.Image]) -> EncodedSample:
+        """A generation prompt from whole turns (the last a Human turn), ending with ``AI: ``."""
+        if not turns or turns[-1].role != HUMAN:
+            raise ValueError("a generation prompt must end with a Human turn")
         text, spans = render_conversation(turns)
-        return self._encode_text(text + "\n" + AI_PREFIX.rstrip(), spans, images, False, None, with_labels=False)
+        return self._encode_text(text + "\n" + AI_PREFIX, spans, images, False, None, with_labels=False)
 
     def _encode_text(self, text: str, spans: list[tuple[int, int]], images: list[Image.Image], train: bool,
                      rng: np.random.Generator | None, with_labels: bool) -> EncodedSample:
@@ -194,17 +203,19 @@ class OwlProcessor:
         return EncodedSample(input_ids=ids, labels=labels, pixel_values=pixel_values)
 
     def _tokenize_with_targets(self, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[bool]]:
-        """Tokenize segment by segment (prompt, answer, prompt, ...) and append EOS after each answer."""
+        """Tokenize chunk by chunk and append EOS after each answer. As the official code does, the prompt
+        between answers is split at ``AI: `` and ``\\nHuman: `` (each its own chunk) and every answer is a chunk."""
         tok = self.tokenizer
         ids: list[int] = [] if tok.bos_token_id is None else [tok.bos_token_id]
         is_target = [False] * len(ids)
         cursor = 0
         for start, end in [*spans, (len(text), len(text))]:
-            for piece, target in ((text[cursor:start], False), (text[start:end], True)):
-                if piece:
-                    piece_ids = tok(piece, add_special_tokens=False)["input_ids"]
-                    ids += piece_ids
-                    is_target += [target] * len(piece_ids)
+            chunks = [(chunk, False) for chunk in _TEMPLATE_SEPARATORS.split(text[cursor:start])]
+            for chunk, target in [*chunks, (text[start:end], True)]:
+                if chunk:
+                    chunk_ids = tok(chunk, add_special_tokens=False)["input_ids"]
+                    ids += chunk_ids
+                    is_target += [target] * len(chunk_ids)
             if end > start:
                 ids.append(tok.eos_token_id)
                 is_target.append(True)

@@ -13,10 +13,15 @@ def make_abstractor():
     return VisualAbstractor(CFG, llm_hidden_size=24).eval()
 
 
+def official_norm(norm, x, eps):
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, eps=eps)
+
+
 def reference_layer(layer, queries, visual):
-    """The official layer written out by hand: one softmax over [normed queries; normed visual tokens]."""
-    q = layer.norm1(queries)
-    context = torch.cat([q, layer.normk(visual)], dim=1)
+    """The official layer written out by hand: one softmax over [normed queries; normed visual tokens].
+    norm1, normk and norm2 are built without an eps there (1e-5); only ffn_ln uses the config's 1e-6."""
+    q = official_norm(layer.norm1, queries, 1e-5)
+    context = torch.cat([q, official_norm(layer.normk, visual, 1e-5)], dim=1)
     att = layer.attention
     n, h = q.shape[0], att.num_heads
     split = lambda x: x.view(n, x.shape[1], h, -1).transpose(1, 2)  # noqa: E731
@@ -24,7 +29,8 @@ def reference_layer(layer, queries, visual):
     probs = torch.softmax(qh @ kh.transpose(-1, -2) / qh.shape[-1] ** 0.5, dim=-1)
     attn = (probs @ vh).transpose(1, 2).reshape(n, q.shape[1], -1)
     x = q + layer.out_proj(attn)
-    inner = layer.mlp.ffn_ln(F.silu(layer.mlp.w1(layer.norm2(x))) * layer.mlp.w3(layer.norm2(x)))
+    normed = official_norm(layer.norm2, x, 1e-5)
+    inner = official_norm(layer.mlp.ffn_ln, F.silu(layer.mlp.w1(normed)) * layer.mlp.w3(normed), 1e-6)
     return x + layer.mlp.w2(inner)
 
 
@@ -33,9 +39,16 @@ def test_sixty_five_llm_tokens_per_image():
     assert out.shape == (3, 65, 24)
 
 
+def test_queries_start_at_zero_as_in_the_official_code():
+    assert not make_abstractor().query_embeds.any()
+
+
 def test_matches_the_official_layer_written_out():
     abstractor = make_abstractor()
-    visual = torch.randn(2, 17, 32)
+    # Small activations, where the LayerNorm eps matters (1e-5 vs 1e-6 moves the output by far more than 1e-5).
+    with torch.no_grad():
+        abstractor.query_embeds.normal_(std=3e-3)
+    visual = torch.randn(2, 17, 32) * 3e-3
     x = abstractor.query_embeds.expand(2, -1, -1)
     for layer in abstractor.layers:
         x = reference_layer(layer, x, visual)

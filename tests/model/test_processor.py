@@ -16,7 +16,7 @@ def ids(tokenizer, text):
 def test_template_text():
     text, spans = render_conversation([IMG, Turn(HUMAN, "What color?"), Turn(AI, "red")])
     assert text == f"{SYSTEM_PROMPT}\nHuman: <image>\nHuman: What color?\nAI: red"
-    assert [text[a:b] for a, b in spans] == [" red"]
+    assert [text[a:b] for a, b in spans] == ["red"]  # official: the answer without a leading space
 
 
 def test_labels_token_by_token(processor, tokenizer, red_image):
@@ -25,11 +25,13 @@ def test_labels_token_by_token(processor, tokenizer, red_image):
     n = processor.config.num_image_tokens
     t = processor.image_token_id
     eos = tokenizer.eos_token_id
-    expected_ids = ([tokenizer.bos_token_id] + ids(tokenizer, SYSTEM_PROMPT + "\nHuman: ") + [t] * n
-                    + ids(tokenizer, "\nHuman: What color?\nAI:") + ids(tokenizer, " red") + [eos]
-                    + ids(tokenizer, "\nHuman: Where?\nAI:") + ids(tokenizer, " left") + [eos])
+    # The official chunking: the separators "\nHuman: " and "AI: " are chunks of their own, so is each answer.
+    chunks = lambda *texts: [i for text in texts for i in ids(tokenizer, text)]  # noqa: E731
+    expected_ids = ([tokenizer.bos_token_id] + chunks(SYSTEM_PROMPT, "\nHuman: ") + [t] * n
+                    + chunks("\nHuman: ", "What color?\n", "AI: ", "red") + [eos]
+                    + chunks("\nHuman: ", "Where?\n", "AI: ", "left") + [eos])
     assert sample.input_ids == expected_ids
-    answers = {tuple(ids(tokenizer, " red") + [eos]), tuple(ids(tokenizer, " left") + [eos])}
+    answers = {tuple(ids(tokenizer, "red") + [eos]), tuple(ids(tokenizer, "left") + [eos])}
     labelled = [i if label != IGNORE_INDEX else None for i, label in zip(sample.input_ids, sample.labels)]
     runs, current = [], []
     for token in labelled + [None]:
@@ -49,7 +51,7 @@ def test_prompt_ends_where_training_answers_begin(processor, tokenizer, red_imag
                              Turn(AI, "red")], [red_image])
     assert full.input_ids[:len(prompt.input_ids)] == prompt.input_ids
     assert prompt.labels is None
-    assert tokenizer.decode(prompt.input_ids[-3:]).endswith("AI:")
+    assert tokenizer.decode(prompt.input_ids[-3:]).endswith("AI: ")  # official: a space after the colon
 
 
 def test_several_images_and_text_only(processor, red_image, noise_image):
