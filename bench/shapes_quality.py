@@ -24,7 +24,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import lance  # noqa: E402
 import yaml  # noqa: E402
 
-from owl_pipeline import steps  # noqa: E402
+from owl_pipeline.pipeline.graph import DATA_STEPS, TRAINING_STEPS  # noqa: E402
+from owl_pipeline.pipeline.project import Project  # noqa: E402
+from owl_pipeline.pipeline.runner import run_step  # noqa: E402
 from owl_pipeline.config import PipelineConfig, from_mapping  # noqa: E402
 from owl_pipeline.eval.owleval import answer_eval_set, load_eval_set, read_answers  # noqa: E402
 from owl_pipeline.eval.report import Scorers, build_report, headline  # noqa: E402
@@ -43,7 +45,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def chance_accuracy(project: steps.Project, eval_set, references) -> dict[str, float]:
+def chance_accuracy(project: Project, eval_set, references) -> dict[str, float]:
     """Most common training answer per question text pattern's type, scored on the eval set."""
     answers_by_type = collections.defaultdict(collections.Counter)
     kinds = {q.question_id: q.question_type for q in eval_set.questions}
@@ -88,12 +90,12 @@ def main() -> None:
     data = apply_overrides(yaml.safe_load(Path(args.params).read_text()), args.overrides)
     config = from_mapping(PipelineConfig, data, "params")
     with tempfile.TemporaryDirectory() as folder:
-        project = steps.Project(config, args.keep or folder)
+        project = Project(config, args.keep or folder)
         times = {}
         start = time.perf_counter()
-        for name in (*steps.DATA_STEPS, *steps.TRAINING_STEPS):
+        for name in (*DATA_STEPS, *TRAINING_STEPS):
             began = time.perf_counter()
-            steps.run_step(name, project, log=lambda line: print("   ", line, flush=True) if "step" in line else None)
+            run_step(name, project, log=lambda line: print("   ", line, flush=True) if "step" in line else None)
             times[name] = time.perf_counter() - began
         total = time.perf_counter() - start
         eval_set = load_eval_set(project.owleval_dir())

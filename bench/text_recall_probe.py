@@ -26,7 +26,9 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from shapes_quality import apply_overrides  # noqa: E402
 
-from owl_pipeline import steps  # noqa: E402
+from owl_pipeline.pipeline.graph import DATA_STEPS  # noqa: E402
+from owl_pipeline.pipeline.project import Project  # noqa: E402
+from owl_pipeline.pipeline.runner import run_step  # noqa: E402
 from owl_pipeline.config import PipelineConfig, from_mapping  # noqa: E402
 from owl_pipeline.data import scenes  # noqa: E402
 from owl_pipeline.model.builders import from_pretrained  # noqa: E402
@@ -67,10 +69,10 @@ def main() -> None:
     args = parser.parse_args()
     data = apply_overrides(yaml.safe_load(Path(args.params).read_text()), args.overrides)
     with tempfile.TemporaryDirectory() as folder:
-        project = steps.Project(from_mapping(PipelineConfig, data, "params"), folder)
+        project = Project(from_mapping(PipelineConfig, data, "params"), folder)
         start = time.perf_counter()
-        for name in (*steps.DATA_STEPS, "base_llm"):
-            steps.run_step(name, project, log=lambda *_: None)
+        for name in (*DATA_STEPS, "base_llm"):
+            run_step(name, project, log=lambda *_: None)
         seconds = time.perf_counter() - start
         scores = probe(project.base_llm / MODEL_DIR)
     print(f"overrides: {' '.join(args.overrides) or '(none)'}; data + base LLM in {seconds:.0f} s")

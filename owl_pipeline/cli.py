@@ -1,4 +1,4 @@
-"""`owl` command line: thin wrappers over the library (owl_pipeline.steps)."""
+"""`owl` command line: thin wrappers over the library (owl_pipeline.pipeline runs the steps)."""
 
 from __future__ import annotations
 
@@ -19,24 +19,20 @@ def _load_model_config(args):
 
 
 def _project(args):
-    from owl_pipeline.config import PipelineConfig
-    from owl_pipeline.steps import Project
+    from owl_pipeline.pipeline.project import load_project
 
-    root = Path(args.project).resolve()
-    params = Path(args.params) if args.params else root / "params.yaml"
-    config = PipelineConfig.from_yaml(params) if params.is_file() else PipelineConfig()
-    return Project(config, root)
+    return load_project(args.project, args.params)
 
 
-def _tracking(project):
-    """MLflow tracking for this process; None on the other ranks of a distributed launch (rank 0 logs)."""
-    from owl_pipeline.registry.tracking import MlflowTracking, local_tracking_uri
-    from owl_pipeline.steps import is_main_process
+def _tracking(args, project):
+    """MLflow tracking for this process; None with --no-tracking and on the other ranks of a distributed
+    launch (rank 0 logs)."""
+    from owl_pipeline.pipeline.ranks import is_main_process
+    from owl_pipeline.registry.tracking import tracking_for
 
-    if not is_main_process():
+    if args.no_tracking or not is_main_process():
         return None
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(project.root)
-    return MlflowTracking(uri, artifact_root=project.root / "mlruns" / "artifacts")
+    return tracking_for(project.root, os.environ.get("MLFLOW_TRACKING_URI"))
 
 
 def _log(line: str) -> None:
@@ -54,55 +50,32 @@ def cmd_info(args) -> int:
     return 0
 
 
-def run_step(name: str, project, tracking=None, force: bool = False):
-    from owl_pipeline import steps
+def _timed_step(name: str, args) -> None:
+    """One step of the project in ``args``, framed by its name and time (or reported through dagster-pipes)."""
+    from owl_pipeline.pipeline.runner import run_step
 
+    project = _project(args)
+    tracking = _tracking(args, project)
+    if getattr(args, "dagster_pipes", False):
+        from owl_pipeline.orchestration.pipes_step import step_under_dagster_pipes
+
+        step_under_dagster_pipes(name, project, tracking, args.force, log=_log)
+        return
     started = time.perf_counter()
     _log(f"== {name}")
-    result = steps.run_step(name, project, tracking, log=_log, force=force)
+    run_step(name, project, tracking, log=_log, force=args.force)
     _log(f"== {name} done in {time.perf_counter() - started:.1f} s")
-    return result
 
 
 def cmd_step(args) -> int:
-    project = _project(args)
-    tracking = None if args.no_tracking else _tracking(project)
-    if args.dagster_pipes:
-        return _step_under_dagster_pipes(args.name, project, tracking, args.force)
-    run_step(args.name, project, tracking, force=args.force)
-    return 0
-
-
-def _step_under_dagster_pipes(name: str, project, tracking, force: bool) -> int:
-    """Launched by Dagster's TrainingLauncher: rank 0 streams its log lines and reports the materialization
-    (with the same metadata and lineage as in-process) through dagster-pipes; other ranks only train."""
-    from owl_pipeline import steps
-    from owl_pipeline.steps import is_main_process
-
-    if not is_main_process():
-        steps.run_step(name, project, tracking, log=_log, force=force)
-        return 0
-    from dagster_pipes import open_dagster_pipes
-
-    from owl_pipeline.orchestration.metadata import materialization, pipes_metadata
-
-    with open_dagster_pipes() as pipes:
-        def log(line: str) -> None:
-            _log(line)
-            pipes.log.info(line)
-
-        result = steps.run_step(name, project, tracking, log=log, force=force)
-        entries, version = materialization(project, result)
-        pipes.report_asset_materialization(metadata=pipes_metadata(entries), data_version=version)
+    _timed_step(args.name, args)
     return 0
 
 
 def cmd_train(args) -> int:
     from owl_pipeline import constants as C
 
-    project = _project(args)
-    name = {0: C.ASSET_BASE_LLM, 1: C.ASSET_STAGE1, 2: C.ASSET_STAGE2}[args.stage]
-    run_step(name, project, None if args.no_tracking else _tracking(project), force=args.force)
+    _timed_step({0: C.ASSET_BASE_LLM, 1: C.ASSET_STAGE1, 2: C.ASSET_STAGE2}[args.stage], args)
     return 0
 
 
@@ -126,9 +99,11 @@ def cmd_run(args) -> int:
 
 def _print_summary(project, seconds: float) -> None:
     from owl_pipeline import constants as C
+    from owl_pipeline.pipeline.records import StepRecord
 
     def report(name):
-        return project.read_report(name).get("metadata", {})
+        record = StepRecord.read(project.record_path(name))
+        return record.metadata if record else {}
 
     print(f"\nowl run: {seconds / 60:.1f} min, assets in {project.assets}")
     curated = report(C.ASSET_CURATED_PAIRS)
@@ -140,12 +115,13 @@ def _print_summary(project, seconds: float) -> None:
             print(f"  {name}: loss {meta['first_loss']:.3f} -> {meta['final_loss']:.3f} in {meta['seconds']} s"
                   + (f"  {meta['mlflow_run']}" if meta.get("mlflow_run") else ""))
     evaluation = report(C.ASSET_OWLEVAL)
-    if "accuracy" in evaluation:
-        by_type = "  ".join(f"{k} {v:.2f}" for k, v in evaluation["accuracy_by_type"].items())
-        print(f"  accuracy on {evaluation['questions']} held-out questions: {evaluation['accuracy']:.3f} ({by_type})")
-    if "similarity" in evaluation:
-        print(f"  similarity to the reference answers: {evaluation['similarity']:.3f}; "
-              f"report: {project.assets / C.ASSET_OWLEVAL / 'report.html'}")
+    if C.METRIC_ACCURACY in evaluation:
+        by_type = "  ".join(f"{k} {v:.2f}" for k, v in evaluation[C.ACCURACY_BY_TYPE].items())
+        print(f"  accuracy on {evaluation['questions']} held-out questions: {evaluation[C.METRIC_ACCURACY]:.3f} "
+              f"({by_type})")
+    if C.METRIC_SIMILARITY in evaluation:
+        print(f"  similarity to the reference answers: {evaluation[C.METRIC_SIMILARITY]:.3f}; "
+              f"report: {project.owleval / C.OWLEVAL_REPORT_HTML}")
     registered = report(C.ASSET_REGISTERED)
     if registered.get("registered"):
         print(f"  registered {registered['model_uri']} aliases {registered['aliases']}: {registered['gate_reason']}")
@@ -169,29 +145,22 @@ def cmd_chat(args) -> int:
 
 def cmd_eval(args) -> int:
     """Answer an OwlEval folder with a saved model; score it beside the published answers; write the report."""
+    from owl_pipeline import constants as C
     from owl_pipeline.config import EvaluationConfig
-    from owl_pipeline.eval.evaluate import evaluate_answers
-    from owl_pipeline.eval.owleval import answer_eval_set, load_eval_set, write_answers
+    from owl_pipeline.eval.evaluate import evaluate_model
     from owl_pipeline.eval.report import headline
-    from owl_pipeline.model.builders import from_pretrained
 
     config = EvaluationConfig(max_new_tokens=args.max_new_tokens, reference_answers=args.reference,
                               judge_model=args.judge, human_ratings=args.ratings)
-    model, processor = from_pretrained(args.model)
-    eval_set = load_eval_set(args.owleval)
-    answers = answer_eval_set(model, processor, eval_set, args.model_id, max_new_tokens=args.max_new_tokens,
-                              log=_log)
-    out = Path(args.out)
-    write_answers(answers, out / "answers.jsonl")
-    files = evaluate_answers(eval_set, answers, args.model_id, config, out, log=_log)
+    files = evaluate_model(args.model, args.owleval, Path(args.out), config, args.model_id, log=_log)
     for model_summary in files.report["models"]:
         scores = model_summary["scores"]["all"]
         print(f"{model_summary['model_id']:<20}" + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()
                                                            if v is not None))
     summary = headline(files.report)
-    if "accuracy_by_type" in summary:
-        print("accuracy by type: " + " ".join(f"{k} {v:.3f}" for k, v in summary["accuracy_by_type"].items()))
-    print(f"answers: {out / 'answers.jsonl'}\nreport: {files.html}\nrating sheet: {files.rating_sheet} "
+    if C.ACCURACY_BY_TYPE in summary:
+        print("accuracy by type: " + " ".join(f"{k} {v:.3f}" for k, v in summary[C.ACCURACY_BY_TYPE].items()))
+    print(f"answers: {files.answers}\nreport: {files.html}\nrating sheet: {files.rating_sheet} "
           f"(fill the grade column, then pass it back with --ratings)")
     for problem in files.report["problems"]:
         print(f"problem: {problem}")

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -144,12 +147,15 @@ class OwlConfig:
         return copy.deepcopy(PRESETS[name])
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> OwlConfig:
-        """Build from a dict; a ``preset`` key starts from that preset and the other keys override it."""
+    def from_dict(cls, data: dict[str, Any], base: OwlConfig | None = None, where: str = "model") -> OwlConfig:
+        """Build from a dict; a ``preset`` key starts from that preset, else from ``base`` (default: the class
+        defaults), and the other keys override it."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
         data = dict(data)
         preset = data.pop("preset", None)
-        base = cls.from_name(preset).to_dict() if preset else cls().to_dict()
-        return from_mapping(cls, _deep_merge(base, data, path=""), "model")
+        start = cls.from_name(preset) if preset else (base or cls())
+        return from_mapping(cls, _deep_merge(start.to_dict(), data, path=f"{where}."), where)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> OwlConfig:
@@ -164,7 +170,7 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any], path: str) -> di
     for key, value in override.items():
         where = f"{path}{key}"
         if key not in base:
-            raise ConfigError(f"unknown config key {where!r}; known keys here: {sorted(base)}")
+            raise ConfigError(f"unknown config key {where.removeprefix('model.')!r}; known keys here: {sorted(base)}")
         if isinstance(base[key], dict) and isinstance(value, dict):
             merged[key] = _deep_merge(base[key], value, path=f"{where}.")
         else:
@@ -182,8 +188,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def from_mapping(cls: type, values: dict[str, Any], where: str) -> Any:
-    """Build dataclass ``cls`` from a (YAML) mapping, recursing into dataclass-typed fields; unknown keys fail."""
+def from_mapping(cls: type, values: dict[str, Any], where: str, base: Any = None) -> Any:
+    """Build dataclass ``cls`` from a (YAML) mapping on top of ``base`` (an instance; default: the field
+    defaults). A dataclass-typed field's mapping overrides that field's own default (``stage2`` starts from
+    the stage-2 recipe, ``model`` from its preset), so a partial section keeps the rest of its recipe.
+    Unknown keys, values of the wrong type and non-finite numbers fail with the field's path."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
@@ -191,13 +200,74 @@ def from_mapping(cls: type, values: dict[str, Any], where: str) -> Any:
     if unknown:
         raise ConfigError(f"unknown keys in {where}: {sorted(unknown)}; known: {sorted(names)}")
     hints = get_type_hints(cls)
-    kwargs = {}
+    kwargs = {f.name: copy.deepcopy(getattr(base, f.name)) for f in dataclasses.fields(cls)} if base else {}
     for key, value in values.items():
-        kind = hints[key]
+        kind, path = hints[key], f"{where}.{key}"
         if dataclasses.is_dataclass(kind) and isinstance(value, dict):
-            value = from_mapping(kind, value, f"{where}.{key}")
-        kwargs[key] = value
-    return cls(**kwargs)
+            default = getattr(base, key) if base is not None else _field_default(cls, key)
+            value = (kind.from_dict(value, base=default, where=path) if hasattr(kind, "from_dict")
+                     else from_mapping(kind, value, path, base=default))
+        kwargs[key] = checked_value(value, kind, path)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ConfigError) as error:  # a range check of the section, or a value it cannot take
+        raise ConfigError(f"{where}: {error}") from None
+
+
+def _field_default(cls: type, name: str) -> Any:
+    spec = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    return None if spec.default is dataclasses.MISSING else spec.default
+
+
+def checked_value(value: Any, kind: Any, where: str) -> Any:
+    """``value`` if it has type ``kind`` (ints are ints, floats finite numbers, lists lists, ...), converted
+    where YAML gives another spelling (an int for a float, a list for a tuple); else a ConfigError naming
+    ``where`` and the value."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return checked_value(value, option, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} is none of {options}")
+    if kind is Any or dataclasses.is_dataclass(kind) and isinstance(value, kind):
+        return value
+    if dataclasses.is_dataclass(kind):
+        if isinstance(value, dict):
+            return from_mapping(kind, value, where)
+        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    if kind is bool or kind is str:
+        if not isinstance(value, kind):
+            raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return float(value)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis and len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
+        items = [checked_value(v, args[0] if origin is list or args[-1] is Ellipsis else args[i], f"{where}[{i}]")
+                 for i, v in enumerate(value)] if args else list(value)
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    return value
 
 
 _VIT_L14 = VisionConfig()
@@ -273,6 +343,8 @@ class SyntheticConfig:
         _require(self.metadata_format in ("laion", "coyo"),
                  f"synthetic.metadata_format must be 'laion' or 'coyo', got {self.metadata_format!r}")
         _require(self.num_pairs > 0 and self.shard_size > 0, "synthetic.num_pairs and shard_size must be positive")
+        _require(min(self.num_instruction_images, self.num_eval_images) > 0 and self.num_text_only >= 0,
+                 "synthetic.num_instruction_images and num_eval_images must be positive, num_text_only >= 0")
         _require(self.image_size >= 32, f"synthetic.image_size must be at least 32, got {self.image_size}")
 
 
@@ -307,6 +379,18 @@ class FilterConfig:
     def __post_init__(self) -> None:
         _require(self.near_dup_max_distance is None or 0 <= self.near_dup_max_distance < 16,
                  f"filters.near_dup_max_distance must be in [0, 16), got {self.near_dup_max_distance}")
+        _require(self.min_similarity is None or -1 <= self.min_similarity <= 1,
+                 f"filters.min_similarity is a cosine similarity, in [-1, 1]; got {self.min_similarity}")
+        scores = {"max_nsfw": self.max_nsfw, "max_watermark": self.max_watermark}
+        bad = {k: v for k, v in scores.items() if v is not None and not 0 <= v <= 1}
+        _require(not bad, f"scores must be in [0, 1]: {bad}")
+        counts = {"min_caption_chars": self.min_caption_chars, "min_caption_words": self.min_caption_words,
+                  "max_caption_words": self.max_caption_words, "min_side": self.min_side,
+                  "min_image_bytes": self.min_image_bytes, "max_caption_repeats": self.max_caption_repeats}
+        bad = {k: v for k, v in counts.items() if v is not None and v < 0}
+        _require(not bad, f"counts must be >= 0: {bad}")
+        _require(self.max_aspect is None or self.max_aspect >= 1,
+                 f"filters.max_aspect must be >= 1, got {self.max_aspect}")
 
 
 # --- training --------------------------------------------------------------------------------------------
@@ -342,6 +426,16 @@ class StageConfig:
         self.betas = tuple(self.betas)
         _require(self.max_steps > 0 and self.batch_size > 0 and self.grad_accum > 0,
                  "max_steps, batch_size and grad_accum must be positive")
+        _require(self.lr > 0 and 0 <= self.min_lr <= self.lr,
+                 f"lr must be > 0 and min_lr within [0, lr]; got lr {self.lr}, min_lr {self.min_lr}")
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+                 f"betas must be two numbers in [0, 1), got {self.betas}")
+        _require(self.weight_decay >= 0 and self.vision_lr_scale >= 0,
+                 "weight_decay and vision_lr_scale must be >= 0")
+        _require(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0 or null, got {self.grad_clip}")
+        _require(self.eval_every >= 0 and min(self.eval_batches, self.save_every, self.log_every) >= 1,
+                 "eval_every must be >= 0; eval_batches, save_every and log_every >= 1")
+        _require(self.num_workers is None or self.num_workers >= 0, "num_workers must be >= 0 or null")
         _require(0 <= self.warmup_steps <= self.max_steps,
                  f"warmup_steps ({self.warmup_steps}) must be within [0, max_steps={self.max_steps}]")
         _require(self.mixed_precision in ("auto", "no", "bf16", "fp16"),
@@ -408,6 +502,10 @@ class InstructionFile:
     path: str
     image_root: str | None = None
 
+    def __post_init__(self) -> None:
+        _require(self.format in ("alpaca", "llava", "owl"),
+                 f"format must be alpaca, llava or owl, got {self.format!r}")
+
 
 @dataclass
 class PipelineConfig:
@@ -419,7 +517,7 @@ class PipelineConfig:
     owleval_dir: str | None = None  # None uses shapes world's eval set
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     filters: FilterConfig = field(default_factory=FilterConfig.for_shapes_world)
-    model: dict[str, Any] = field(default_factory=lambda: {"preset": "tiny"})
+    model: OwlConfig = field(default_factory=lambda: OwlConfig.from_name("tiny"))
     base_llm: BaseLLMConfig = field(default_factory=BaseLLMConfig)
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(default_factory=StageConfig.stage2_recipe)
@@ -428,17 +526,24 @@ class PipelineConfig:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.model, dict):  # as the YAML spells it: a preset and overrides
+            self.model = OwlConfig.from_dict(self.model, base=OwlConfig.from_name("tiny"))
         if self.instructions is not None:
             self.instructions = [f if isinstance(f, InstructionFile) else
-                                 from_mapping(InstructionFile, f, "instructions") for f in self.instructions]
-        self.model_config()  # fail early on a bad model section
+                                 from_mapping(InstructionFile, f, f"instructions[{i}]")
+                                 for i, f in enumerate(self.instructions)]
+        _require(self.min_curated_rows >= 0, f"min_curated_rows must be >= 0, got {self.min_curated_rows}")
 
     def model_config(self) -> OwlConfig:
-        return OwlConfig.from_dict(self.model)
+        return self.model
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PipelineConfig:
         return from_mapping(cls, read_yaml(path), "params")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every value, the model section with its preset named (as params.yaml spells it)."""
+        data = dataclasses.asdict(self)
+        if self.model.name in PRESETS:
+            data["model"] = {"preset": self.model.name, **data["model"]}
+        return data

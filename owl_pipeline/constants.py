@@ -39,3 +39,15 @@ ASSET_STAGE1 = "stage1_model"
 ASSET_STAGE2 = "stage2_model"
 ASSET_OWLEVAL = "owleval_report"
 ASSET_REGISTERED = "registered_model"
+
+# What a step's folder holds beside its data: the records of runs and the OwlEval report's files.
+REPORTS_DIR = "reports"  # assets/reports/<step>.json: each step's last metadata, outputs and inputs digest
+FILTER_HISTOGRAMS = "filter_histograms.png"
+OWLEVAL_REPORT_JSON, OWLEVAL_REPORT_HTML = "report.json", "report.html"
+OWLEVAL_ANSWERS, OWLEVAL_RATING_SHEET, OWLEVAL_JUDGE_CACHE = "answers.jsonl", "rating_sheet.csv", "judge_cache.jsonl"
+
+# Scores of an OwlEval report (per model, overall, per ability and per question type), and the keys a step's
+# metadata carries them under.
+METRIC_ACCURACY, METRIC_SIMILARITY, METRIC_JUDGE, METRIC_HUMAN = "accuracy", "similarity", "judge", "human"
+SCORE_METRICS = (METRIC_ACCURACY, METRIC_SIMILARITY, METRIC_JUDGE, METRIC_HUMAN)
+ACCURACY_BY_TYPE, ACCURACY_BY_ABILITY = "accuracy_by_type", "accuracy_by_ability"

@@ -1,6 +1,9 @@
-import pytest
+from pathlib import Path
 
-from owl_pipeline.config import ConfigError, OwlConfig
+import pytest
+import yaml
+
+from owl_pipeline.config import ConfigError, OwlConfig, PipelineConfig, StageConfig
 from owl_pipeline.model.builders import count_parameters
 
 
@@ -56,3 +59,49 @@ def test_missing_yaml_file(tmp_path):
 def test_round_trip_through_dict():
     cfg = OwlConfig.from_name("owl-1b")
     assert OwlConfig.from_dict(cfg.to_dict()) == cfg
+
+
+PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def test_a_partial_stage2_section_keeps_the_stage2_recipe():
+    # params.yaml overrides sizes and steps of stage 2; the rest is the paper's stage-2 recipe, not stage 1's.
+    config = PipelineConfig.from_yaml(PARAMS_YAML)
+    recipe = StageConfig.stage2_recipe()
+    assert "betas" not in yaml.safe_load(PARAMS_YAML.read_text())["stage2"]
+    assert config.stage2.betas == recipe.betas == (0.9, 0.999)
+    assert config.stage2.vision_lr_scale == recipe.vision_lr_scale == 1.0
+    assert config.stage2.grad_clip == recipe.grad_clip
+    assert config.stage1.betas == (0.9, 0.98) and config.stage1.vision_lr_scale == 0.1
+
+
+def test_the_model_section_is_held_as_an_owl_config(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("model:\n  llm: {pretrained: /models/llama}\n")
+    config = PipelineConfig.from_yaml(path)
+    assert isinstance(config.model, OwlConfig)
+    assert config.model.name == "tiny" and config.model.llm.pretrained == "/models/llama"  # tiny is the default
+    assert config.to_dict()["model"]["preset"] == "tiny"
+    assert PipelineConfig(**{**config.__dict__, "model": config.to_dict()["model"]}).model == config.model
+
+
+@pytest.mark.parametrize("text, message", [
+    ("stage1: {lr: fast}", r"params\.stage1\.lr: expected a finite number, got 'fast'"),
+    ("stage1: {batch_size: 8.5}", r"params\.stage1\.batch_size: expected an integer, got 8\.5"),
+    ("stage1: {max_steps: '40'}", r"params\.stage1\.max_steps: expected an integer, got '40'"),
+    ("filters: [32]", r"params\.filters: expected a mapping, got \[32\]"),
+    ("stage2: {lr: -0.001}", r"params\.stage2: lr must be > 0"),
+    ("stage1: {lr: .nan}", r"params\.stage1\.lr: expected a finite number, got nan"),
+    ("base_llm: {train: {betas: [0.9]}}", r"params\.base_llm\.train\.betas: expected 2 values"),
+    ("synthetic: {faults: {nsfw: 1.5}}", r"params\.synthetic\.faults: fault rates must be in \[0, 1\)"),
+    ("model: {llm: {num_layers: two}}", r"params\.model\.llm\.num_layers: expected an integer, got 'two'"),
+    ("instructions: [{format: csv, path: a.csv}]", r"params\.instructions\[0\]: format must be alpaca"),
+    ("filters: {min_similarity: 3}", r"params\.filters: filters\.min_similarity is a cosine similarity"),
+    ("filters: {max_nsfw: 1.5}", r"params\.filters: scores must be in \[0, 1\]"),
+    ("stage1: {grad_clip: 0}", r"params\.stage1: grad_clip must be > 0"),
+])
+def test_wrong_types_and_ranges_name_the_field(tmp_path, text, message):
+    path = tmp_path / "params.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=message):
+        PipelineConfig.from_yaml(path)

@@ -1,42 +1,49 @@
-"""dvc.yaml names the pipeline's steps, in order, with the inputs the steps read."""
+"""dvc.yaml, which users edit, names the steps of the pipeline's one table (pipeline/graph.py), in order, with
+the same inputs, params sections and outputs; and Dagster draws the same graph."""
 
 from pathlib import Path
 
 import yaml
 
-from owl_pipeline import steps
+from owl_pipeline.config import PipelineConfig
+from owl_pipeline.pipeline.graph import PIPELINE_ORDER, STEPS, edges
+from owl_pipeline.pipeline.project import Project
 
 DVC_YAML = Path(__file__).resolve().parents[1] / "dvc.yaml"
 
 
+def stages() -> dict:
+    return yaml.safe_load(DVC_YAML.read_text())["stages"]
+
+
 def test_dvc_stages_are_the_pipeline_steps_in_order():
-    stages = yaml.safe_load(DVC_YAML.read_text())["stages"]
-    assert list(stages) == list(steps.PIPELINE_ORDER)
-    for name, stage in stages.items():
+    assert list(stages()) == list(PIPELINE_ORDER)
+    for name, stage in stages().items():
         assert stage["cmd"] == f"owl step {name}"
 
 
-def test_training_stages_depend_on_what_the_steps_read(tmp_path):
-    stages = yaml.safe_load(DVC_YAML.read_text())["stages"]
-    project = steps.Project(steps.PipelineConfig(), tmp_path)
-    for name, inputs in steps.TRAINING_INPUTS.items():
-        deps = {str(tmp_path / d) for d in stages[name]["deps"]}
-        assert {str(getattr(project, key)) for key in inputs} <= deps, name
+def test_each_stage_reads_writes_and_depends_on_what_the_table_says(tmp_path):
+    project = Project(PipelineConfig(), tmp_path)
+    asset_of = {str(path): name for name, path in project.asset_paths().items()}
+    for step in STEPS:
+        stage = stages()[step.name]
+        assert {asset_of[str(tmp_path / d)] for d in stage.get("deps", [])} == set(step.reads), step.name
+        assert set(stage.get("params", [])) == set(step.params), step.name
+        data_outs = [o for o in stage.get("outs", []) if isinstance(o, str)]
+        expected = [str(step.writes(project))] if step.writes else []
+        assert [str(tmp_path / o) for o in data_outs] == expected, step.name
+        metrics = [next(iter(m)) if isinstance(m, dict) else m for m in stage.get("metrics", [])]
+        assert all(str(tmp_path / m) == str(project.record_path(step.name)) for m in metrics), step.name
 
 
-def test_dvc_and_dagster_draw_the_same_graph(tmp_path):
+def test_dvc_and_dagster_draw_the_same_graph():
     from owl_pipeline.orchestration.assets import asset_graph_edges
 
-    project = steps.Project(steps.PipelineConfig(), tmp_path)
-    asset_of = {str(path): name for name, path in project.asset_paths().items()}
-    stages = yaml.safe_load(DVC_YAML.read_text())["stages"]
-    dvc_edges = {name: {asset_of[str(tmp_path / d)] for d in stage.get("deps", [])} for name, stage in stages.items()}
-    assert dvc_edges == asset_graph_edges()
+    assert asset_graph_edges() == edges()
 
 
 def test_every_param_section_a_stage_names_is_in_params_yaml():
-    stages = yaml.safe_load(DVC_YAML.read_text())["stages"]
     params = yaml.safe_load((DVC_YAML.parent / "params.yaml").read_text())
-    named = {key for stage in stages.values() for key in stage.get("params", [])}
+    named = {key for stage in stages().values() for key in stage.get("params", [])}
     assert named <= set(params), named - set(params)
-    assert steps.PipelineConfig.from_yaml(DVC_YAML.parent / "params.yaml").registry.metric == "accuracy"
+    assert PipelineConfig.from_yaml(DVC_YAML.parent / "params.yaml").registry.metric == "accuracy"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from owl_pipeline import steps
+from owl_pipeline.pipeline import graph as steps
 from owl_pipeline.config import PipelineConfig, from_mapping
 
 from .test_pipeline import TINY_PARAMS

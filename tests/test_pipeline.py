@@ -94,14 +94,15 @@ def test_unknown_step_is_a_clear_error(project, capsys):
 
 
 def test_a_pretrained_llm_is_loaded_through_the_same_builder(tmp_path, model, tokenizer):
-    from owl_pipeline import steps
     from owl_pipeline.config import PipelineConfig
     from owl_pipeline.model.builders import from_pretrained
+    from owl_pipeline.pipeline.project import Project
+    from owl_pipeline.pipeline.training_steps import base_llm
 
     model.llm.save_pretrained(tmp_path / "my-llm")
     tokenizer.save_pretrained(tmp_path / "my-llm")
     config = PipelineConfig(model={"preset": "tiny", "llm": {"pretrained": str(tmp_path / "my-llm")}})
-    result = steps.base_llm(steps.Project(config, tmp_path), log=lambda *_: None)
+    result = base_llm(Project(config, tmp_path), log=lambda *_: None)
     assert result.metadata == {"llm": str(tmp_path / "my-llm"), "trained_here": False}
     loaded, processor = from_pretrained(result.outputs["model"])
     for key, value in model.llm.state_dict().items():

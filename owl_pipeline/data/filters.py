@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +21,9 @@ import lance
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from PIL import Image
 
 from owl_pipeline.config import FilterConfig
+from owl_pipeline.data.image_hash import near_duplicates, perceptual_hash
 from owl_pipeline.data.ingest import PAIR_SCHEMA
 from owl_pipeline.data.lance_io import write_lance
 
@@ -149,55 +148,6 @@ def combine(masks: dict[str, np.ndarray], rows: int) -> tuple[np.ndarray, RuleCo
 
 
 # --- what needs image bytes or a model --------------------------------------------------------------------
-def _dct_matrix(n: int) -> np.ndarray:
-    k, i = np.arange(n)[:, None], np.arange(n)[None, :]
-    matrix = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2 / n)
-    matrix[0] /= np.sqrt(2)
-    return matrix
-
-
-_DCT32 = _dct_matrix(32)
-_BIT_WEIGHTS = (1 << np.arange(64, dtype=np.uint64)).astype(np.uint64)
-
-
-def perceptual_hash(data: bytes) -> int:
-    """64-bit pHash: the signs of the 8x8 lowest DCT frequencies of a 32x32 gray thumbnail vs their median."""
-    with Image.open(io.BytesIO(data)) as image:
-        image.draft("L", (64, 64))
-        gray = np.asarray(image.convert("L").resize((32, 32), Image.BILINEAR), dtype=np.float64)
-    low = (_DCT32 @ gray @ _DCT32.T)[:8, :8].ravel()
-    bits = (low > np.median(low)).astype(np.uint64)
-    return int((bits * _BIT_WEIGHTS).sum(dtype=np.uint64))
-
-
-def hamming_distances(value: int, hashes: np.ndarray) -> np.ndarray:
-    """Bits that differ between one 64-bit hash and each of ``hashes`` (uint64)."""
-    xor = np.bitwise_xor(hashes.astype(np.uint64), np.uint64(value))
-    return np.unpackbits(xor.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
-
-
-def near_duplicates(hashes: np.ndarray, candidates: np.ndarray, max_distance: int) -> np.ndarray:
-    """True for each candidate row whose hash lies within ``max_distance`` bits of an earlier candidate's.
-
-    Banding: with ``max_distance + 1`` bands, two hashes that close share at least one band exactly,
-    so only rows sharing a band are compared.
-    """
-    bands = max_distance + 1
-    width = 64 // bands
-    buckets: list[dict[int, list[int]]] = [{} for _ in range(bands)]
-    duplicate = np.zeros(len(hashes), dtype=bool)
-    for row in np.flatnonzero(candidates):
-        value = int(hashes[row])
-        keys = [(value >> (b * width)) & ((1 << width) - 1) for b in range(bands)]
-        seen = sorted({other for b, key in enumerate(keys) for other in buckets[b].get(key, ())})
-        if seen and hamming_distances(value, hashes[seen]).min() <= max_distance:
-            duplicate[row] = True
-            continue  # only rows kept become references
-        for b, key in enumerate(keys):
-            buckets[b].setdefault(key, []).append(row)
-    return duplicate
-
-
 def image_columns(dataset: lance.LanceDataset, batch_size: int = 1024) -> dict[str, np.ndarray]:
     """sha256 hex, perceptual hash and byte length of every image, streaming the image column."""
     sha, phash, sizes = [], [], []
@@ -215,6 +165,19 @@ def detect_languages(captions: list[str]) -> list[str]:
     import py3langid
 
     return [py3langid.classify(text)[0] if text.strip() else "" for text in captions]
+
+
+def score_panels(table: pa.Table) -> dict[str, np.ndarray]:
+    """The per-row values the filter histograms show (NaN where a score is missing)."""
+    def scores(name: str) -> np.ndarray:
+        if name not in table.column_names:
+            return np.array([])
+        return pc.fill_null(pc.cast(table[name], pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+
+    sides = np.minimum(table["width"].to_numpy(zero_copy_only=False), table["height"].to_numpy(zero_copy_only=False))
+    return {"similarity": scores("similarity"), "nsfw": scores("nsfw"), "watermark": scores("watermark"),
+            "caption words": word_counts(table["caption"]).astype(float), "min side": sides.astype(float),
+            "image_bytes": scores("image_bytes")}
 
 
 # --- the whole step ---------------------------------------------------------------------------------------
@@ -289,5 +252,5 @@ def filter_pairs(source: str | Path, output: str | Path, config: FilterConfig, l
     if histogram_path is not None:
         from owl_pipeline.data.report_plots import plot_filter_histograms
 
-        plot_filter_histograms(table, keep, histogram_path)
+        plot_filter_histograms(score_panels(table), keep, histogram_path)
     return FilterReport(counts, time.perf_counter() - start, written.version, computed)

@@ -34,7 +34,7 @@ from PIL import Image
 from owl_pipeline.config import SyntheticConfig
 from owl_pipeline.constants import AI_PREFIX, HUMAN_PREFIX, IMAGE_TOKEN, SYSTEM_PROMPT
 from owl_pipeline.data import scenes
-from owl_pipeline.data.filters import hamming_distances, perceptual_hash
+from owl_pipeline.data.image_hash import hamming_distances, perceptual_hash
 
 MANIFEST_FILE = "manifest.json"
 SPAM_CAPTION = "stock photo image preview download now"
@@ -174,39 +174,69 @@ class _PairWriter:
             return self.keep_clean(*self.clean_row(key))
         row, scene = self.clean_row(key)
         row.fault = fault
-        rng, size = self.rng, self.config.image_size
-        if fault == "mismatched_caption":
-            other = scenes.random_scene(rng)
-            while scenes.caption(other) == scenes.caption(scene):
-                other = scenes.random_scene(rng)
-            row.caption, row.similarity = english_caption(other, rng), float(rng.uniform(0.02, 0.2))
-        elif fault == "tiny_image":
-            row.jpeg = jpeg_bytes(scenes.render(scene, size // 4, size // 4))
-        elif fault == "extreme_aspect":
-            row.jpeg = jpeg_bytes(scenes.render(scene, size * 4, size))
-        elif fault == "exact_duplicate":
-            original = self.original_to_copy()[0]
-            row.jpeg, row.caption, row.url = original.jpeg, original.caption, original.url
-        elif fault == "near_duplicate":
-            original, original_scene = self.original_to_copy()
-            jpeg = self.near_duplicate_jpeg(original, original_scene)
-            if jpeg is None:  # no re-encoding close enough: this row stays clean instead
-                row.fault = CLEAN
-                return self.keep_clean(row, scene)
-            row.jpeg, row.caption = jpeg, original.caption
-        elif fault == "non_english":
-            row.caption = translated_caption(scene, ("de", "fr", "es")[int(rng.integers(3))])
-        elif fault == "nsfw":
-            row.nsfw = float(rng.uniform(0.6, 1.0))
-        elif fault == "watermark":
-            row.watermark = float(rng.uniform(0.85, 1.0))
-        elif fault == "short_caption":
-            row.caption = ("", "red", "a dot", "circle")[int(rng.integers(4))]
-        elif fault == "repeated_caption":
-            row.caption = SPAM_CAPTION
-        elif fault == "corrupt_jpeg":
-            row.jpeg = b"\xff\xd8\xff\xe0" + rng.bytes(max(64, len(row.jpeg) // 2))
+        if not _FAULTS[fault](self, row, scene):  # the fault could not be made: this row stays clean instead
+            row.fault = CLEAN
+            return self.keep_clean(row, scene)
         return row
+
+
+# --- the injected faults: each turns a clean row (and its scene) into a faulted one; False if it cannot ------
+def _mismatched_caption(writer: _PairWriter, row: PairRow, scene: scenes.Scene) -> bool:
+    other = scenes.random_scene(writer.rng)
+    while scenes.caption(other) == scenes.caption(scene):
+        other = scenes.random_scene(writer.rng)
+    row.caption, row.similarity = english_caption(other, writer.rng), float(writer.rng.uniform(0.02, 0.2))
+    return True
+
+
+def _resized(width_factor: float, height_factor: float):
+    def inject(writer: _PairWriter, row: PairRow, scene: scenes.Scene) -> bool:
+        size = writer.config.image_size
+        row.jpeg = jpeg_bytes(scenes.render(scene, int(size * width_factor), int(size * height_factor)))
+        return True
+
+    return inject
+
+
+def _exact_duplicate(writer: _PairWriter, row: PairRow, scene: scenes.Scene) -> bool:
+    original = writer.original_to_copy()[0]
+    row.jpeg, row.caption, row.url = original.jpeg, original.caption, original.url
+    return True
+
+
+def _near_duplicate(writer: _PairWriter, row: PairRow, scene: scenes.Scene) -> bool:
+    original, original_scene = writer.original_to_copy()
+    jpeg = writer.near_duplicate_jpeg(original, original_scene)
+    if jpeg is None:  # no re-encoding close enough
+        return False
+    row.jpeg, row.caption = jpeg, original.caption
+    return True
+
+
+def _set(**draws):
+    """A fault that sets row fields to values drawn from the writer's rng: {field: rng -> value}."""
+    def inject(writer: _PairWriter, row: PairRow, scene: scenes.Scene) -> bool:
+        for name, draw in draws.items():
+            setattr(row, name, draw(writer.rng, row, scene))
+        return True
+
+    return inject
+
+
+_FAULTS = {
+    "mismatched_caption": _mismatched_caption,
+    "tiny_image": _resized(0.25, 0.25),
+    "extreme_aspect": _resized(4, 1),
+    "exact_duplicate": _exact_duplicate,
+    "near_duplicate": _near_duplicate,
+    "non_english": _set(caption=lambda rng, row, scene: translated_caption(scene, ("de", "fr", "es")[
+        int(rng.integers(3))])),
+    "nsfw": _set(nsfw=lambda rng, row, scene: float(rng.uniform(0.6, 1.0))),
+    "watermark": _set(watermark=lambda rng, row, scene: float(rng.uniform(0.85, 1.0))),
+    "short_caption": _set(caption=lambda rng, row, scene: ("", "red", "a dot", "circle")[int(rng.integers(4))]),
+    "repeated_caption": _set(caption=lambda rng, row, scene: SPAM_CAPTION),
+    "corrupt_jpeg": _set(jpeg=lambda rng, row, scene: b"\xff\xd8\xff\xe0" + rng.bytes(max(64, len(row.jpeg) // 2))),
+}
 
 
 def make_pair_rows(config: SyntheticConfig) -> list[PairRow]:

@@ -1,4 +1,5 @@
-"""One call from answers to a finished report: scorers from the config, JSON + HTML + a rating sheet written."""
+"""From a saved model (or its answers) to a finished report: scorers from the config, answers.jsonl, report JSON
++ HTML and a rating sheet written. The pipeline's ``owleval_report`` step and ``owl eval`` both call this."""
 
 from __future__ import annotations
 
@@ -6,16 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from owl_pipeline import constants as C
 from owl_pipeline.config import EvaluationConfig
 from owl_pipeline.eval.human import export_rating_sheet, import_ratings
 from owl_pipeline.eval.judge import LLMJudge
-from owl_pipeline.eval.owleval import EvalSet
+from owl_pipeline.eval.owleval import EvalSet, answer_eval_set, load_eval_set, write_answers
 from owl_pipeline.eval.report import Scorers, build_report, write_report_json
 from owl_pipeline.eval.report_html import write_report_html
 from owl_pipeline.eval.similarity import SimilarityScorer
-
-REPORT_JSON, REPORT_HTML = "report.json", "report.html"
-RATING_SHEET, JUDGE_CACHE = "rating_sheet.csv", "judge_cache.jsonl"
 
 
 @dataclass
@@ -24,11 +23,12 @@ class ReportFiles:
     json: Path
     html: Path
     rating_sheet: Path
+    answers: Path | None = None
 
 
 def scorers_for(config: EvaluationConfig, folder: Path, similarity: bool = True) -> Scorers:
     """Similarity always (unless turned off), the judge and human ratings where the config names them."""
-    judge = (LLMJudge(config.judge_model, folder / JUDGE_CACHE, config.judge_max_new_tokens)
+    judge = (LLMJudge(config.judge_model, folder / C.OWLEVAL_JUDGE_CACHE, config.judge_max_new_tokens)
              if config.judge_model else None)
     human = import_ratings(config.human_ratings) if config.human_ratings else None
     return Scorers(SimilarityScorer(config.embedding_model) if similarity else None, judge, human)
@@ -39,8 +39,24 @@ def evaluate_answers(eval_set: EvalSet, answers: list[dict], model_id: str, conf
     """Score ``answers`` beside the published answer files; write report.json, report.html, rating_sheet.csv."""
     scorers = scorers_for(config, folder, similarity)
     report = build_report(eval_set, answers, model_id, scorers, config.reference_answers, log=log)
-    sheet = export_rating_sheet(report, folder / RATING_SHEET)
-    json_path = write_report_json(report, folder / REPORT_JSON)
-    html_path = write_report_html(report, eval_set.folder / "cases", folder / REPORT_HTML)
+    sheet = export_rating_sheet(report, folder / C.OWLEVAL_RATING_SHEET)
+    json_path = write_report_json(report, folder / C.OWLEVAL_REPORT_JSON)
+    html_path = write_report_html(report, eval_set.folder / "cases", folder / C.OWLEVAL_REPORT_HTML)
     log(f"owleval: report {html_path} ({len(report['problems'])} problems)")
     return ReportFiles(report, json_path, html_path, sheet)
+
+
+def evaluate_model(model_dir: str | Path, owleval_dir: str | Path, folder: Path, config: EvaluationConfig,
+                   model_id: str, log: Callable[[str], None] = print) -> ReportFiles:
+    """Answer the OwlEval folder with the model saved in ``model_dir`` (greedy, ``config.max_new_tokens``),
+    write the answers in the official format, and score them beside the published ones."""
+    from owl_pipeline.model.builders import from_pretrained
+
+    model, processor = from_pretrained(model_dir)
+    eval_set = load_eval_set(owleval_dir)
+    answers = answer_eval_set(model, processor, eval_set, model_id=model_id, max_new_tokens=config.max_new_tokens,
+                              log=log)
+    answers_path = write_answers(answers, Path(folder) / C.OWLEVAL_ANSWERS)
+    files = evaluate_answers(eval_set, answers, model_id, config, Path(folder), log=log)
+    files.answers = answers_path
+    return files

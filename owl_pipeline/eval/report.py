@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from owl_pipeline import constants as C
 from owl_pipeline.eval.human import HumanRatings
 from owl_pipeline.eval.judge import LLMJudge, grade_score
 from owl_pipeline.eval.owleval import EvalSet, Question, normalize, read_answers
@@ -38,27 +39,38 @@ class AnswerSet:
     ours: bool = False
 
 
-def published_answer_sets(folder: Path, problems: list[str]) -> list[AnswerSet]:
-    """Every answer file in ``folder/answer`` except the ground truth, named by its records' model_id."""
-    sets = []
+def load_answer_files(folder: Path, problems: list[str]) -> dict[str, list[dict]]:
+    """Every ``folder/answer/*.jsonl`` read once: file name -> its well-formed records (problems collected)."""
+    files = {}
     for path in sorted((folder / "answer").glob("*.jsonl")):
-        if path.name == GROUND_TRUTH_FILE:
-            continue
         records, bad = read_answers(path)
         problems.extend(bad)
-        model_id = next((str(r["model_id"]) for r in records if r.get("model_id")), path.stem.removesuffix("_answer"))
-        sets.append(AnswerSet(model_id, {int(r["question_id"]): str(r.get("answer", "")) for r in records
-                                         if "question_id" in r}))
+        files[path.name] = [r for r in records if "question_id" in r]
+    return files
+
+
+def _by_question(records: list[dict]) -> dict[int, str]:
+    return {int(r["question_id"]): str(r.get("answer", "")) for r in records}
+
+
+def published_answer_sets(files: dict[str, list[dict]]) -> list[AnswerSet]:
+    """Every answer file except the ground truth, named by its records' model_id."""
+    sets = []
+    for name, records in files.items():
+        if name == GROUND_TRUTH_FILE:
+            continue
+        model_id = next((str(r["model_id"]) for r in records if r.get("model_id")),
+                        name.removesuffix(".jsonl").removesuffix("_answer"))
+        sets.append(AnswerSet(model_id, _by_question(records)))
     return sets
 
 
-def reference_answers(folder: Path, reference: str, problems: list[str]) -> tuple[str, dict[int, str]] | None:
+def reference_answers(files: dict[str, list[dict]], reference: str,
+                      problems: list[str]) -> tuple[str, dict[int, str]] | None:
     """(name, answers) of the similarity reference: ``answer/<reference>_answer.jsonl``, else the ground truth."""
-    for path in (folder / "answer" / f"{reference}_answer.jsonl", folder / "answer" / GROUND_TRUTH_FILE):
-        if path.is_file():
-            records, bad = read_answers(path)
-            problems.extend(bad)
-            return path.stem, {int(r["question_id"]): str(r.get("answer", "")) for r in records}
+    for name in (f"{reference}_answer.jsonl", GROUND_TRUTH_FILE):
+        if name in files:
+            return name.removesuffix(".jsonl"), _by_question(files[name])
     problems.append(f"no reference answers ({reference}_answer.jsonl or {GROUND_TRUTH_FILE}): no similarity score")
     return None
 
@@ -86,17 +98,18 @@ class ModelReport:
             if row is None:
                 continue
             for group in _groups(question):
-                bucket = buckets.setdefault(group, {"accuracy": [], "similarity": [], "judge": [], "human": []})
+                bucket = buckets.setdefault(group, {metric: [] for metric in C.SCORE_METRICS})
                 for metric in bucket:
                     if row.get(metric) is not None:
                         bucket[metric].append(row[metric])
-        scores = {group: {"accuracy": _mean([float(v) for v in b["accuracy"]]),
-                          "similarity": _mean(b["similarity"]), "judge": grade_score(b["judge"]),
-                          "human": grade_score(b["human"])} for group, b in buckets.items()}
+        scores = {group: {C.METRIC_ACCURACY: _mean([float(v) for v in b[C.METRIC_ACCURACY]]),
+                          C.METRIC_SIMILARITY: _mean(b[C.METRIC_SIMILARITY]),
+                          C.METRIC_JUDGE: grade_score(b[C.METRIC_JUDGE]),
+                          C.METRIC_HUMAN: grade_score(b[C.METRIC_HUMAN])} for group, b in buckets.items()}
         everything = buckets.get("all", {})
         return {"model_id": self.model_id, "ours": self.ours, "scores": scores,
-                "judge_grades": dict(Counter(g or "none" for g in everything.get("judge", []))),
-                "human_grades": dict(Counter(everything.get("human", [])))}
+                "judge_grades": dict(Counter(g or "none" for g in everything.get(C.METRIC_JUDGE, []))),
+                "human_grades": dict(Counter(everything.get(C.METRIC_HUMAN, [])))}
 
 
 def score_answer_set(answer_set: AnswerSet, eval_set: EvalSet, scorers: Scorers, ground_truth: dict[int, str],
@@ -109,19 +122,19 @@ def score_answer_set(answer_set: AnswerSet, eval_set: EvalSet, scorers: Scorers,
         if qid not in answer_set.answers:
             continue
         answer = answer_set.answers[qid]
-        row: dict = {"answer": answer, "similarity": similarity.get(qid)}
+        row: dict = {"answer": answer, C.METRIC_SIMILARITY: similarity.get(qid)}
         if not answer.strip():
             problems.append(f"{answer_set.model_id}: empty answer to question {qid}")
         if qid in ground_truth:
-            row["accuracy"] = normalize(answer) == normalize(ground_truth[qid])
+            row[C.METRIC_ACCURACY] = normalize(answer) == normalize(ground_truth[qid])
         if scorers.judge is not None:
             judgment = scorers.judge.grade(question.question, answer, (reference or {}).get(qid))
-            row.update(judge=judgment.grade, judge_reply=judgment.reply)
+            row.update({C.METRIC_JUDGE: judgment.grade, "judge_reply": judgment.reply})
             if judgment.grade is None:
                 problems.append(f"{answer_set.model_id}: the judge gave no grade for question {qid} "
                                 f"(reply {judgment.reply[:60]!r})")
         if scorers.human is not None:
-            row["human"] = scorers.human.grades.get((answer_set.model_id, qid))
+            row[C.METRIC_HUMAN] = scorers.human.grades.get((answer_set.model_id, qid))
         report.rows[qid] = row
     return report
 
@@ -132,13 +145,12 @@ def build_report(eval_set: EvalSet, our_answers: list[dict], our_model_id: str, 
     problems = list(eval_set.problems)
     if scorers.human is not None:
         problems.extend(scorers.human.problems)
-    ground_truth_path = eval_set.folder / "answer" / GROUND_TRUTH_FILE
-    ground_truth = ({int(r["question_id"]): str(r["answer"]) for r in read_answers(ground_truth_path)[0]}
-                    if ground_truth_path.is_file() else {})
-    found = reference_answers(eval_set.folder, reference_name, problems)
+    files = load_answer_files(eval_set.folder, problems)
+    ground_truth = _by_question(files.get(GROUND_TRUTH_FILE, []))
+    found = reference_answers(files, reference_name, problems)
     reference_id, reference = found if found else (None, None)
     ours = AnswerSet(our_model_id, {int(a["question_id"]): a.get("answer", "") for a in our_answers}, ours=True)
-    answer_sets = [ours, *published_answer_sets(eval_set.folder, problems)]
+    answer_sets = [ours, *published_answer_sets(files)]
     models = []
     for answer_set in answer_sets:
         log(f"owleval: scoring {answer_set.model_id} ({len(answer_set.answers)} answers)")
@@ -158,7 +170,7 @@ def build_report(eval_set: EvalSet, our_answers: list[dict], our_model_id: str, 
 
 
 def our_scores(report: dict) -> dict:
-    """Our model's overall scores: {"accuracy": ..., "similarity": ..., "judge": ..., "human": ...}."""
+    """Our model's overall scores, keyed by C.SCORE_METRICS (None where not scored)."""
     ours = next(m for m in report["models"] if m["ours"])
     return ours["scores"].get("all", {})
 
@@ -167,9 +179,9 @@ def headline(report: dict) -> dict:
     """What a run summary shows: our overall scores, accuracy per question type and per ability (where set)."""
     ours = next(m for m in report["models"] if m["ours"])["scores"]
     summary = {k: v for k, v in our_scores(report).items() if v is not None}
-    for prefix, key in (("type:", "accuracy_by_type"), ("ability:", "accuracy_by_ability")):
-        values = {g.removeprefix(prefix): s["accuracy"] for g, s in sorted(ours.items())
-                  if g.startswith(prefix) and s.get("accuracy") is not None}
+    for prefix, key in (("type:", C.ACCURACY_BY_TYPE), ("ability:", C.ACCURACY_BY_ABILITY)):
+        values = {g.removeprefix(prefix): s[C.METRIC_ACCURACY] for g, s in sorted(ours.items())
+                  if g.startswith(prefix) and s.get(C.METRIC_ACCURACY) is not None}
         if values:
             summary[key] = values
     return summary

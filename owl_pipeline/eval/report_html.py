@@ -11,9 +11,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from owl_pipeline.constants import SCORE_METRICS as METRICS
 from owl_pipeline.eval.owleval import ABILITIES
 
-METRICS = ("accuracy", "similarity", "judge", "human")
 _STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; margin-bottom: 1.5em; }

@@ -272,7 +272,8 @@ def official_to_owl(source: str | Path, output: str | Path, log: Callable[[str],
     output.mkdir(parents=True, exist_ok=True)
     vision_state = _vision_from_official(state, config)
     _save_module(lambda: CLIPVisionModel(clip_config_from(config.vision)), vision_state, output / VISION_DIR)
-    abstractor = {ours: state[official] for ours, official in abstractor_name_table(config.abstractor.num_layers).items()}
+    table = abstractor_name_table(config.abstractor.num_layers)
+    abstractor = {ours: state[official] for ours, official in table.items()}
     save_file({k: v.contiguous() for k, v in abstractor.items()}, str(output / ABSTRACTOR_WEIGHTS_FILE))
     text_config = LlamaConfig(**_without_model_type(official["text_config"]))
     _save_module(lambda: AutoModelForCausalLM.from_config(text_config),

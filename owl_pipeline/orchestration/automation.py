@@ -14,6 +14,7 @@ import dagster as dg
 from owl_pipeline import constants as C
 from owl_pipeline.data.ingest import find_shards
 from owl_pipeline.orchestration.resources import ProjectResource
+from owl_pipeline.pipeline.records import ROWS_OUT, StepRecord
 
 retrain_job = dg.define_asset_job("retrain", selection=dg.AssetSelection.all(),
                                   description="The whole pipeline, from shards to the evaluated model")
@@ -42,10 +43,11 @@ def new_shards_sensor(context: dg.SensorEvaluationContext, project: ProjectResou
 @dg.sensor(job=retrain_job, minimum_interval_seconds=300,
            description="Retrain once the curated set grew by OWL_RETRAIN_MIN_NEW_ROWS rows")
 def curated_growth_sensor(context: dg.SensorEvaluationContext, project: ProjectResource):
-    report = project.project().read_report(C.ASSET_CURATED_PAIRS)
-    if not report:
+    owl_project = project.project()
+    record = StepRecord.read(owl_project.record_path(C.ASSET_CURATED_PAIRS), warn=context.log.warning)
+    if record is None:
         return dg.SkipReason("curated_pairs has not been materialized yet")
-    rows = int(report["metadata"]["rows_out"])
+    rows = int(record.metadata[ROWS_OUT])
     trained_on = int(context.cursor) if context.cursor else 0
     needed = int(os.environ.get("OWL_RETRAIN_MIN_NEW_ROWS", "1000"))
     if rows - trained_on < needed:

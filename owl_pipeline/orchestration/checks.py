@@ -50,7 +50,7 @@ def owleval_scored(project: ProjectResource) -> dg.AssetCheckResult:
     from owl_pipeline.eval.report import GROUND_TRUTH_FILE, our_scores
 
     owl_project = project.project()
-    report_path = owl_project.assets / C.ASSET_OWLEVAL / "report.json"
+    report_path = owl_project.owleval_report_json
     if not report_path.is_file():
         return dg.AssetCheckResult(passed=False, metadata={"problem": f"{report_path} missing"})
     report = json.loads(report_path.read_text())
@@ -60,7 +60,7 @@ def owleval_scored(project: ProjectResource) -> dg.AssetCheckResult:
     metric = owl_project.config.registry.metric
     problems = [text for failed, text in (
         (report["questions"] == 0, "no questions"), (answered == 0, "no question got an answer"),
-        (has_references and "accuracy" not in scores, "references exist but no accuracy"),
+        (has_references and C.METRIC_ACCURACY not in scores, "references exist but no accuracy"),
         (metric not in scores, f"no {metric!r} score for the registration gate")) if failed]
     return dg.AssetCheckResult(passed=not problems, metadata={
         "questions": report["questions"], "answered": answered, "scores": dg.MetadataValue.json(scores),

@@ -7,9 +7,8 @@ import os
 
 import dagster as dg
 
-from owl_pipeline.config import PipelineConfig
-from owl_pipeline.registry.tracking import MlflowTracking, local_tracking_uri
-from owl_pipeline.steps import Project
+from owl_pipeline.pipeline.project import Project, load_project
+from owl_pipeline.registry.tracking import MlflowTracking, tracking_for
 
 
 class ProjectResource(dg.ConfigurableResource):
@@ -19,10 +18,7 @@ class ProjectResource(dg.ConfigurableResource):
     params: str | None = None
 
     def project(self) -> Project:
-        project_root = os.path.abspath(self.root)
-        params = self.params or os.path.join(project_root, "params.yaml")
-        config = PipelineConfig.from_yaml(params) if os.path.isfile(params) else PipelineConfig()
-        return Project(config, project_root)
+        return load_project(self.root, self.params)
 
 
 class MlflowResource(dg.ConfigurableResource):
@@ -33,10 +29,7 @@ class MlflowResource(dg.ConfigurableResource):
     enabled: bool = True
 
     def tracking(self, project: Project) -> MlflowTracking | None:
-        if not self.enabled:
-            return None
-        uri = self.tracking_uri or local_tracking_uri(project.root)
-        return MlflowTracking(uri, artifact_root=project.root / "mlruns" / "artifacts", ui_url=self.ui_url)
+        return tracking_for(project.root, self.tracking_uri, self.ui_url) if self.enabled else None
 
 
 class TrainingLauncher(dg.ConfigurableResource):
@@ -49,8 +42,8 @@ class TrainingLauncher(dg.ConfigurableResource):
     command: list[str] = ["accelerate", "launch", "--num_processes", "1"]
     env: dict[str, str] = {}
 
-    def run_step(self, context: dg.AssetExecutionContext, name: str, project: ProjectResource,
-                 mlflow: MlflowResource) -> dg.MaterializeResult:
+    def launch(self, context: dg.AssetExecutionContext, name: str, project: ProjectResource,
+               mlflow: MlflowResource) -> dg.MaterializeResult:
         if self.mode != "pipes":
             raise ValueError(f"launcher mode {self.mode!r} does not launch subprocesses (use pipes)")
         command = [*self.command, "-m", "owl_pipeline.cli", "step", name, "--project", os.path.abspath(project.root),

@@ -124,3 +124,11 @@ class MlflowTracking:
             run.flush()
             self.client.set_terminated(run.run_id, "FAILED")
             raise
+
+
+def tracking_for(project_root: Path, tracking_uri: str | None = None,
+                 ui_url: str = "http://127.0.0.1:5000") -> MlflowTracking:
+    """The project's tracking: ``tracking_uri`` (a server) or the project's sqlite store, artifacts under
+    ``mlruns/artifacts`` of the project for a local store."""
+    uri = tracking_uri or local_tracking_uri(project_root)
+    return MlflowTracking(uri, artifact_root=Path(project_root) / "mlruns" / "artifacts", ui_url=ui_url)

@@ -9,7 +9,8 @@ from transformers import CLIPConfig, CLIPModel
 
 from owl_pipeline.config import FilterConfig
 from owl_pipeline.data.filters import (RULES, _dictionary_indices, combine, filter_pairs, first_occurrence,
-                                       hamming_distances, metadata_masks, near_duplicates, occurrence_counts)
+                                       metadata_masks, occurrence_counts)
+from owl_pipeline.data.image_hash import hamming_distances, near_duplicates
 from owl_pipeline.data.ingest import ingest
 from owl_pipeline.model.tokenizer import train_bpe_tokenizer
 

@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig
 
-from owl_pipeline.model.builders import build_model, from_pretrained, processor_config_for, save_pretrained, set_trainable
+from owl_pipeline.model.builders import (build_model, from_pretrained, processor_config_for, save_pretrained,
+                                         set_trainable)
 from owl_pipeline.model.convert import ConversionError, official_to_owl, owl_to_official, split_qkv
 from owl_pipeline.model.processor import OwlProcessor
 
@@ -41,7 +42,8 @@ def official_state(dtype=torch.float32) -> dict[str, torch.Tensor]:
              "vision_model.embeddings.pre_layernorm.weight": rand(d),
              "vision_model.embeddings.pre_layernorm.bias": rand(d),
              "query_tokens": rand(1, QUERIES, d), "abstractor.vit_eos": rand(1, 1, TEXT.hidden_size),
-             "abstractor.visual_fc.weight": rand(TEXT.hidden_size, d), "abstractor.visual_fc.bias": rand(TEXT.hidden_size)}
+             "abstractor.visual_fc.weight": rand(TEXT.hidden_size, d),
+             "abstractor.visual_fc.bias": rand(TEXT.hidden_size)}
     for n in range(V_LAYERS):
         layer = f"vision_model.encoder.layers.{n}."
         shapes = {"input_layernorm": (d,), "post_attention_layernorm": (d,), "self_attn.dense": (d, d),
@@ -89,7 +91,8 @@ def test_every_tensor_lands_where_the_table_says(official, tmp_path):
     folder, state = official
     model, processor = from_pretrained(official_to_owl(folder, tmp_path / "owl", log=lambda *_: None))
     clip, d = model.vision.clip.state_dict(), V_HIDDEN
-    torch.testing.assert_close(clip["embeddings.class_embedding"], state["vision_model.embeddings.cls_token"].reshape(d))
+    torch.testing.assert_close(clip["embeddings.class_embedding"],
+                               state["vision_model.embeddings.cls_token"].reshape(d))
     torch.testing.assert_close(clip["embeddings.position_embedding.weight"],
                                state["vision_model.embeddings.position_embedding"][0])
     torch.testing.assert_close(clip["pre_layrnorm.weight"], state["vision_model.embeddings.pre_layernorm.weight"])

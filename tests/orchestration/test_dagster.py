@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from owl_pipeline import steps
+from owl_pipeline.pipeline import graph as steps
 from owl_pipeline.orchestration.assets import ALL_ASSETS
 from owl_pipeline.orchestration.automation import curated_growth_sensor, new_shards_sensor, weekly_retrain
 from owl_pipeline.orchestration.checks import ALL_CHECKS

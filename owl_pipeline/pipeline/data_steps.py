@@ -1,0 +1,63 @@
+"""The data steps: shards -> raw pairs -> curated pairs, and the instruction conversations. Each reads its
+inputs from the project, writes its Lance dataset (or folder) there, and returns what a user wants to see."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lance
+
+from owl_pipeline import constants as C
+from owl_pipeline.data.filters import filter_pairs
+from owl_pipeline.data.ingest import find_shards, ingest
+from owl_pipeline.data.instructions import build_instruction_table
+from owl_pipeline.data.synthetic import generate_corpus
+from owl_pipeline.pipeline.project import Project
+from owl_pipeline.pipeline.records import StepResult
+
+Log = Callable[[str], None]
+
+
+def lance_version(path) -> int:
+    return lance.dataset(str(path)).version
+
+
+def raw_shards(project: Project, log: Log = print, tracking=None) -> StepResult:
+    """Generate shapes world, or check that the configured folder holds shards."""
+    if project.generated:
+        manifest = generate_corpus(project.raw_shards, project.config.synthetic, log=log)
+        metadata = {"pairs": len(manifest.faults), "shards": len(manifest.shards), "injected_faults": manifest.counts}
+    else:
+        shards = find_shards(project.shard_folder())
+        if not shards:
+            raise FileNotFoundError(f"no .tar or .parquet shards in {project.shard_folder()} (raw_shards in params)")
+        metadata = {"shards": len(shards), "megabytes": round(sum(p.stat().st_size for p in shards) / 1e6, 1)}
+    return StepResult(C.ASSET_RAW_SHARDS, {"folder": str(project.raw_shards)}, metadata)
+
+
+def shard_files(project: Project) -> list:
+    """The shards ingestion reads: the configured (or generated) folder's, then the inbox's."""
+    return find_shards(project.shard_folder()) + (find_shards(project.inbox) if project.inbox.is_dir() else [])
+
+
+def raw_pairs(project: Project, log: Log = print, tracking=None) -> StepResult:
+    report = ingest(shard_files(project), project.raw_pairs, log=log)
+    metadata = {"rows": lance.dataset(str(project.raw_pairs)).count_rows(), "rows_added": report.rows_written,
+                "mode": report.mode, "shards_read": report.shards,
+                "shards_already_ingested": report.shards_already_ingested, "skipped": dict(report.skipped),
+                "failed_shards": report.failed_shards, "lance_version": report.lance_version,
+                "images_per_s": round(report.rows_written / report.seconds) if report.seconds else None}
+    return StepResult(C.ASSET_RAW_PAIRS, {"lance": str(project.raw_pairs)}, metadata)
+
+
+def curated_pairs(project: Project, log: Log = print, tracking=None) -> StepResult:
+    report = filter_pairs(project.raw_pairs, project.curated_pairs, project.config.filters, log=log,
+                          histogram_path=project.filter_histograms)
+    data = {**report.to_dict(), "source_version": lance_version(project.raw_pairs)}
+    return StepResult(C.ASSET_CURATED_PAIRS, {"lance": str(project.curated_pairs),
+                                              "histogram": str(project.filter_histograms)}, data)
+
+
+def instruction_data(project: Project, log: Log = print, tracking=None) -> StepResult:
+    report = build_instruction_table(project.instruction_sources(), project.instructions, log=log)
+    return StepResult(C.ASSET_INSTRUCTIONS, {"lance": str(project.instructions)}, report.to_dict())

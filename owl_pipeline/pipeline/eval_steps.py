@@ -1,0 +1,69 @@
+"""The evaluation steps: OwlEval answers and report for the stage-2 model, then its registration."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from owl_pipeline import constants as C
+from owl_pipeline.pipeline.project import Project
+from owl_pipeline.pipeline.records import MLFLOW_RUN, REGISTERED, StepRecord, StepResult
+from owl_pipeline.pipeline.training_steps import lineage_tags
+from owl_pipeline.train.loop import MODEL_DIR
+
+Log = Callable[[str], None]
+TRAINING_STEP_NAMES = (C.ASSET_BASE_LLM, C.ASSET_STAGE1, C.ASSET_STAGE2)
+
+
+def owleval_report(project: Project, log: Log = print, tracking=None) -> StepResult:
+    """Answer the eval set with the stage-2 model; score it beside the published answers (eval.report)."""
+    from owl_pipeline.eval.evaluate import evaluate_model
+    from owl_pipeline.eval.report import headline
+
+    files = evaluate_model(project.stage2 / MODEL_DIR, project.owleval_dir(), project.owleval,
+                           project.config.evaluation, f"owl-{project.config.model.name}", log=log)
+    metadata: dict[str, Any] = {"questions": files.report["questions"], **headline(files.report),
+                                "problems": files.report["problems"]}
+    log("owleval: " + ", ".join(f"{k} {v:.3f}" for k, v in metadata.items() if isinstance(v, float)))
+    return StepResult(C.ASSET_OWLEVAL, {"answers": str(files.answers), "report": str(files.json),
+                                        "html": str(files.html), "rating_sheet": str(files.rating_sheet)}, metadata)
+
+
+def _run_id(url: str | None) -> str | None:
+    return url.rstrip("/").rsplit("/runs/", 1)[-1] if url and "/runs/" in url else None
+
+
+def _parent_runs(project: Project) -> dict[str, str]:
+    """``parent_run.<step>``: the MLflow run of each training step's last run."""
+    parents = {}
+    for name in TRAINING_STEP_NAMES:
+        record = StepRecord.read(project.record_path(name))
+        run_id = _run_id(record.metadata.get(MLFLOW_RUN)) if record else None
+        if run_id:
+            parents[f"parent_run.{name}"] = run_id
+    return parents
+
+
+def registered_model(project: Project, log: Log = print, tracking=None) -> StepResult:
+    """Register the stage-2 model in the MLflow registry: alias ``candidate``, ``champion`` if the gate passes."""
+    from owl_pipeline.eval.report import our_scores
+    from owl_pipeline.registry.registration import register_model
+
+    if tracking is None:
+        log("registered_model: tracking is off (--no-tracking); nothing registered")
+        return StepResult(C.ASSET_REGISTERED, {}, {REGISTERED: False})
+    settings = project.config.registry
+    report = json.loads(project.owleval_report_json.read_text())
+    scores = {k: v for k, v in our_scores(report).items() if v is not None}
+    tags = {**lineage_tags(project, {"curated_pairs": project.curated_pairs, "instructions": project.instructions}),
+            **_parent_runs(project), "eval_set": report["eval_set"]}
+    registration = register_model(tracking, project.stage2 / MODEL_DIR, settings.model_name, scores,
+                                  settings.metric, settings.tolerance, settings.floor, tags=tags, log=log)
+    metadata = {REGISTERED: True, "model_uri": registration.model_uri, "version": registration.version,
+                "aliases": ["candidate", "champion"] if registration.promoted else ["candidate"],
+                "promoted": registration.promoted, "gate_reason": registration.reason,
+                "gate_metric": settings.metric, "score": scores.get(settings.metric),
+                MLFLOW_RUN: f"{tracking.ui_url.rstrip('/')}/#/experiments/{tracking.experiment_id}/runs/"
+                            f"{registration.run_id}"}
+    return StepResult(C.ASSET_REGISTERED, {"model_uri": registration.model_uri}, metadata)

@@ -1,0 +1,69 @@
+"""Run a step, or reuse its last result: a step whose params sections, inputs (the versions of the assets it
+reads and the files outside assets/ it reads) and outputs are as at its last run is not run again."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lance
+
+from owl_pipeline import constants as C
+from owl_pipeline.data.ingest import find_shards
+from owl_pipeline.data.synthetic import MANIFEST_FILE
+from owl_pipeline.pipeline.graph import Step, params_of, step
+from owl_pipeline.pipeline.project import Project
+from owl_pipeline.pipeline.ranks import is_main_process
+from owl_pipeline.pipeline.records import REGISTERED, StepRecord, StepResult
+from owl_pipeline.pipeline.training_steps import config_hash
+from owl_pipeline.train.loop import MODEL_DIR
+
+Log = Callable[[str], None]
+
+
+def _file_stats(paths: list[Path]) -> list[tuple[str, int, int]]:
+    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p.is_file()]
+
+
+def asset_stamp(project: Project, name: str) -> Any:
+    """What changes when asset ``name`` is rewritten: a Lance dataset's version, a model's or report's file
+    time, a generated corpus's manifest, or the stats of a user's shard files."""
+    path = project.asset_paths()[name]
+    if path.suffix == ".lance":
+        return lance.dataset(str(path)).version if (path / "_versions").is_dir() else None
+    for marker in (path / MODEL_DIR / C.OWL_CONFIG_FILE, path / C.OWLEVAL_REPORT_JSON, path / MANIFEST_FILE):
+        if marker.is_file():
+            return marker.stat().st_mtime_ns
+    return _file_stats(find_shards(path)) if path.is_dir() else None
+
+
+def inputs_digest(definition: Step, project: Project) -> str:
+    """A hash of everything the step's output depends on, per the table in graph.py."""
+    external = definition.external(project) if definition.external else []
+    return config_hash({"params": params_of(project, definition.name),
+                        "reads": {name: asset_stamp(project, name) for name in definition.reads},
+                        "external": _file_stats(external)})
+
+
+def _reusable(definition: Step, project: Project, record: StepRecord | None, digest: str) -> bool:
+    if record is None or record.inputs_digest != digest:
+        return False
+    if definition.writes is not None and not definition.writes(project).exists():
+        return False
+    return bool(record.metadata.get(REGISTERED, True))  # a registration skipped (no tracking) is retried
+
+
+def run_step(name: str, project: Project, tracking=None, log: Log = print, force: bool = False) -> StepResult:
+    """Run step ``name``; or, unless ``force``, reuse its last result when its inputs and settings are the
+    same as then and its outputs still exist (a second `owl run` with nothing changed redoes nothing)."""
+    definition = step(name)
+    digest = inputs_digest(definition, project)
+    record = StepRecord.read(project.record_path(name), warn=log)
+    if not force and _reusable(definition, project, record, digest):
+        log(f"{name}: inputs and settings unchanged since the last run; reusing its result")
+        return record.result(name)
+    result = definition.run(project, log=log, tracking=tracking if definition.tracked else None)
+    if is_main_process():
+        StepRecord(result.metadata, result.outputs, digest).write(project.record_path(name))
+    return result

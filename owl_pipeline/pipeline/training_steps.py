@@ -1,0 +1,194 @@
+"""The training steps: the base LLM (the embedded default's stand-in for a pretrained one), stage 1 and
+stage 2. Each trains with the one loop (train/loop.py), resumes from its checkpoints, and is one MLflow run
+carrying the config as params and lineage tags when tracking is on."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lance
+import torch
+
+from owl_pipeline import constants as C
+from owl_pipeline.config import StageConfig
+from owl_pipeline.data.loader import CaptionPairDataset, ConversationDataset
+from owl_pipeline.data.text_corpus import build_text_corpus, tokenizer_texts
+from owl_pipeline.model.builders import build_model, from_pretrained, processor_config_for, save_pretrained
+from owl_pipeline.model.processor import OwlProcessor
+from owl_pipeline.model.tokenizer import prepare_tokenizer, train_bpe_tokenizer
+from owl_pipeline.pipeline.project import Project
+from owl_pipeline.pipeline.ranks import is_main_process, wait_for_everyone
+from owl_pipeline.pipeline.records import MLFLOW_RUN, StepResult
+from owl_pipeline.train.loop import CHECKPOINT_DIR, MODEL_DIR, StageResult, Tracker, train_stage
+
+Log = Callable[[str], None]
+FINGERPRINT_FILE = "fingerprint.json"
+
+
+def config_hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def git_commit(root: Path) -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def lineage_tags(project: Project, inputs: dict[str, Path]) -> dict[str, Any]:
+    """Run tags naming the inputs (and their Lance versions), the git commit and the config's hash."""
+    tags = {f"input.{name}.lance_version": lance.dataset(str(path)).version for name, path in inputs.items()
+            if path.suffix == ".lance"}
+    tags.update({f"input.{name}": str(path) for name, path in inputs.items()})
+    return {**tags, "git_commit": git_commit(project.root), "config_hash": config_hash(project.config.to_dict())}
+
+
+def _recent_mean(history: list[dict], key: str, digits: int) -> float | None:
+    """Mean of ``key`` over the last 20 steps (the first steps include start-up); steps resumed from a
+    checkpoint of an older version may lack it."""
+    values = [h[key] for h in history[-20:] if key in h]
+    return round(sum(values) / len(values), digits) if values else None
+
+
+def _stage_metadata(result: StageResult, run_url: str | None) -> dict[str, Any]:
+    first = result.history[0]["loss"] if result.history else None
+    metadata = {"steps": result.steps, "first_loss": first, "final_loss": result.final_loss,
+                "eval_loss": result.eval_loss, "seconds": round(result.seconds, 1),
+                "resumed_from_step": result.resumed_from_step,
+                "samples_per_s": _recent_mean(result.history, "samples_per_s", 1),
+                "model_tflops_per_s": _recent_mean(result.history, "model_tflops_per_s", 4),
+                "data_wait_share": _recent_mean(result.history, "data_wait_share", 3), MLFLOW_RUN: run_url}
+    mfu = _recent_mean(result.history, "mfu", 3)  # only where the card's peak is known (not on a CPU)
+    return metadata if mfu is None else {**metadata, "mfu": mfu}
+
+
+def _in_mlflow_run(name: str, project: Project, tracking, inputs: dict[str, Path],
+                   train: Callable[[Tracker | None, str | None], StepResult]) -> StepResult:
+    """``train(tracker, run_url)`` inside an MLflow run with the config as params and lineage tags, the model
+    logged as an artifact; without tracking, just ``train(None, None)``."""
+    if tracking is None:
+        return train(None, None)
+    params = project.config.to_dict()
+    started = time.perf_counter()
+    with tracking.run(name, params=params, tags=lineage_tags(project, inputs)) as run:
+        run.log_dict(params, "config.json")
+        result = train(run, run.url)
+        run.set_tags({"output": result.outputs.get("model", ""), "seconds": round(time.perf_counter() - started, 1)})
+        run.log_artifact(Path(result.outputs["model"]), "model")
+    return result
+
+
+def _start_fresh_if_changed(output: Path, fingerprint: dict, log: Log) -> None:
+    """Checkpoints in ``output`` from a run with other inputs or settings are discarded, so a resume only ever
+    continues the same run; the fingerprint of this run is recorded."""
+    if is_main_process():
+        digest = config_hash(fingerprint)
+        marker = output / FINGERPRINT_FILE
+        if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") != digest:
+            log(f"{output.name}: inputs or settings changed since the last run; starting over")
+            shutil.rmtree(output / CHECKPOINT_DIR, ignore_errors=True)
+        output.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"fingerprint": digest, **fingerprint}, default=str))
+    wait_for_everyone()
+
+
+def _hflip(project: Project) -> bool:
+    # Shapes world asks left/right questions: a mirrored picture would change the right answer.
+    return not project.generated
+
+
+# --- base LLM -----------------------------------------------------------------------------------------------
+def base_llm(project: Project, log: Log = print, tracking=None) -> StepResult:
+    """The LLM every later stage builds on, saved as a whole Owl model (vision and abstractor freshly built).
+
+    With ``model.llm.pretrained`` set: that LLM and its tokenizer, loaded as they are. Otherwise (the embedded
+    default): a tokenizer and a tiny LLM trained here on the corpus text, with the same training loop.
+    """
+    inputs = {"curated_pairs": project.curated_pairs, "instructions": project.instructions}
+    if project.config.model.llm.pretrained:
+        return _in_mlflow_run(C.ASSET_BASE_LLM, project, tracking, inputs, lambda *_: _pretrained_base_llm(project))
+    return _in_mlflow_run(C.ASSET_BASE_LLM, project, tracking, inputs,
+                          lambda tracker, url: _train_base_llm(project, log, tracker, url))
+
+
+def _pretrained_base_llm(project: Project) -> StepResult:
+    from transformers import AutoTokenizer
+
+    config = project.config.model
+    torch.manual_seed(project.config.base_llm.train.seed)
+    processor = OwlProcessor(prepare_tokenizer(AutoTokenizer.from_pretrained(config.llm.pretrained)),
+                             processor_config_for(config, train_hflip=_hflip(project)))
+    model = build_model(config, processor)
+    if is_main_process():
+        save_pretrained(model, processor, project.base_llm / MODEL_DIR)
+    wait_for_everyone()
+    metadata = {"llm": config.llm.pretrained, "trained_here": False}
+    return StepResult(C.ASSET_BASE_LLM, {"model": str(project.base_llm / MODEL_DIR)}, metadata)
+
+
+def _train_base_llm(project: Project, log: Log, tracker: Tracker | None, run_url: str | None) -> StepResult:
+    config, settings = project.config.model, project.config.base_llm
+    torch.manual_seed(settings.train.seed)
+    if is_main_process():
+        build_text_corpus(str(project.curated_pairs), str(project.instructions), str(project.text_corpus))
+    wait_for_everyone()
+    rows = lance.dataset(str(project.text_corpus)).count_rows()
+    _start_fresh_if_changed(project.base_llm, {"data_version": lance.dataset(str(project.text_corpus)).version,
+                                               "base_llm": dataclasses.asdict(settings),
+                                               "model": config.to_dict()}, log)
+    tokenizer = train_bpe_tokenizer(tokenizer_texts(str(project.text_corpus)), settings.vocab_size)
+    processor = OwlProcessor(tokenizer, processor_config_for(config, train_hflip=_hflip(project)))
+    model = build_model(config, processor)
+    log(f"base_llm: tokenizer of {len(tokenizer)} tokens; training a {config.name} LLM on {rows} conversations")
+    dataset = ConversationDataset(project.text_corpus, processor, train=True, seed=settings.train.seed)
+    result = train_stage(model, processor, C.STAGE_BASE_LLM, dataset, settings.train, project.base_llm,
+                         tracker=tracker, log=log)
+    metadata = {**_stage_metadata(result, run_url), "vocab_size": len(tokenizer), "text_rows": rows,
+                "trained_here": True}
+    return StepResult(C.ASSET_BASE_LLM, {"model": str(result.model_dir)}, metadata)
+
+
+# --- stages 1 and 2 -----------------------------------------------------------------------------------------
+def _train_from(previous: Path, name: str, stage: int, dataset_cls, data: Path, config: StageConfig,
+                output: Path, project: Project, log: Log, tracker: Tracker | None,
+                run_url: str | None) -> StepResult:
+    """Train ``stage`` starting from the model saved in ``previous``; report it as asset ``name``."""
+    source = previous / MODEL_DIR / C.OWL_CONFIG_FILE
+    _start_fresh_if_changed(output, {"input": str(source), "input_mtime": source.stat().st_mtime_ns,
+                                     "data_version": lance.dataset(str(data)).version,
+                                     "stage": dataclasses.asdict(config), "model": project.config.model.to_dict()},
+                            log)
+    model, processor = from_pretrained(previous / MODEL_DIR)
+    train = dataset_cls(data, processor, train=True, seed=config.seed)
+    evaluation = dataset_cls(data, processor, train=False, seed=config.seed) if config.eval_every else None
+    result = train_stage(model, processor, stage, train, config, output, eval_data=evaluation, tracker=tracker,
+                         log=log)
+    return StepResult(name, {"model": str(result.model_dir)}, _stage_metadata(result, run_url))
+
+
+def stage1_model(project: Project, log: Log = print, tracking=None) -> StepResult:
+    """Stage 1: vision encoder + abstractor learn to caption curated pairs through the frozen LLM."""
+    return _in_mlflow_run(C.ASSET_STAGE1, project, tracking, {"curated_pairs": project.curated_pairs},
+                          lambda tracker, url: _train_from(
+                              project.base_llm, C.ASSET_STAGE1, C.STAGE_PRETRAIN, CaptionPairDataset,
+                              project.curated_pairs, project.config.stage1, project.stage1, project, log, tracker,
+                              url))
+
+
+def stage2_model(project: Project, log: Log = print, tracking=None) -> StepResult:
+    """Stage 2: LoRA on the LLM learns the mixed text-only and multimodal instructions."""
+    return _in_mlflow_run(C.ASSET_STAGE2, project, tracking, {"instructions": project.instructions},
+                          lambda tracker, url: _train_from(
+                              project.stage1, C.ASSET_STAGE2, C.STAGE_INSTRUCT, ConversationDataset,
+                              project.instructions, project.config.stage2, project.stage2, project, log, tracker,
+                              url))
