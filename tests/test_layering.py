@@ -1,0 +1,69 @@
+"""The rooms of the house (DESIGN.md section 1) and who may import what, read from the source (AST): only
+orchestration/ imports dagster, only registry/ imports mlflow, model/ stays free of files, YAML and Lance, and no
+room imports one above it."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "owl_pipeline"
+# Room -> the project rooms it may import. A top-level module (config.py, ...) is a room of its own name.
+ALLOWED = {
+    "constants": set(), "files": set(), "config": set(),
+    "model": {"config", "constants"},
+    "data": {"config", "constants", "files", "model"},
+    "train": {"config", "constants", "files", "model", "data"},
+    "eval": {"config", "constants", "files", "model"},
+    "registry": {"config", "constants", "files", "model", "eval"},
+    "pipeline": {"config", "constants", "files", "model", "data", "train", "eval", "registry"},
+    "orchestration": {"config", "constants", "files", "model", "data", "train", "eval", "registry", "pipeline"},
+    "cli": {"config", "constants", "files", "model", "data", "train", "eval", "registry", "pipeline",
+            "orchestration", "ui"},
+    "ui": {"config", "constants", "registry", "pipeline"},
+}
+# Third-party packages only some rooms may import.
+RESTRICTED = {"dagster": {"orchestration"}, "dagster_pipes": {"orchestration"}, "mlflow": {"registry"}}
+FORBIDDEN_IN_MODEL = {"yaml", "lance", "pyarrow", "dagster", "mlflow"}
+
+
+def modules():
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.stat().st_size)
+
+
+def room_of(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).parts
+    return parts[0] if len(parts) > 1 else Path(parts[0]).stem
+
+
+def imported(path: Path) -> set[str]:
+    """Every module name an import statement in ``path`` names (nested imports too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def project_rooms(names: set[str]) -> set[str]:
+    return {name.split(".")[1] for name in names if name.startswith("owl_pipeline.") and name.count(".") >= 1}
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_stay_in_their_rooms(path):
+    room, names = room_of(path), imported(path)
+    upward = project_rooms(names) - ALLOWED[room] - {room}
+    assert not upward, f"{path.relative_to(PACKAGE)} ({room}) imports {sorted(upward)}"
+    for package, rooms in RESTRICTED.items():
+        used = {n for n in names if n == package or n.startswith(package + ".")}
+        assert not used or room in rooms, f"{path.relative_to(PACKAGE)} imports {package} outside {sorted(rooms)}"
+    if room == "model":
+        top = {n.split(".")[0] for n in names}
+        assert not top & FORBIDDEN_IN_MODEL, f"{path.relative_to(PACKAGE)} imports {sorted(top & FORBIDDEN_IN_MODEL)}"
+
+
+def test_every_room_is_known():
+    assert {room_of(p) for p in modules()} <= set(ALLOWED)
