@@ -98,8 +98,11 @@ class LLMConfig:
     max_position_embeddings: int = 2048
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
+    attention_bias: bool = False  # biases on q/k/v/o (Qwen2-style): content-free position heads from step one
+    init_std: float = 0.02  # weight init of a Llama built here (HF's default; ~1/sqrt(hidden) suits tiny widths)
 
     def __post_init__(self) -> None:
+        _require(self.init_std > 0, f"llm.init_std must be > 0, got {self.init_std}")
         _require(self.hidden_size % self.num_heads == 0,
                  f"llm.hidden_size ({self.hidden_size}) must be divisible by llm.num_heads ({self.num_heads})")
         head_dim = self.hidden_size // self.num_heads
@@ -133,6 +136,9 @@ class OwlConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     # The paper trains the abstractor in stage 2; the official code froze it.
     train_abstractor_in_stage2: bool = False
+    # A released mPLUG-Owl checkpoint (official layout, a local folder): the pipeline converts it once and starts
+    # from it (stage 1 is then skipped); the sizes above are then read from its config.json.
+    pretrained_official: str | None = None
 
     def __post_init__(self) -> None:
         # Queries and visual tokens share one attention (keys = concat[queries, visual]), so widths must agree.
@@ -424,8 +430,9 @@ class StageConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
-        _require(self.max_steps > 0 and self.batch_size > 0 and self.grad_accum > 0,
-                 "max_steps, batch_size and grad_accum must be positive")
+        _require(self.max_steps >= 0 and self.batch_size > 0 and self.grad_accum > 0,
+                 "max_steps must be >= 0 (0: no training, the input model is passed on), batch_size and grad_accum "
+                 "positive")
         _require(self.lr > 0 and 0 <= self.min_lr <= self.lr,
                  f"lr must be > 0 and min_lr within [0, lr]; got lr {self.lr}, min_lr {self.min_lr}")
         _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
@@ -436,7 +443,7 @@ class StageConfig:
         _require(self.eval_every >= 0 and min(self.eval_batches, self.save_every, self.log_every) >= 1,
                  "eval_every must be >= 0; eval_batches, save_every and log_every >= 1")
         _require(self.num_workers is None or self.num_workers >= 0, "num_workers must be >= 0 or null")
-        _require(0 <= self.warmup_steps <= self.max_steps,
+        _require(self.max_steps == 0 or 0 <= self.warmup_steps <= self.max_steps,
                  f"warmup_steps ({self.warmup_steps}) must be within [0, max_steps={self.max_steps}]")
         _require(self.mixed_precision in ("auto", "no", "bf16", "fp16"),
                  f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")

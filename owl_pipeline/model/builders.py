@@ -51,7 +51,8 @@ def build_llm(cfg: LLMConfig, vocab_size: int) -> PreTrainedModel:
         vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
         intermediate_size=cfg.intermediate_size, max_position_embeddings=cfg.max_position_embeddings,
-        rms_norm_eps=cfg.rms_norm_eps, rope_theta=cfg.rope_theta,
+        rms_norm_eps=cfg.rms_norm_eps, rope_theta=cfg.rope_theta, attention_bias=cfg.attention_bias,
+        initializer_range=cfg.init_std,
     )
     llama._attn_implementation = "sdpa"
     return LlamaForCausalLM(llama)

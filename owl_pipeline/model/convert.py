@@ -258,14 +258,18 @@ def _save_module(build: Callable[[], torch.nn.Module], state: dict[str, torch.Te
     model.save_pretrained(folder)
 
 
-def official_to_owl(source: str | Path, output: str | Path, log: Callable[[str], None] = print) -> Path:
-    """Convert an official mPLUG-Owl checkpoint folder into our model folder (loadable by ``from_pretrained``)."""
+def official_to_owl(source: str | Path, output: str | Path, log: Callable[[str], None] = print,
+                    settings: OwlConfig | None = None) -> Path:
+    """Convert an official mPLUG-Owl checkpoint folder into our model folder (loadable by ``from_pretrained``).
+    ``settings`` (a pipeline's model config) gives what the checkpoint does not fix: LoRA, stage-2 training."""
     source, output = Path(source), Path(output)
     config_file = source / OFFICIAL_CONFIG_FILE
     if not config_file.is_file():
         raise ConversionError(f"{config_file} not found: {source} is not an official mPLUG-Owl checkpoint")
     official = json.loads(config_file.read_text())
     config = owl_config_from_official(official)
+    if settings is not None:
+        config.lora, config.train_abstractor_in_stage2 = settings.lora, settings.train_abstractor_in_stage2
     state = read_official_weights(source)
     llm_keys = _llm_keys(official["text_config"])
     _check_keys(_expected_official_keys(config, llm_keys), set(state), str(source))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -115,6 +116,8 @@ def base_llm(project: Project, log: Log = print, tracking=None) -> StepResult:
     default): a tokenizer and a tiny LLM trained here on the corpus text, with the same training loop.
     """
     inputs = {"curated_pairs": project.curated_pairs, "instructions": project.instructions}
+    if project.config.model.pretrained_official:
+        return _in_mlflow_run(C.ASSET_BASE_LLM, project, tracking, inputs, lambda *_: _official_base(project, log))
     if project.config.model.llm.pretrained:
         return _in_mlflow_run(C.ASSET_BASE_LLM, project, tracking, inputs, lambda *_: _pretrained_base_llm(project))
     return _in_mlflow_run(C.ASSET_BASE_LLM, project, tracking, inputs,
@@ -134,6 +137,56 @@ def _pretrained_base_llm(project: Project) -> StepResult:
     wait_for_everyone()
     metadata = {"llm": config.llm.pretrained, "trained_here": False}
     return StepResult(C.ASSET_BASE_LLM, {"model": str(project.base_llm / MODEL_DIR)}, metadata)
+
+
+OFFICIAL_RECORD = "official.json"
+
+
+def content_digest(folder: Path) -> str:
+    """sha256 over every file's relative name and bytes: what identifies a checkpoint folder's content."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _official_base(project: Project, log: Log) -> StepResult:
+    """A released mPLUG-Owl checkpoint, converted into our layout once per content (model/convert.py)."""
+    from owl_pipeline.model.convert import official_to_owl
+
+    source = Path(project.config.model.pretrained_official)
+    if not source.is_dir():
+        raise FileNotFoundError(f"model.pretrained_official: {source} is not a folder (an official mPLUG-Owl "
+                                "checkpoint: config.json, weights, tokenizer)")
+    digest, output = content_digest(source), project.base_llm / MODEL_DIR
+    record = project.base_llm / OFFICIAL_RECORD
+    known = json.loads(record.read_text()) if record.is_file() else {}
+    if known.get("sha256") == digest and (output / C.OWL_CONFIG_FILE).is_file():
+        log(f"base_llm: {source} is already converted (sha256 {digest[:12]})")
+    elif is_main_process():
+        shutil.rmtree(output, ignore_errors=True)
+        official_to_owl(source, output, log=log, settings=project.config.model)
+        record.write_text(json.dumps({"source": str(source), "sha256": digest}))
+    wait_for_everyone()
+    metadata = {"converted_from": str(source), "source_sha256": digest, "trained_here": False}
+    return StepResult(C.ASSET_BASE_LLM, {"model": str(output)}, metadata)
+
+
+def pass_through(source: Path, output: Path) -> Path:
+    """``output`` becomes the model in ``source`` without training: hard links (no second copy of the bytes),
+    or a copy where the two folders are on different file systems."""
+    if is_main_process():
+        shutil.rmtree(output, ignore_errors=True)
+        try:
+            shutil.copytree(source, output, copy_function=os.link)
+        except OSError:
+            shutil.rmtree(output, ignore_errors=True)
+            shutil.copytree(source, output)
+    wait_for_everyone()
+    return output
 
 
 def _train_base_llm(project: Project, log: Log, tracker: Tracker | None, run_url: str | None) -> StepResult:
@@ -162,7 +215,12 @@ def _train_base_llm(project: Project, log: Log, tracker: Tracker | None, run_url
 def _train_from(previous: Path, name: str, stage: int, dataset_cls, data: Path, config: StageConfig,
                 output: Path, project: Project, log: Log, tracker: Tracker | None,
                 run_url: str | None) -> StepResult:
-    """Train ``stage`` starting from the model saved in ``previous``; report it as asset ``name``."""
+    """Train ``stage`` starting from the model saved in ``previous``; report it as asset ``name``. With
+    ``max_steps: 0`` the model is passed on untrained (e.g. to evaluate a released checkpoint as it is)."""
+    if config.max_steps == 0:
+        log(f"{name}: max_steps is 0; passing on {previous / MODEL_DIR} untrained")
+        model_dir = pass_through(previous / MODEL_DIR, output / MODEL_DIR)
+        return StepResult(name, {"model": str(model_dir)}, {"steps": 0, "passed_through": str(previous / MODEL_DIR)})
     source = previous / MODEL_DIR / C.OWL_CONFIG_FILE
     _start_fresh_if_changed(output, {"input": str(source), "input_mtime": source.stat().st_mtime_ns,
                                      "data_version": lance.dataset(str(data)).version,
@@ -177,7 +235,12 @@ def _train_from(previous: Path, name: str, stage: int, dataset_cls, data: Path, 
 
 
 def stage1_model(project: Project, log: Log = print, tracking=None) -> StepResult:
-    """Stage 1: vision encoder + abstractor learn to caption curated pairs through the frozen LLM."""
+    """Stage 1: vision encoder + abstractor learn to caption curated pairs through the frozen LLM. A released
+    mPLUG-Owl checkpoint (``model.pretrained_official``) has been through it already: passed on as it is."""
+    if project.config.model.pretrained_official:
+        log("stage1_model: the released checkpoint is pretrained already; passing it on")
+        model_dir = pass_through(project.base_llm / MODEL_DIR, project.stage1 / MODEL_DIR)
+        return StepResult(C.ASSET_STAGE1, {"model": str(model_dir)}, {"steps": 0, "passed_through": "official"})
     return _in_mlflow_run(C.ASSET_STAGE1, project, tracking, {"curated_pairs": project.curated_pairs},
                           lambda tracker, url: _train_from(
                               project.base_llm, C.ASSET_STAGE1, C.STAGE_PRETRAIN, CaptionPairDataset,
