@@ -22,6 +22,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from owl_pipeline.constants import DEFAULT_MAX_IMAGE_PIXELS
+
 
 class ConfigError(ValueError):
     """A configuration value is missing or inconsistent; the message names the field."""
@@ -529,6 +531,7 @@ class PipelineConfig:
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(default_factory=StageConfig.stage2_recipe)
     min_curated_rows: int = 100
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # larger images (by their header) are skipped and counted
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
 
@@ -540,6 +543,7 @@ class PipelineConfig:
                                  from_mapping(InstructionFile, f, f"instructions[{i}]")
                                  for i, f in enumerate(self.instructions)]
         _require(self.min_curated_rows >= 0, f"min_curated_rows must be >= 0, got {self.min_curated_rows}")
+        _require(self.max_image_pixels > 0, f"max_image_pixels must be > 0, got {self.max_image_pixels}")
 
     def model_config(self) -> OwlConfig:
         return self.model

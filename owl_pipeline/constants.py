@@ -11,6 +11,9 @@ AI_PREFIX = "AI: "
 
 IGNORE_INDEX = -100
 
+# Images whose header declares more pixels are refused before decoding (a 0.5 MB PNG can declare 169 megapixels).
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # ~6300 x 6300: far above any training resolution
+
 STAGE_BASE_LLM = 0  # the embedded default's own LLM, trained on text before stage 1
 STAGE_PRETRAIN = 1
 STAGE_INSTRUCT = 2

@@ -1,13 +1,24 @@
 """img2dataset shards (webdataset tars, or parquet with image bytes) with LAION or COYO metadata -> one Lance
 dataset with a normalized schema. Streams shard by shard: memory holds one shard at a time.
 
-Per-sample problems (corrupt image, bad caption encoding, unsafe member name, truncated tar) are skipped and
-counted by reason; a shard that cannot be read at all is recorded with its error and the run goes on.
+Promises:
+- A sample's metadata is its ``.json`` joined with the shard's ``.parquet`` row of the same key (img2dataset
+  writes both; the scores are often only in the parquet); a score in neither is null. A shard is rejected
+  only when it has no URL or no caption column (the error names what it lacks).
+- Every problem with one sample is skipped and counted by reason, never fatal: ``corrupt_image``,
+  ``too_many_pixels`` (the header's size over the pixel cap, checked before decoding), ``bad_metadata`` (JSON
+  of the wrong shape: a list, null, a string score, an object caption; examples name shard and key),
+  ``bad_caption_encoding``, ``incomplete_sample``, ``duplicate_key`` (the first one is kept),
+  ``unsafe_member_name`` (absolute, ``..``, or a link), ``not_a_file`` (a directory entry), ``truncated_shard``.
+- Tar members are read, never extracted. A shard that cannot be read at all is recorded with its error.
+- Shards are identified by the shortest path suffix that tells them apart (two folders may both hold
+  ``00000.tar``).
+- One ingestion at a time per dataset (a lock file beside it); the record of ingested shards is written
+  atomically and only describes the version it was written with, so a crash never makes it lie.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 import time
@@ -20,9 +31,11 @@ import lance
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from PIL import Image
 
+from owl_pipeline.data.images import DEFAULT_MAX_PIXELS, ImageRejected, image_size
 from owl_pipeline.data.lance_io import EmptyDatasetError, write_lance
+from owl_pipeline.files import atomic_write_json, read_json_or_none
+from owl_pipeline.locks import StepLock
 
 PAIR_SCHEMA = pa.schema([
     ("key", pa.string()), ("image", pa.binary()), ("caption", pa.string()), ("url", pa.string()),
@@ -53,27 +66,38 @@ class SourceSchema:
         return [" or ".join(options) for options in self.required.values() if not set(options) & columns]
 
 
+    def columns(self) -> set[str]:
+        return {c for options in (*self.required.values(), *self.optional.values()) for c in options}
+
+
+# Scores are optional: a shard whose samples carry none (nor its parquet) is ingested with null scores, which
+# the filters then treat as failing their rule.
 LAION = SourceSchema("laion",
-                     required={"url": ("url", "URL"), "caption": ("caption", "TEXT"), "nsfw": ("punsafe",),
-                               "watermark": ("pwatermark",)},
-                     optional={"similarity": ("similarity",), "language": ("LANGUAGE", "language"),
-                               "width": ("width", "WIDTH"), "height": ("height", "HEIGHT")})
+                     required={"url": ("url", "URL"), "caption": ("caption", "TEXT")},
+                     optional={"nsfw": ("punsafe",), "watermark": ("pwatermark",), "similarity": ("similarity",),
+                               "language": ("LANGUAGE", "language"), "width": ("width", "WIDTH"),
+                               "height": ("height", "HEIGHT")})
 COYO = SourceSchema("coyo",
-                    required={"url": ("url",), "caption": ("caption", "text"),
-                              "nsfw": ("nsfw_score_opennsfw2", "nsfw_score_gantman"),
-                              "watermark": ("watermark_score",)},
-                    optional={"similarity": ("clip_similarity_vitb32",), "language": ("language",), "width": ("width",),
-                              "height": ("height",)})
+                    required={"url": ("url",), "caption": ("caption", "text")},
+                    optional={"nsfw": ("nsfw_score_opennsfw2", "nsfw_score_gantman"),
+                              "watermark": ("watermark_score",), "similarity": ("clip_similarity_vitb32",),
+                              "language": ("language",), "width": ("width",), "height": ("height",)})
 _SCORES = {"similarity", "nsfw", "watermark"}
+_SCORE_COLUMNS = {c for schema in (LAION, COYO) for name in _SCORES for c in schema.optional[name]}
+_TEXT_COLUMNS = {"url", "URL", "caption", "TEXT", "text", "LANGUAGE", "language"}
+_SIZE_COLUMNS = {"width", "height", "WIDTH", "HEIGHT"}
+_KNOWN_COLUMNS = LAION.columns() | COYO.columns()
+MAX_PROBLEM_EXAMPLES = 50
 
 
 def match_schema(columns: set[str], where: str) -> SourceSchema:
-    """The schema whose required columns are present (COYO checked first: its columns are more specific)."""
-    for schema in (COYO, LAION):
-        if not schema.missing(columns):
-            return schema
-    raise SchemaError(f"{where} matches neither LAION (missing: {', '.join(LAION.missing(columns))}) nor COYO "
-                      f"(missing: {', '.join(COYO.missing(columns))})")
+    """The schema whose required columns are present; where both are, the one more of whose columns are
+    present (COYO's names are its own; LAION on a tie)."""
+    matching = [schema for schema in (LAION, COYO) if not schema.missing(columns)]
+    if not matching:
+        raise SchemaError(f"{where} matches neither LAION (missing: {', '.join(LAION.missing(columns))}) nor COYO "
+                          f"(missing: {', '.join(COYO.missing(columns))})")
+    return max(matching, key=lambda schema: len(schema.columns() & columns))
 
 
 def normalize(table: pa.Table, schema: SourceSchema) -> dict[str, pa.Array]:
@@ -103,30 +127,32 @@ class IngestReport:
     lance_version: int | None = None
     mode: str = "full"  # "full": every shard (re)read; "append": only new shards, added as a new version
     shards_already_ingested: int = 0
+    problems: list[str] = field(default_factory=list)  # examples of skipped samples: "shard key: reason"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    seen_keys: set[str] = field(default_factory=set, repr=False)  # keys written so far (the first one wins)
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["skipped"] = dict(self.skipped)
+        del data["seen_keys"]
         return data
 
-
-def image_size(data: bytes) -> tuple[int, int] | str:
-    """(width, height) of decodable image bytes, or the reason they are not."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            size = image.size
-            image.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))  # JPEG: decode at 1/8 scale
-            image.load()
-            return size
-    except Image.DecompressionBombError:
-        return "image_too_large"
-    except (OSError, SyntaxError, ValueError):
-        return "corrupt_image"
+    def skip(self, reason: str, shard: str = "", key: str = "", detail: str = "") -> None:
+        self.skipped[reason] += 1
+        if shard and len(self.problems) < MAX_PROBLEM_EXAMPLES:
+            self.problems.append(f"{shard} {key}: {reason}" + (f" ({detail})" if detail else ""))
 
 
 def _is_unsafe(name: str) -> bool:
     path = PurePosixPath(name)
     return path.is_absolute() or ".." in path.parts
+
+
+def _unreadable_member(member: tarfile.TarInfo) -> str | None:
+    """Why a tar member is not read, or None: links may point anywhere, directories hold no sample."""
+    if member.issym() or member.islnk() or _is_unsafe(member.name):
+        return "unsafe_member_name"
+    return None if member.isfile() else "not_a_file"
 
 
 def iter_tar_samples(path: Path, skipped: Counter) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -135,14 +161,15 @@ def iter_tar_samples(path: Path, skipped: Counter) -> Iterator[tuple[str, dict[s
     try:
         with tarfile.open(path, "r|*") as tar:
             for member in tar:
-                if not member.isfile():
-                    continue
-                if _is_unsafe(member.name):
-                    skipped["unsafe_member_name"] += 1
+                reason = _unreadable_member(member)
+                if reason:
+                    skipped[reason] += 1
                     continue
                 stem, _, suffix = PurePosixPath(member.name).name.partition(".")
-                if stem != key and key is not None:
-                    yield key, parts  # members of a sample are consecutive: the previous one is complete
+                if key is not None and (stem != key or suffix.lower() in parts):
+                    # Members of a sample are consecutive: the previous one is complete (a repeated suffix
+                    # starts a second sample under the same key, counted as a duplicate downstream).
+                    yield key, parts
                     parts = {}
                 key = stem
                 parts[suffix.lower()] = tar.extractfile(member).read()
@@ -155,24 +182,67 @@ def iter_tar_samples(path: Path, skipped: Counter) -> Iterator[tuple[str, dict[s
         yield key, parts
 
 
-def _tar_records(path: Path, report: IngestReport) -> list[dict]:
+def _sidecar_metadata(tar_path: Path, report: IngestReport) -> dict[str, dict]:
+    """The shard's ``.parquet`` (img2dataset writes one beside each tar) as key -> row, image columns left out."""
+    path = tar_path.with_suffix(".parquet")
+    if not path.is_file():
+        return {}
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as error:
+        report.problems.append(f"{path.name}: unreadable, samples keep their .json metadata only ({error})")
+        return {}
+    if "key" not in table.column_names:
+        return {}
+    table = table.select([c for c in table.column_names if c in _KNOWN_COLUMNS | {"key"}])
+    return {str(row.pop("key")): row for row in table.to_pylist()}
+
+
+def metadata_problem(meta) -> str | None:
+    """What is wrong with one sample's metadata, or None: a mapping whose known fields have their types."""
+    if not isinstance(meta, dict):
+        return f"metadata is a {type(meta).__name__}, not an object"
+    for name, value in meta.items():
+        if value is None:
+            continue
+        if name in _TEXT_COLUMNS and not isinstance(value, str):
+            return f"{name} is a {type(value).__name__}"
+        if name in _SCORE_COLUMNS and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"{name} is {value!r}, not a number"
+        if name in _SIZE_COLUMNS and (isinstance(value, bool) or not isinstance(value, int)):
+            return f"{name} is {value!r}, not an integer"
+    return None
+
+
+def _tar_records(path: Path, report: IngestReport, shard: str | None = None) -> list[dict]:
+    shard = shard or path.name
+    sidecar = _sidecar_metadata(path, report)
     records = []
     for key, parts in iter_tar_samples(path, report.skipped):
         image = next((parts[s] for s in IMAGE_SUFFIXES if s in parts), None)
         if image is None or "json" not in parts:
-            report.skipped["incomplete_sample"] += 1
+            report.skip("incomplete_sample", shard, key)
             continue
         try:
             meta = json.loads(parts["json"])
-            if "txt" in parts:
+            problem = metadata_problem(meta)
+            if problem is None and "txt" in parts:
                 meta["caption"] = parts["txt"].decode("utf-8")
         except UnicodeDecodeError:
-            report.skipped["bad_caption_encoding"] += 1
+            report.skip("bad_caption_encoding", shard, key)
             continue
-        except json.JSONDecodeError:
-            report.skipped["bad_metadata_json"] += 1
+        except json.JSONDecodeError as error:
+            report.skip("bad_metadata", shard, key, f"not JSON: {error}")
             continue
-        records.append({**meta, "key": key, "__image": image})
+        if problem:
+            report.skip("bad_metadata", shard, key, problem)
+            continue
+        joined = {**sidecar.get(key, {}), **{k: v for k, v in meta.items() if v is not None}}
+        problem = metadata_problem(joined)
+        if problem:
+            report.skip("bad_metadata", shard, key, problem)
+            continue
+        records.append({**joined, "key": key, "__image": image})
     return records
 
 
@@ -191,24 +261,38 @@ def _parquet_records(path: Path, report: IngestReport) -> Iterator[list[dict]]:
         yield records
 
 
+def _sample_problem(record: dict, report: IngestReport) -> str | None:
+    """Why one record cannot become a row (its image size recorded when it can), or None."""
+    if not isinstance(record["__image"], bytes):
+        return "missing_image"
+    if isinstance(record.get("caption", record.get("TEXT", record.get("text"))), bytes):
+        return "bad_caption_encoding"
+    if metadata_problem({k: v for k, v in record.items() if k != "__image"}):
+        return "bad_metadata"
+    try:
+        record["__size"] = image_size(record["__image"], report.max_pixels)
+    except ImageRejected as rejected:
+        return rejected.reason
+    return None
+
+
 def _to_table(records: list[dict], shard: str, report: IngestReport) -> pa.Table | None:
     """Check images, map the metadata schema, and build one normalized batch."""
-    good, sizes = [], []
+    good = []
     for record in records:
-        size = image_size(record["__image"]) if isinstance(record["__image"], bytes) else "missing_image"
-        if isinstance(size, str):
-            report.skipped[size] += 1
-            continue
-        caption = record.get("caption", record.get("TEXT", record.get("text")))
-        if isinstance(caption, bytes):
-            report.skipped["bad_caption_encoding"] += 1
-            continue
-        good.append(record)
-        sizes.append(size)
+        problem = _sample_problem(record, report)
+        if problem:
+            report.skip(problem, shard, str(record.get("key", "")))
+        elif str(record["key"]) in report.seen_keys:
+            report.skip("duplicate_key", shard, str(record["key"]))
+        else:
+            report.seen_keys.add(str(record["key"]))
+            good.append(record)
     if not good:
         return None
     images = [r.pop("__image") for r in good]
-    table = pa.Table.from_pylist(good)
+    sizes = [r.pop("__size") for r in good]
+    table = pa.Table.from_pylist([{k: v for k, v in r.items() if k in _KNOWN_COLUMNS | {"key"}} for r in good])
     schema = match_schema(set(table.column_names), where=shard)
     columns = normalize(table, schema)
     columns.update(
@@ -218,17 +302,29 @@ def _to_table(records: list[dict], shard: str, report: IngestReport) -> pa.Table
     return pa.table({f.name: columns[f.name] for f in PAIR_SCHEMA}, schema=PAIR_SCHEMA)
 
 
-def _shard_batches(path: Path, report: IngestReport) -> Iterator[pa.RecordBatch]:
+def _shard_batches(path: Path, shard: str, report: IngestReport) -> Iterator[pa.RecordBatch]:
     if path.suffix == ".tar":
-        chunks = iter([_tar_records(path, report)])
+        chunks = iter([_tar_records(path, report, shard)])
     elif path.suffix == ".parquet":
         chunks = _parquet_records(path, report)
     else:
         raise SchemaError(f"{path}: expected a webdataset .tar or a .parquet with image bytes")
     for records in chunks:
-        table = _to_table(records, path.name, report)
+        table = _to_table(records, shard, report)
         if table is not None:
             yield from table.to_batches()
+
+
+def shard_names(shards: list[Path]) -> dict[Path, str]:
+    """Each shard's identity: its file name, or as many trailing folders as it takes to tell it apart."""
+    paths = [Path(p).resolve() for p in shards]
+    names = {}
+    for path, original in zip(paths, shards):
+        depth = 1
+        while depth < len(path.parts) and sum(p.parts[-depth:] == path.parts[-depth:] for p in paths) > 1:
+            depth += 1
+        names[Path(original)] = "/".join(path.parts[-depth:])
+    return names
 
 
 def find_shards(folder: Path) -> list[Path]:
@@ -237,7 +333,8 @@ def find_shards(folder: Path) -> list[Path]:
     return tars or sorted(folder.glob("*.parquet"))
 
 
-INGESTED_SHARDS_FILE = "owl_ingested_shards.json"  # inside the dataset folder: which files made which version
+INGESTED_SHARDS_FILE = "owl_ingested_shards.json"
+INGEST_LOCK_WAIT_SECONDS = 3600.0  # inside the dataset folder: which files made which version
 
 
 def _shard_stats(shards: list[Path]) -> dict[str, list[int]]:
@@ -245,50 +342,65 @@ def _shard_stats(shards: list[Path]) -> dict[str, list[int]]:
     return {str(Path(p).resolve()): [Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for p in shards}
 
 
-def _known_shards(output: Path) -> dict[str, list[int]]:
+def _known_shards(output: Path, log) -> dict[str, list[int]]:
     """The shard files the dataset's current version was made from; {} when unknown (then all are re-read)."""
-    record = output / INGESTED_SHARDS_FILE
-    if not record.is_file() or not (output / "_versions").is_dir():
+    if not (output / "_versions").is_dir():
         return {}
-    data = json.loads(record.read_text())
+    data = read_json_or_none(output / INGESTED_SHARDS_FILE, warn=log)
+    if not isinstance(data, dict) or not isinstance(data.get("shards"), dict):
+        return {}
     return data["shards"] if data.get("version") == lance.dataset(str(output)).version else {}
 
 
-def ingest(shards: list[Path], output: str | Path, log=print, incremental: bool = True) -> IngestReport:
+def ingest(shards: list[Path], output: str | Path, log=print, incremental: bool = True,
+           max_pixels: int = DEFAULT_MAX_PIXELS) -> IngestReport:
     """Read ``shards`` and write the normalized Lance dataset at ``output`` as a new version.
 
     Incremental (the default): when every shard the current version was made from is still there unchanged,
-    only the new shards are read and appended; otherwise (a shard changed or went away) all are re-read."""
+    only the new shards are read and appended; otherwise (a shard changed or went away) all are re-read.
+    Reading the record, writing and recording are one step under a lock on ``output``: two ingestions of the
+    same new shards append them once."""
     output = Path(output)
+    # Waits for another ingestion into the same dataset, then plans again (its shards are then known).
+    with StepLock(output.with_name(f".{output.name}.lock"), what=f"ingestion into {output}", warn=log,
+                  wait_seconds=INGEST_LOCK_WAIT_SECONDS):
+        return _ingest_locked(shards, output, log, incremental, max_pixels)
+
+
+def _ingest_locked(shards: list[Path], output: Path, log, incremental: bool, max_pixels: int) -> IngestReport:
     stats = _shard_stats(shards)
-    known = _known_shards(output) if incremental else {}
+    known = _known_shards(output, log) if incremental else {}
     unchanged = bool(known) and all(stats.get(name) == stat for name, stat in known.items())
     todo = [p for p in shards if str(Path(p).resolve()) not in known] if unchanged else list(shards)
     report = IngestReport(shards=len(todo), mode="append" if unchanged else "full",
-                          shards_already_ingested=len(shards) - len(todo))
+                          shards_already_ingested=len(shards) - len(todo), max_pixels=max_pixels)
     if unchanged and not todo:
         report.lance_version = lance.dataset(str(output)).version
         log(f"ingest: all {len(shards)} shards already in {output} (version {report.lance_version})")
         return report
+    if unchanged:  # keys already in the dataset count as seen: an appended duplicate is skipped
+        report.seen_keys = set(lance.dataset(str(output)).to_table(columns=["key"])["key"].to_pylist())
+    names = shard_names(shards)
     try:
-        version = _write_shards(todo, output, report, append=unchanged, log=log).version
+        version = _write_shards(todo, names, output, report, append=unchanged, log=log).version
     except EmptyDatasetError:
         if not unchanged:
             raise
         version = report.lance_version = lance.dataset(str(output)).version  # new shards all unreadable: counted
         log(f"ingest: no readable rows in the {len(todo)} new shards; {output} stays at version {version}")
-    (output / INGESTED_SHARDS_FILE).write_text(json.dumps({"version": version, "shards": stats}))
+    atomic_write_json(output / INGESTED_SHARDS_FILE, {"version": version, "shards": stats})
     return report
 
 
-def _write_shards(shards: list[Path], output: Path, report: IngestReport, append: bool, log) -> lance.LanceDataset:
+def _write_shards(shards: list[Path], names: dict[Path, str], output: Path, report: IngestReport, append: bool,
+                  log) -> lance.LanceDataset:
     start = time.perf_counter()
 
     def batches() -> Iterator[pa.RecordBatch]:
         for number, path in enumerate(shards, 1):
             rows_before = report.rows_written
             try:
-                for batch in _shard_batches(Path(path), report):
+                for batch in _shard_batches(Path(path), names[Path(path)], report):
                     report.rows_written += batch.num_rows
                     yield batch
             except (SchemaError, tarfile.ReadError, OSError) as error:

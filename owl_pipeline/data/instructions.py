@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from owl_pipeline.constants import IMAGE_TOKEN
+from owl_pipeline.data.images import DEFAULT_MAX_PIXELS, ImageRejected, image_size
 from owl_pipeline.data.lance_io import write_lance
 from owl_pipeline.model.processor import AI, HUMAN, Turn, parse_conversation
 
@@ -137,19 +138,31 @@ def _records(source: InstructionSource, report: InstructionReport) -> Iterator[d
     yield from data
 
 
-def _rows(source: InstructionSource, report: InstructionReport) -> Iterator[dict]:
+def _image_bytes(root: Path, ref, max_pixels: int) -> bytes:
+    """The bytes of image ``ref`` under ``root``, checked to decode within the pixel cap."""
+    if not isinstance(ref, str) or not ref:
+        raise InvalidRecord("bad_image_reference")
+    path = (root / ref).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise InvalidRecord("image_outside_root")
+    if not path.is_file():
+        raise InvalidRecord("missing_image")
+    data = path.read_bytes()
+    try:
+        image_size(data, max_pixels)
+    except ImageRejected as rejected:
+        raise InvalidRecord(rejected.reason) from None
+    return data
+
+
+def _rows(source: InstructionSource, report: InstructionReport, max_pixels: int) -> Iterator[dict]:
     read = _READERS[source.format]
     for index, record in enumerate(_records(source, report)):
         try:
             if not isinstance(record, dict):
                 raise InvalidRecord("not_an_object")
             turns, refs = read(record)
-            images = []
-            for ref in refs:
-                path = source.image_root / ref
-                if not path.is_file():
-                    raise InvalidRecord("missing_image")
-                images.append(path.read_bytes())
+            images = [_image_bytes(source.image_root, ref, max_pixels) for ref in refs]
         except InvalidRecord as reason:
             report.skipped[f"{source.format}: {reason}"] += 1
             continue
@@ -160,7 +173,7 @@ def _rows(source: InstructionSource, report: InstructionReport) -> Iterator[dict
 
 
 def build_instruction_table(sources: list[InstructionSource], output: str | Path, log=print,
-                            batch_rows: int = 1024) -> InstructionReport:
+                            batch_rows: int = 1024, max_pixels: int = DEFAULT_MAX_PIXELS) -> InstructionReport:
     """Convert every source and write one Lance table of conversations (a new version of ``output``)."""
     report = InstructionReport()
     start = time.perf_counter()
@@ -170,7 +183,7 @@ def build_instruction_table(sources: list[InstructionSource], output: str | Path
             if not source.path.is_file():
                 raise FileNotFoundError(f"instruction file not found: {source.path}")
             pending = []
-            for row in _rows(source, report):
+            for row in _rows(source, report, max_pixels):
                 pending.append(row)
                 if len(pending) == batch_rows:
                     yield pa.RecordBatch.from_pylist(pending, schema=CONVERSATION_SCHEMA)

@@ -8,7 +8,6 @@ sees exactly the batches an uninterrupted one would have.
 
 from __future__ import annotations
 
-import io
 import multiprocessing.util
 import os
 import sys
@@ -22,6 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from owl_pipeline.constants import IMAGE_TOKEN
+from owl_pipeline.data.images import decode_rgb
 from owl_pipeline.model.processor import AI, HUMAN, EncodedSample, OwlProcessor, Turn
 
 
@@ -64,8 +64,8 @@ class _LanceDataset(Dataset):
 
 
 def decode_image(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as image:
-        return image.convert("RGB")
+    """RGB as displayed (data/images.py); ingestion has checked that the bytes decode within the pixel cap."""
+    return decode_rgb(data, max_pixels=sys.maxsize)
 
 
 class CaptionPairDataset(_LanceDataset):

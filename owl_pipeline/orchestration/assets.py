@@ -35,7 +35,7 @@ def asset_for(definition: Step) -> dg.AssetsDefinition:
 
     @dg.asset(name=name, deps=list(definition.reads), group_name=definition.group,
               description=definition.description, compute_kind=definition.compute_kind,
-              required_resource_keys=_resources(definition))
+              required_resource_keys=_resources(definition), pool=definition.pool)
     def _materialize(context: dg.AssetExecutionContext):
         owl_project = context.resources.project.project()
         if definition.trains and context.resources.launcher.mode == "pipes":

@@ -41,11 +41,12 @@ def shard_files(project: Project) -> list:
 
 
 def raw_pairs(project: Project, log: Log = print, tracking=None) -> StepResult:
-    report = ingest(shard_files(project), project.raw_pairs, log=log)
+    report = ingest(shard_files(project), project.raw_pairs, log=log, max_pixels=project.config.max_image_pixels)
     metadata = {"rows": lance.dataset(str(project.raw_pairs)).count_rows(), "rows_added": report.rows_written,
                 "mode": report.mode, "shards_read": report.shards,
                 "shards_already_ingested": report.shards_already_ingested, "skipped": dict(report.skipped),
-                "failed_shards": report.failed_shards, "lance_version": report.lance_version,
+                "failed_shards": report.failed_shards, "problems": report.problems,
+                "lance_version": report.lance_version,
                 "images_per_s": round(report.rows_written / report.seconds) if report.seconds else None}
     return StepResult(C.ASSET_RAW_PAIRS, {"lance": str(project.raw_pairs)}, metadata)
 
@@ -59,5 +60,6 @@ def curated_pairs(project: Project, log: Log = print, tracking=None) -> StepResu
 
 
 def instruction_data(project: Project, log: Log = print, tracking=None) -> StepResult:
-    report = build_instruction_table(project.instruction_sources(), project.instructions, log=log)
+    report = build_instruction_table(project.instruction_sources(), project.instructions, log=log,
+                                     max_pixels=project.config.max_image_pixels)
     return StepResult(C.ASSET_INSTRUCTIONS, {"lance": str(project.instructions)}, report.to_dict())

@@ -15,6 +15,7 @@ from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.records import StepResult
 
 GROUP_DATA, GROUP_TRAINING, GROUP_EVAL = "data", "training", "evaluation"
+INGEST_POOL = "owl_ingest"  # dagster_home/dagster.yaml limits every pool to one at a time
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Step:
     tracked: bool = False  # needs the MLflow tracking resource
     external: Callable[[Project], list[Path]] | None = None  # files outside assets/ it reads (their stats count)
     metrics: tuple[str, ...] = ()  # metadata keys that are the step's results (DVC metrics: its record file)
+    pool: str | None = None  # a Dagster concurrency pool: runs of the step across Dagster runs, one at a time
 
 
 def _instruction_files(project: Project) -> list[Path]:
@@ -41,13 +43,13 @@ STEPS: tuple[Step, ...] = (
     Step(C.ASSET_RAW_SHARDS, data_steps.raw_shards, (), ("raw_shards", "synthetic"), lambda p: p.raw_shards,
          "Shapes world generated, or your img2dataset shards", GROUP_DATA, "lance",
          external=lambda p: [] if p.generated else data_steps.shard_files(p)),
-    Step(C.ASSET_RAW_PAIRS, data_steps.raw_pairs, (C.ASSET_RAW_SHARDS,), (), lambda p: p.raw_pairs,
+    Step(C.ASSET_RAW_PAIRS, data_steps.raw_pairs, (C.ASSET_RAW_SHARDS,), ("max_image_pixels",), lambda p: p.raw_pairs,
          "Every readable pair in one Lance table", GROUP_DATA, "lance", external=data_steps.shard_files,
-         metrics=("rows", "rows_added")),
+         metrics=("rows", "rows_added"), pool=INGEST_POOL),
     Step(C.ASSET_CURATED_PAIRS, data_steps.curated_pairs, (C.ASSET_RAW_PAIRS,), ("filters",),
          lambda p: p.curated_pairs, "Pairs that pass the LAION/COYO rules", GROUP_DATA, "lance",
          metrics=("rows_in", "rows_out")),
-    Step(C.ASSET_INSTRUCTIONS, data_steps.instruction_data, (C.ASSET_RAW_SHARDS,), ("instructions",),
+    Step(C.ASSET_INSTRUCTIONS, data_steps.instruction_data, (C.ASSET_RAW_SHARDS,), ("instructions", "max_image_pixels"),
          lambda p: p.instructions, "Instruction conversations in Lance", GROUP_DATA, "lance",
          external=_instruction_files),
     Step(C.ASSET_BASE_LLM, training_steps.base_llm, (C.ASSET_CURATED_PAIRS, C.ASSET_INSTRUCTIONS),
@@ -61,7 +63,7 @@ STEPS: tuple[Step, ...] = (
          lambda p: p.stage2, "Stage 2: LoRA on the LLM with the mixed instructions", GROUP_TRAINING, "pytorch",
          trains=True, tracked=True, metrics=("final_loss",)),
     Step(C.ASSET_OWLEVAL, eval_steps.owleval_report, (C.ASSET_STAGE2, C.ASSET_RAW_SHARDS),
-         ("owleval_dir", "evaluation"), lambda p: p.owleval,
+         ("owleval_dir", "evaluation", "max_image_pixels"), lambda p: p.owleval,
          "OwlEval answers in the official format, scored beside the published models (HTML report)", GROUP_EVAL,
          "pytorch", external=lambda p: [p.owleval_dir() / "questions.jsonl"],
          metrics=(C.METRIC_ACCURACY, C.METRIC_SIMILARITY, C.METRIC_JUDGE, C.METRIC_HUMAN)),

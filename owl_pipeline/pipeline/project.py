@@ -45,6 +45,9 @@ class Project:
         """The step's last run: its metadata, outputs and inputs digest (also DVC's metrics file)."""
         return self.reports / f"{step}.json"
 
+    def lock_path(self, step: str) -> Path:
+        return self.assets / ".locks" / f"{step}.lock"
+
     def lineage_record_path(self, asset: str) -> Path:
         return self.reports / "data_versions" / f"{asset}.json"  # one file per asset: parallel steps never race
 

@@ -1,5 +1,8 @@
 """Run a step, or reuse its last result: a step whose params sections, inputs (the versions of the assets it
-reads and the files outside assets/ it reads) and outputs are as at its last run is not run again."""
+reads and the files outside assets/ it reads) and outputs are as at its last run is not run again.
+
+One run of a step at a time per project: a second ``owl step``/``owl train`` of the same step fails at once
+naming the holder (a lock in ``assets/.locks/``; a stale one from a dead process is taken over)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import lance
 from owl_pipeline import constants as C
 from owl_pipeline.data.ingest import find_shards
 from owl_pipeline.data.synthetic import MANIFEST_FILE
+from owl_pipeline.locks import StepLock
 from owl_pipeline.pipeline.graph import Step, params_of, step
 from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.ranks import is_main_process
@@ -58,6 +62,14 @@ def run_step(name: str, project: Project, tracking=None, log: Log = print, force
     """Run step ``name``; or, unless ``force``, reuse its last result when its inputs and settings are the
     same as then and its outputs still exist (a second `owl run` with nothing changed redoes nothing)."""
     definition = step(name)
+    if not is_main_process():  # the other ranks of a distributed launch train beside rank 0, which holds the lock
+        return _run_or_reuse(definition, project, tracking, log, force)
+    with StepLock(project.lock_path(name), what=f"step {name} of {project.root}", warn=log):
+        return _run_or_reuse(definition, project, tracking, log, force)
+
+
+def _run_or_reuse(definition: Step, project: Project, tracking, log: Log, force: bool) -> StepResult:
+    name = definition.name
     digest = inputs_digest(definition, project)
     record = StepRecord.read(project.record_path(name), warn=log)
     if not force and _reusable(definition, project, record, digest):

@@ -8,6 +8,7 @@ from owl_pipeline.data.instructions import InstructionSource, build_instruction_
 from owl_pipeline.model.processor import AI, HUMAN, Turn, parse_conversation, render_conversation
 
 from ..conftest import SMALL, quiet
+from .test_ingest import picture
 
 
 def sources(root):
@@ -36,7 +37,7 @@ def test_three_formats_become_one_table(corpus, tmp_path):
 
 
 def test_malformed_lines_and_records(tmp_path):
-    (tmp_path / "img.jpg").write_bytes(b"\xff\xd8fake")
+    (tmp_path / "img.jpg").write_bytes(picture())  # a real picture: images are checked to decode
     lines = ['{"image": ["img.jpg"], "text": "Human: <image>\\nHuman: hi\\nAI: hello"}', "{not json", "[1, 2]",
              '{"image": "img.jpg", "text": "Human: <image>\\nHuman: multi\\nline?\\nAI: yes\\nand more"}']
     (tmp_path / "owl.jsonl").write_text("\n".join(lines))
