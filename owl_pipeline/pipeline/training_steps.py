@@ -22,6 +22,7 @@ from owl_pipeline import constants as C
 from owl_pipeline.config import StageConfig
 from owl_pipeline.data.loader import CaptionPairDataset, ConversationDataset
 from owl_pipeline.data.text_corpus import build_text_corpus, tokenizer_texts
+from owl_pipeline.files import atomic_write_json, read_json_or_none
 from owl_pipeline.model.builders import build_model, from_pretrained, processor_config_for, save_pretrained
 from owl_pipeline.model.processor import OwlProcessor
 from owl_pipeline.model.tokenizer import prepare_tokenizer, train_bpe_tokenizer
@@ -90,16 +91,20 @@ def _in_mlflow_run(name: str, project: Project, tracking, inputs: dict[str, Path
 
 
 def _start_fresh_if_changed(output: Path, fingerprint: dict, log: Log) -> None:
-    """Checkpoints in ``output`` from a run with other inputs or settings are discarded, so a resume only ever
-    continues the same run; the fingerprint of this run is recorded."""
+    """Checkpoints in ``output`` from a run with other inputs or settings are moved aside (kept under a dated
+    name, never deleted), so a resume only ever continues the same run; the fingerprint of this run is
+    recorded. Called once everything the run needs is built: a run that cannot start moves nothing."""
     if is_main_process():
         digest = config_hash(fingerprint)
         marker = output / FINGERPRINT_FILE
-        if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") != digest:
-            log(f"{output.name}: inputs or settings changed since the last run; starting over")
-            shutil.rmtree(output / CHECKPOINT_DIR, ignore_errors=True)
-        output.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"fingerprint": digest, **fingerprint}, default=str))
+        known = read_json_or_none(marker, warn=log)
+        checkpoints = output / CHECKPOINT_DIR
+        if checkpoints.is_dir() and (not isinstance(known, dict) or known.get("fingerprint") != digest):
+            aside = output / f"{CHECKPOINT_DIR}.superseded-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            checkpoints.rename(aside)
+            log(f"{output.name}: inputs or settings changed since the last run; starting over "
+                f"(its checkpoints are kept in {aside.name}; delete it when no longer needed)")
+        atomic_write_json(marker, {"fingerprint": digest, **fingerprint})
     wait_for_everyone()
 
 
@@ -196,14 +201,14 @@ def _train_base_llm(project: Project, log: Log, tracker: Tracker | None, run_url
         build_text_corpus(str(project.curated_pairs), str(project.instructions), str(project.text_corpus))
     wait_for_everyone()
     rows = lance.dataset(str(project.text_corpus)).count_rows()
-    _start_fresh_if_changed(project.base_llm, {"data_version": lance.dataset(str(project.text_corpus)).version,
-                                               "base_llm": dataclasses.asdict(settings),
-                                               "model": config.to_dict()}, log)
     tokenizer = train_bpe_tokenizer(tokenizer_texts(str(project.text_corpus)), settings.vocab_size)
     processor = OwlProcessor(tokenizer, processor_config_for(config, train_hflip=_hflip(project)))
     model = build_model(config, processor)
     log(f"base_llm: tokenizer of {len(tokenizer)} tokens; training a {config.name} LLM on {rows} conversations")
     dataset = ConversationDataset(project.text_corpus, processor, train=True, seed=settings.train.seed)
+    _start_fresh_if_changed(project.base_llm, {"data_version": lance.dataset(str(project.text_corpus)).version,
+                                               "base_llm": dataclasses.asdict(settings),
+                                               "model": config.to_dict()}, log)
     result = train_stage(model, processor, C.STAGE_BASE_LLM, dataset, settings.train, project.base_llm,
                          tracker=tracker, log=log)
     metadata = {**_stage_metadata(result, run_url), "vocab_size": len(tokenizer), "text_rows": rows,
@@ -222,13 +227,13 @@ def _train_from(previous: Path, name: str, stage: int, dataset_cls, data: Path, 
         model_dir = pass_through(previous / MODEL_DIR, output / MODEL_DIR)
         return StepResult(name, {"model": str(model_dir)}, {"steps": 0, "passed_through": str(previous / MODEL_DIR)})
     source = previous / MODEL_DIR / C.OWL_CONFIG_FILE
+    model, processor = from_pretrained(previous / MODEL_DIR)
+    train = dataset_cls(data, processor, train=True, seed=config.seed)
+    evaluation = dataset_cls(data, processor, train=False, seed=config.seed) if config.eval_every else None
     _start_fresh_if_changed(output, {"input": str(source), "input_mtime": source.stat().st_mtime_ns,
                                      "data_version": lance.dataset(str(data)).version,
                                      "stage": dataclasses.asdict(config), "model": project.config.model.to_dict()},
                             log)
-    model, processor = from_pretrained(previous / MODEL_DIR)
-    train = dataset_cls(data, processor, train=True, seed=config.seed)
-    evaluation = dataset_cls(data, processor, train=False, seed=config.seed) if config.eval_every else None
     result = train_stage(model, processor, stage, train, config, output, eval_data=evaluation, tracker=tracker,
                          log=log)
     return StepResult(name, {"model": str(result.model_dir)}, _stage_metadata(result, run_url))

@@ -28,7 +28,8 @@ from owl_pipeline.data.loader import LengthGroupedSampler, MixtureSampler, Resum
 from owl_pipeline.model.builders import save_pretrained, set_train_modes, set_trainable
 from owl_pipeline.model.owl import OwlModel
 from owl_pipeline.model.processor import OwlProcessor
-from owl_pipeline.train.checkpoint import TrainerState, list_checkpoints, load_checkpoint, save_checkpoint
+from owl_pipeline.train.checkpoint import (CheckpointDamaged, TrainerState, list_checkpoints, load_checkpoint,
+                                          read_checkpoint, save_checkpoint)
 from owl_pipeline.train.flops import OwlStepFlops, peak_tflops
 from owl_pipeline.train.optim import build_optimizer, build_scheduler
 from owl_pipeline.train.speed import apply_speed_options, restore_dtypes
@@ -116,11 +117,7 @@ class _Trainer:
         self.resumed_from = None
         # Dropout masks: a fresh run follows its seed, a resumed one the RNG state in its checkpoint.
         torch.manual_seed(config.seed)
-        checkpoints = list_checkpoints(output_dir / CHECKPOINT_DIR)
-        if checkpoints:
-            self.state = load_checkpoint(checkpoints[-1], model, optimizer, self.scheduler)
-            self.resumed_from = self.state.step
-            log(f"stage {stage}: resuming from {checkpoints[-1].name}")
+        self._resume(model, optimizer, log)
         self.frozen_dtypes = apply_speed_options(
             model, storage_precision(precision, self.accelerator.distributed_type), compile=config.compile,
             activation_checkpointing=config.activation_checkpointing)
@@ -128,6 +125,19 @@ class _Trainer:
         self.peak_tflops = peak_tflops(self.accelerator.device)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def _resume(self, model: OwlModel, optimizer, log: Callable[[str], None]) -> None:
+        """From the newest intact checkpoint; a damaged one (altered, truncated, not finite) is skipped with a
+        warning naming it, and left where it is for a person to look at."""
+        for checkpoint in reversed(list_checkpoints(self.output_dir / CHECKPOINT_DIR)):
+            try:
+                self.state = load_checkpoint(checkpoint, model, optimizer, self.scheduler)
+            except CheckpointDamaged as damage:
+                log(f"warning: stage {self.stage}: not resuming from damaged checkpoint {checkpoint}: {damage}")
+                continue
+            self.resumed_from = self.state.step
+            log(f"stage {self.stage}: resuming from {checkpoint.name}")
+            return
 
     @property
     def unwrapped(self) -> OwlModel:
@@ -215,8 +225,14 @@ class _Trainer:
         return total / max(count, 1)
 
     def last_checkpoint(self) -> Path | None:
-        checkpoints = list_checkpoints(self.output_dir / CHECKPOINT_DIR)
-        return checkpoints[-1] if checkpoints else None
+        """The newest checkpoint that checks out (hashes, finite weights)."""
+        for checkpoint in reversed(list_checkpoints(self.output_dir / CHECKPOINT_DIR)):
+            try:
+                read_checkpoint(checkpoint)
+            except CheckpointDamaged:
+                continue
+            return checkpoint
+        return None
 
     def save(self) -> None:
         if self.accelerator.is_main_process:
