@@ -479,6 +479,7 @@ class EvaluationConfig:
     """How OwlEval answers are produced and scored (owl_pipeline.eval)."""
 
     max_new_tokens: int = 64
+    max_question_tokens: int = 512  # a longer question is cut to this many tokens (reported as a problem)
     reference_answers: str = "mPLUG_Owl_7b"  # answer/<this>_answer.jsonl: the reference for similarity scoring
     embedding_model: str | None = None  # a sentence-transformers folder; None: all-MiniLM-L6-v2 from its wheel
     judge_model: str | None = None  # a local causal LM (path or hub id) grading A-D; None: no judge
@@ -486,7 +487,8 @@ class EvaluationConfig:
     human_ratings: str | None = None  # a filled rating sheet (CSV) to fold into the report
 
     def __post_init__(self) -> None:
-        _require(self.max_new_tokens > 0 and self.judge_max_new_tokens > 0, "evaluation: token limits must be > 0")
+        _require(min(self.max_new_tokens, self.judge_max_new_tokens, self.max_question_tokens) > 0,
+                 "evaluation: token limits must be > 0")
 
 
 @dataclass
@@ -497,11 +499,17 @@ class RegistryConfig:
     metric: str = "accuracy"  # a score of the evaluation report: accuracy | similarity | judge | human
     tolerance: float = 0.02  # promoted when metric >= champion's metric - tolerance ...
     floor: float = 0.3  # ... and metric >= floor
+    # What the served model accepts (registry/pyfunc_model.py ServingLimits), fixed when it is registered:
+    serve_image_root: str | None = None  # image paths under this folder are accepted; None: base64 images only
+    serve_max_rows: int = 16  # rows per request
+    serve_max_new_tokens: int = 256  # the largest max_new_tokens a request may ask for
 
     def __post_init__(self) -> None:
         _require(self.metric in ("accuracy", "similarity", "judge", "human"),
                  f"registry.metric must be accuracy, similarity, judge or human, not {self.metric!r}")
         _require(self.tolerance >= 0, "registry.tolerance must be >= 0")
+        _require(self.serve_max_rows > 0 and self.serve_max_new_tokens > 0,
+                 "registry.serve_max_rows and serve_max_new_tokens must be > 0")
 
 
 # --- the pipeline ----------------------------------------------------------------------------------------

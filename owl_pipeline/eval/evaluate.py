@@ -47,7 +47,8 @@ def evaluate_answers(eval_set: EvalSet, answers: list[dict], model_id: str, conf
 
 
 def evaluate_model(model_dir: str | Path, owleval_dir: str | Path, folder: Path, config: EvaluationConfig,
-                   model_id: str, log: Callable[[str], None] = print) -> ReportFiles:
+                   model_id: str, log: Callable[[str], None] = print,
+                   max_image_pixels: int = C.DEFAULT_MAX_IMAGE_PIXELS) -> ReportFiles:
     """Answer the OwlEval folder with the model saved in ``model_dir`` (greedy, ``config.max_new_tokens``),
     write the answers in the official format, and score them beside the published ones."""
     from owl_pipeline.model.builders import from_pretrained
@@ -55,7 +56,8 @@ def evaluate_model(model_dir: str | Path, owleval_dir: str | Path, folder: Path,
     model, processor = from_pretrained(model_dir)
     eval_set = load_eval_set(owleval_dir)
     answers = answer_eval_set(model, processor, eval_set, model_id=model_id, max_new_tokens=config.max_new_tokens,
-                              log=log)
+                              log=log, max_question_tokens=config.max_question_tokens,
+                              max_image_pixels=max_image_pixels)
     answers_path = write_answers(answers, Path(folder) / C.OWLEVAL_ANSWERS)
     files = evaluate_answers(eval_set, answers, model_id, config, Path(folder), log=log)
     files.answers = answers_path

@@ -5,8 +5,9 @@
     folder/answer/*.jsonl         {image, question_id, question, answer, model_id}: published or reference answers
 
 Multi-turn questions (category ``multi_turn``) on one image are answered in order, each with the earlier
-turns in the prompt. Problems with the input (a malformed line, a missing image, an unknown ability code) are
-collected and reported; they never stop the run.
+turns in the prompt. Problems with the input (a malformed line, a missing or undecodable image, an image name
+that leaves ``cases/``, a pixel bomb, an unknown ability code, a question cut to ``max_question_tokens``) are
+collected and reported; they never stop the run, and no file outside ``cases/`` is ever read.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from owl_pipeline.constants import DEFAULT_MAX_IMAGE_PIXELS
+from owl_pipeline.data.images import ImageRejected, decode_rgb
 from owl_pipeline.model.owl import OwlModel
 from owl_pipeline.model.processor import OwlProcessor
 
@@ -93,19 +96,48 @@ def _answer_record(question: Question, answer: str, model_id: str) -> dict:
             "answer": answer, "model_id": model_id}
 
 
+def case_image_path(folder: Path, name: str) -> Path | None:
+    """``folder/cases/name`` if it stays inside ``cases/`` (no absolute path, no ``..``, no link out)."""
+    cases = (Path(folder) / "cases").resolve()
+    path = (cases / str(name)).resolve()
+    return path if path.is_relative_to(cases) and path != cases else None
+
+
+def _load_case_image(folder: Path, name: str, max_pixels: int) -> tuple[Image.Image | None, str | None]:
+    """(picture, None), or (None, the problem) for an image that cannot be used."""
+    path = case_image_path(folder, name)
+    if path is None:
+        return None, f"image name {name!r} leaves cases/: refused, its questions get no answer"
+    if not path.is_file():
+        return None, f"image {path} not found: its questions get no answer"
+    try:
+        return decode_rgb(path.read_bytes(), max_pixels), None
+    except ImageRejected as rejected:
+        return None, f"image {path} cannot be used ({rejected}): its questions get no answer"
+
+
+def _capped_question(processor: OwlProcessor, question: Question, max_tokens: int, problems: list[str]) -> str:
+    text, cut = processor.cap_tokens(question.question, max_tokens)
+    if cut:
+        problems.append(f"question {question.question_id} is longer than {max_tokens} tokens: cut to them")
+    return text
+
+
 @torch.no_grad()
 def answer_eval_set(model: OwlModel, processor: OwlProcessor, eval_set: EvalSet, model_id: str,
-                    max_new_tokens: int = 512, batch_size: int = 32, log: Callable[[str], None] = print) -> list[dict]:
-    """Greedy answers in the official answer format, in question order. A question whose image is missing
+                    max_new_tokens: int = 512, batch_size: int = 32, log: Callable[[str], None] = print,
+                    max_question_tokens: int = 512, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> list[dict]:
+    """Greedy answers in the official answer format, in question order. A question whose image cannot be used
     gets an empty answer and a problem line; generation batches the first turns of all dialogues."""
     model.eval()
     images: dict[str, Image.Image | None] = {}
     for question in eval_set.questions:
         if question.image not in images:
-            path = eval_set.folder / "cases" / question.image
-            images[question.image] = Image.open(path).convert("RGB") if path.is_file() else None
-            if images[question.image] is None:
-                eval_set.problems.append(f"image {path} not found: its questions get no answer")
+            images[question.image], problem = _load_case_image(eval_set.folder, question.image, max_image_pixels)
+            if problem:
+                eval_set.problems.append(problem)
+    texts = {q.question_id: _capped_question(processor, q, max_question_tokens, eval_set.problems)
+             for q in eval_set.questions}
     answers: dict[int, str] = {}
     groups = [g for g in dialogues(eval_set.questions) if images[g[0].image] is not None]
     started = time.perf_counter()
@@ -116,8 +148,9 @@ def answer_eval_set(model: OwlModel, processor: OwlProcessor, eval_set: EvalSet,
             break
         for start in range(0, len(pending), batch_size):
             chunk = pending[start:start + batch_size]
-            prompts = [processor.encode_prompt(g[turn].question, [images[g[turn].image]],
-                                               history=[(q.question, answers[q.question_id]) for q in g[:turn]])
+            prompts = [processor.encode_prompt(texts[g[turn].question_id], [images[g[turn].image]],
+                                               history=[(texts[q.question_id], answers[q.question_id])
+                                                        for q in g[:turn]])
                        for g in chunk]
             batch = processor.collate(prompts, padding_side="left")
             batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}

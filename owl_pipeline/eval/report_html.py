@@ -9,10 +9,10 @@ import html
 import io
 from pathlib import Path
 
-from PIL import Image
 
 from owl_pipeline.constants import SCORE_METRICS as METRICS
-from owl_pipeline.eval.owleval import ABILITIES
+from owl_pipeline.data.images import ImageRejected, decode_rgb
+from owl_pipeline.eval.owleval import ABILITIES, case_image_path
 
 _STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
@@ -28,11 +28,13 @@ img.case { max-width: 200px; }
 def _thumbnail(path: Path, size: int = 256) -> str:
     if not path.is_file():
         return '<span class="problem">image missing</span>'
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        image.thumbnail((size, size))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=80)
+    try:
+        image = decode_rgb(path.read_bytes())
+    except ImageRejected:
+        return '<span class="problem">image not usable</span>'
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
     return f'<img class="case" alt="{html.escape(path.name)}" src="data:image/jpeg;base64,' \
            f'{base64.b64encode(buffer.getvalue()).decode()}">'
 
@@ -109,7 +111,9 @@ def render_html(report: dict, cases: Path) -> str:
     rows = []
     for row in report["rows"]:
         if row["image"] not in thumbnails:
-            thumbnails[row["image"]] = _thumbnail(cases / row["image"])
+            path = case_image_path(cases.parent, row["image"])  # never a file outside cases/
+            thumbnails[row["image"]] = _thumbnail(path) if path else '<span class="problem">refused name</span>'
+
         truth = f"<br><b>expected:</b> {html.escape(row['ground_truth'])}" if row.get("ground_truth") else ""
         rows.append(f'<tr class="question-row" id="q{row["question_id"]}"><td>{row["question_id"]}</td>'
                     f"<td>{thumbnails[row['image']]}</td><td>{', '.join(row['ability'])}</td>"

@@ -248,6 +248,15 @@ class OwlProcessor:
         kept_images = ids[:cut].count(self.image_token_id) // self.config.num_image_tokens
         return ids[:cut], is_target[:cut], pixels[:kept_images]
 
+    def cap_tokens(self, text: str, max_tokens: int) -> tuple[str, bool]:
+        """``text`` cut after its first ``max_tokens`` tokens, and whether it was cut. Only a window of the
+        text is tokenized, so a 10 MB question costs what a short one does."""
+        window = text[:max_tokens * 32]  # no token of any tokenizer here spans 32 characters
+        offsets = self.tokenizer(window, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        if len(offsets) <= max_tokens and len(window) == len(text):
+            return text, False
+        return window[:offsets[min(max_tokens, len(offsets)) - 1][1]] if offsets else "", True
+
     # --- batching and decoding ------------------------------------------------------------------------
     def collate(self, samples: list[EncodedSample], padding_side: str = "right") -> dict[str, torch.Tensor]:
         """Pad to the longest sample. Right padding for training, left padding for batched generation."""

@@ -22,7 +22,8 @@ def owleval_report(project: Project, log: Log = print, tracking=None) -> StepRes
     from owl_pipeline.eval.report import headline
 
     files = evaluate_model(project.stage2 / MODEL_DIR, project.owleval_dir(), project.owleval,
-                           project.config.evaluation, f"owl-{project.config.model.name}", log=log)
+                           project.config.evaluation, f"owl-{project.config.model.name}", log=log,
+                           max_image_pixels=project.config.max_image_pixels)
     metadata: dict[str, Any] = {"questions": files.report["questions"], **headline(files.report),
                                 "problems": files.report["problems"]}
     log("owleval: " + ", ".join(f"{k} {v:.3f}" for k, v in metadata.items() if isinstance(v, float)))
@@ -48,6 +49,7 @@ def _parent_runs(project: Project) -> dict[str, str]:
 def registered_model(project: Project, log: Log = print, tracking=None) -> StepResult:
     """Register the stage-2 model in the MLflow registry: alias ``candidate``, ``champion`` if the gate passes."""
     from owl_pipeline.eval.report import our_scores
+    from owl_pipeline.registry.pyfunc_model import ServingLimits
     from owl_pipeline.registry.registration import register_model
 
     if tracking is None:
@@ -58,8 +60,12 @@ def registered_model(project: Project, log: Log = print, tracking=None) -> StepR
     scores = {k: v for k, v in our_scores(report).items() if v is not None}
     tags = {**lineage_tags(project, {"curated_pairs": project.curated_pairs, "instructions": project.instructions}),
             **_parent_runs(project), "eval_set": report["eval_set"]}
+    limits = ServingLimits(image_root=settings.serve_image_root, max_image_pixels=project.config.max_image_pixels,
+                           max_rows=settings.serve_max_rows, max_new_tokens=settings.serve_max_new_tokens,
+                           max_question_tokens=project.config.evaluation.max_question_tokens)
     registration = register_model(tracking, project.stage2 / MODEL_DIR, settings.model_name, scores,
-                                  settings.metric, settings.tolerance, settings.floor, tags=tags, log=log)
+                                  settings.metric, settings.tolerance, settings.floor, tags=tags, log=log,
+                                  limits=limits)
     metadata = {REGISTERED: True, "model_uri": registration.model_uri, "version": registration.version,
                 "aliases": ["candidate", "champion"] if registration.promoted else ["candidate"],
                 "promoted": registration.promoted, "gate_reason": registration.reason,

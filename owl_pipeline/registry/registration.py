@@ -61,8 +61,10 @@ def _example_image() -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def save_pyfunc(model_dir: Path, out: Path, max_new_tokens: int = 64) -> Path:
-    """The Owl folder as an MLflow pyfunc (models from code) in ``out``, with signature and input example."""
+def save_pyfunc(model_dir: Path, out: Path, max_new_tokens: int = 64,
+                limits: pyfunc_model.ServingLimits | None = None) -> Path:
+    """The Owl folder as an MLflow pyfunc (models from code) in ``out``, with signature, input example and the
+    limits of what it accepts when served (pyfunc_model.ServingLimits; the default: base64 images only)."""
     example = pd.DataFrame({"image": [_example_image()], "question": ["What color is the picture?"],
                             "history": ["[]"]})
     inferred = infer_signature(example, ["an answer"], params={pyfunc_model.MAX_NEW_TOKENS_PARAM: max_new_tokens})
@@ -73,6 +75,7 @@ def save_pyfunc(model_dir: Path, out: Path, max_new_tokens: int = 64) -> Path:
     mlflow.pyfunc.save_model(
         path=str(out), python_model=str(Path(pyfunc_model.__file__).resolve()),
         artifacts={pyfunc_model.OWL_ARTIFACT: str(model_dir)}, signature=signature, input_example=example,
+        model_config=(limits or pyfunc_model.ServingLimits()).to_config(),
         code_paths=[str(package)],  # the model carries the owl_pipeline code it runs
         pip_requirements=[f"torch>={_version('torch')}", f"transformers>={_version('transformers')}",
                           f"peft>={_version('peft')}", "pillow", "pandas", f"mlflow>={mlflow.__version__}"])
@@ -114,13 +117,14 @@ def check_registry(tracking: MlflowTracking) -> None:
 
 def register_model(tracking: MlflowTracking, model_dir: Path, name: str, scores: dict[str, float | None],
                    metric: str, tolerance: float, floor: float, tags: dict[str, str] | None = None,
-                   log: Callable[[str], None] = print) -> Registration:
+                   log: Callable[[str], None] = print,
+                   limits: pyfunc_model.ServingLimits | None = None) -> Registration:
     """Log ``model_dir`` as a pyfunc in a new run, register it as a new version of ``name``, alias it
     ``candidate``, and ``champion`` if it passes the gate on ``scores[metric]``."""
     check_registry(tracking)
     version_tags = {**(tags or {}), **{SCORE_TAG_PREFIX + k: str(v) for k, v in scores.items()}}
     with tempfile.TemporaryDirectory() as scratch:
-        pyfunc_dir = save_pyfunc(Path(model_dir), Path(scratch) / "model")
+        pyfunc_dir = save_pyfunc(Path(model_dir), Path(scratch) / "model", limits=limits)
         with tracking.run(f"register {name}", tags=version_tags) as run:
             run.log_metrics({k: v for k, v in scores.items() if v is not None}, step=0)
             run.log_artifact(pyfunc_dir, "model")

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def test_champion_loads_and_predicts(registry, monkeypatch):
     uri, _, _ = registry
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@{CHAMPION}")
-    frame = pd.DataFrame({"image": [str(REAL_OWLEVAL / "cases" / "1.jpg"), _image_b64()],
+    frame = pd.DataFrame({"image": [_image_b64(), _image_b64()],  # base64: the default model takes no paths
                           "question": ["What is this?", "And now?"],
                           "history": ["[]", json.dumps([["What is this?", "a phone"]])]})
     answers = model.predict(frame, params={"max_new_tokens": 4})
@@ -147,6 +148,18 @@ def test_mlflow_models_serve_answers_http(registry, tmp_path):
                                          headers={"Content-Type": "application/json"})
         reply = json.loads(urllib.request.urlopen(request, timeout=60).read())
         assert len(reply["predictions"]) == 1 and isinstance(reply["predictions"][0], str)
+        # A file path on the server is refused with one plain message: no traceback, no local paths.
+        body = json.dumps({"dataframe_split": {"columns": ["image", "question"],
+                                               "data": [[str(REAL_OWLEVAL / "cases" / "1.jpg"), "What?"]]}})
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body.encode(),
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        error = json.loads(refused.value.read())
+        # (MLflow's server echoes the request's own data before the message.)
+        assert refused.value.code == 400
+        assert error["message"].endswith("Error: image must be base64-encoded image bytes")
+        assert "stack_trace" not in error and "Traceback" not in json.dumps(error)
     finally:
         if server.poll() is None:
             os.killpg(server.pid, 15)
