@@ -11,6 +11,7 @@ reason a caller counts under.
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -26,6 +27,13 @@ class ImageRejected(ValueError):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+
+
+def _open(data: bytes) -> Image.Image:
+    """Open (read the header only); PIL's own bomb warning is silenced: our cap is checked right after."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data))
 
 
 def _checked(image: Image.Image, max_pixels: int) -> Image.Image:
@@ -49,7 +57,7 @@ def image_size(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, 
     """(width, height) as displayed, after checking the header against ``max_pixels`` and that the bytes
     decode (JPEGs at 1/8 scale: cheap)."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with _open(data) as image:
             _checked(image, max_pixels)
             size = oriented_size(image)
             image.draft("RGB", (max(1, image.size[0] // 8), max(1, image.size[1] // 8)))
@@ -80,7 +88,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """The picture as displayed, 8-bit RGB; ``ImageRejected`` for a pixel bomb or bytes that do not decode."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with _open(data) as image:
             _checked(image, max_pixels)
             image.load()
             return to_rgb(ImageOps.exif_transpose(image))
