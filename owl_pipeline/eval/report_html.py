@@ -1,6 +1,8 @@
-"""The report as one self-contained HTML page: a score table, a per-ability bar chart, and one row per question
-with its picture, our answer and every published model's answer with their scores. Images are embedded as
-small JPEG thumbnails, so the page can be attached to an MLflow run or mailed as one file."""
+"""The report as one self-contained HTML page (templates/report.html.j2): a score table, our accuracy per
+question type, our scores per ability (an ability without questions says so), per-ability bar charts, and one
+row per question with its picture, our answer and every published model's answer with their scores, with a
+switch to show only our wrong answers. Images are embedded as small JPEG thumbnails, so the page can be
+attached to an MLflow run or mailed as one file."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ import html
 import io
 from pathlib import Path
 
+import jinja2
 
+from owl_pipeline import constants as C
 from owl_pipeline.constants import SCORE_METRICS as METRICS
 from owl_pipeline.data.images import ImageRejected, decode_rgb
 from owl_pipeline.eval.owleval import ABILITIES, case_image_path
@@ -22,6 +26,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.ours td { background: #eef6ff; font-weight: 600; }
 img.case { max-width: 200px; }
 .answer { margin: 0 0 6px 0; } .model { color: #555; font-size: 12px; } .problem { color: #a00; }
+#questions.only-wrong tr.question-row:not(.wrong) { display: none; }
 """
 
 
@@ -67,66 +72,72 @@ def ability_chart_png(report: dict, metric: str) -> bytes | None:
     return buffer.getvalue()
 
 
-def _format(value) -> str:
+def _score(value) -> str:
     if value is None:
         return "–"
     if isinstance(value, bool):
         return "✓" if value else "✗"
-    return f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def _score_table(report: dict) -> str:
-    header = "".join(f"<th>{m}</th>" for m in METRICS)
-    rows = []
-    for model in report["models"]:
-        overall = model["scores"].get("all", {})
-        cells = "".join(f'<td class="num">{_format(overall.get(m))}</td>' for m in METRICS)
-        grades = ", ".join(f"{k}:{v}" for k, v in sorted(model["judge_grades"].items())) or "–"
-        rows.append(f'<tr class="{"ours" if model["ours"] else ""}"><td>{html.escape(model["model_id"])}</td>'
-                    f"{cells}<td>{html.escape(grades)}</td></tr>")
-    return f"<table><tr><th>model</th>{header}<th>judge grades</th></tr>{''.join(rows)}</table>"
+def _counts(report: dict, key) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in report["rows"]:
+        for value in key(row):
+            counts[value] = counts.get(value, 0) + 1
+    return counts
 
 
-def _answer_cell(row: dict, report: dict) -> str:
-    parts = []
+def _ours(report: dict) -> dict:
+    return next(m for m in report["models"] if m["ours"])
+
+
+def _by_type(report: dict) -> list[tuple[str, int, float | None]]:
+    """(question type, questions, our accuracy) where the set has types and ground truth."""
+    scores = _ours(report)["scores"]
+    counts = _counts(report, lambda row: [row["question_type"]] if row.get("question_type") else [])
+    return [(kind, count, scores.get(f"type:{kind}", {}).get(C.METRIC_ACCURACY))
+            for kind, count in sorted(counts.items()) if scores.get(f"type:{kind}", {}).get(C.METRIC_ACCURACY)
+            is not None]
+
+
+def _by_ability(report: dict) -> list[tuple[str, str, int, dict]]:
+    """Every ability a-f: (code, name, questions, our scores); an ability without questions has count 0."""
+    scores = _ours(report)["scores"]
+    counts = _counts(report, lambda row: row["ability"])
+    return [(code, name, counts.get(code, 0), scores.get(f"ability:{code}", {})) for code, name in ABILITIES.items()]
+
+
+def _row(row: dict, report: dict, thumbnails: dict[str, str], cases: Path) -> dict:
+    if row["image"] not in thumbnails:
+        path = case_image_path(cases.parent, row["image"])  # never a file outside cases/
+        thumbnails[row["image"]] = _thumbnail(path) if path else '<span class="problem">refused name</span>'
+    answers = []
     for model in report["models"]:
         scored = row["answers"].get(model["model_id"])
-        if scored is None:
-            continue
-        scores = " · ".join(f"{m} {_format(scored.get(m))}" for m in METRICS if scored.get(m) is not None)
-        label = html.escape(model["model_id"]) + (" (ours)" if model["ours"] else "")
-        parts.append(f'<p class="answer"><span class="model">{label}{" — " + scores if scores else ""}</span><br>'
-                     f"{html.escape(scored['answer']) or '<span class=problem>(empty)</span>'}</p>")
-    return "".join(parts)
+        if scored is not None:
+            answers.append({"label": model["model_id"] + (" (ours)" if model["ours"] else ""),
+                            "scores": " · ".join(f"{m} {_score(scored.get(m))}" for m in METRICS
+                                                 if scored.get(m) is not None),
+                            "text": scored["answer"]})
+    ours = row["answers"].get(report["our_model"], {})
+    return {**row, "thumbnail": thumbnails[row["image"]], "answers": answers,
+            "wrong": ours.get(C.METRIC_ACCURACY) is False}
 
 
 def render_html(report: dict, cases: Path) -> str:
-    charts = []
-    for metric in METRICS:
-        png = ability_chart_png(report, metric)
-        if png:
-            charts.append(f"<h3>{metric} per ability</h3><img alt='{metric} per ability' "
-                          f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+    """The page, from templates/report.html.j2 (autoescaped: answers and questions are shown, never run)."""
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("owl_pipeline.eval", "templates"),
+                                     autoescape=True, undefined=jinja2.StrictUndefined)
+    environment.filters["score"] = _score
+    charts = [(metric, base64.b64encode(png).decode()) for metric in METRICS
+              if (png := ability_chart_png(report, metric))]
     thumbnails: dict[str, str] = {}
-    rows = []
-    for row in report["rows"]:
-        if row["image"] not in thumbnails:
-            path = case_image_path(cases.parent, row["image"])  # never a file outside cases/
-            thumbnails[row["image"]] = _thumbnail(path) if path else '<span class="problem">refused name</span>'
-
-        truth = f"<br><b>expected:</b> {html.escape(row['ground_truth'])}" if row.get("ground_truth") else ""
-        rows.append(f'<tr class="question-row" id="q{row["question_id"]}"><td>{row["question_id"]}</td>'
-                    f"<td>{thumbnails[row['image']]}</td><td>{', '.join(row['ability'])}</td>"
-                    f"<td>{html.escape(row['question'])}{truth}</td><td>{_answer_cell(row, report)}</td></tr>")
-    problems = "".join(f"<li class='problem'>{html.escape(p)}</li>" for p in report["problems"]) or "<li>none</li>"
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>OwlEval report: "
-            f"{html.escape(report['our_model'])}</title><style>{_STYLE}</style></head><body>"
-            f"<h1>OwlEval report: {html.escape(report['our_model'])}</h1>"
-            f"<p>{report['questions']} questions from {html.escape(report['eval_set'])}; similarity reference: "
-            f"{html.escape(str(report['similarity_reference']))}; judge: {html.escape(str(report['judge']))}</p>"
-            f"<h2>Scores</h2>{_score_table(report)}{''.join(charts)}"
-            f"<h2>Questions</h2><table id='questions'><tr><th>id</th><th>image</th><th>ability</th><th>question</th>"
-            f"<th>answers</th></tr>{''.join(rows)}</table><h2>Problems</h2><ul>{problems}</ul></body></html>")
+    rows = [_row(row, report, thumbnails, cases) for row in report["rows"]]
+    has_truth = any(row.get("ground_truth") is not None for row in report["rows"])
+    return environment.get_template("report.html.j2").render(
+        report=report, style=_STYLE, metrics=METRICS, charts=charts, rows=rows, by_type=_by_type(report),
+        by_ability=_by_ability(report), wrong_count=sum(r["wrong"] for r in rows) if has_truth else None)
 
 
 def write_report_html(report: dict, cases: Path, path: Path) -> Path:
