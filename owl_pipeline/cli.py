@@ -10,6 +10,25 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads at run time unless the user opts in
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
+def _quiet_libraries() -> None:
+    """No library chatter a user cannot act on: peft's call of a name transformers 5 deprecated, MLflow's
+    database set-up notes, transformers' per-load progress bars."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+    except ImportError:
+        pass
 
 
 def _load_model_config(args):
@@ -86,7 +105,7 @@ def cmd_run(args) -> int:
     project = _project(args)
     started = time.perf_counter()
     result = materialize_pipeline(project.root, Path(args.params) if args.params else None,
-                                  tracking=not args.no_tracking)
+                                  tracking=not args.no_tracking, verbose=args.verbose)
     _print_summary(project, time.perf_counter() - started)
     if not result.success:
         failed = [e.step_key for e in result.all_events if e.is_step_failure]
@@ -200,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the whole pipeline (the embedded default unless params say otherwise)")
     project_args(run)
+    run.add_argument("-v", "--verbose", action="store_true", help="also print Dagster's DEBUG events")
     run.set_defaults(func=cmd_run)
 
     step = sub.add_parser("step", help="run one step of the pipeline (what dvc.yaml's stages call)")
@@ -252,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, ConnectionError) as error:  # ConnectionError: MLflow store unreachable

@@ -1,6 +1,7 @@
 """The whole pipeline at tiny size through the CLI: real Lance, a real MLflow sqlite store, real training."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -108,3 +109,20 @@ def test_a_pretrained_llm_is_loaded_through_the_same_builder(tmp_path, model, to
     for key, value in model.llm.state_dict().items():
         assert torch.equal(value, loaded.llm.state_dict()[key]), key
     assert processor.tokenizer.get_vocab() == tokenizer.get_vocab()
+
+
+def test_owl_run_prints_one_compact_line_per_message_and_no_debug(project, capfd):
+    assert main(["run", "--project", str(project)]) == 0
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and all(re.match(r"^\d\d:\d\d:\d\d \S+\s+\| ", line) for line in lines), lines[:5]
+    assert "DEBUG" not in err and "Telemetry" not in err and "FutureWarning" not in err
+    assert (project / "dagster_home" / "dagster.yaml").is_file()
+
+
+def test_owl_run_is_a_run_of_the_retrain_job(project):
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(project / "dagster_home")) as instance:
+        runs = instance.get_run_records(dg.RunsFilter(job_name="retrain"))
+    assert runs and all(r.dagster_run.tags.get("owl/launched_by") == "owl run" for r in runs)

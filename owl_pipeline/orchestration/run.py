@@ -1,4 +1,5 @@
-"""`owl run`: materialize the whole asset graph in this process, recorded in the project's DAGSTER_HOME."""
+"""`owl run`: the ``retrain`` job (the whole asset graph and its checks) executed in this process and recorded
+in the project's DAGSTER_HOME, so the run shows in `owl ui` under its job, ready to re-execute."""
 
 import os
 from pathlib import Path
@@ -6,17 +7,21 @@ from pathlib import Path
 import dagster as dg
 
 from owl_pipeline.orchestration.assets import ALL_ASSETS
+from owl_pipeline.orchestration.automation import retrain_job
 from owl_pipeline.orchestration.checks import ALL_CHECKS
+from owl_pipeline.orchestration.console import compact_console, prepare_dagster_home
 from owl_pipeline.orchestration.resources import MlflowResource, ProjectResource, TrainingLauncher
 
 
-def materialize_pipeline(project_root: Path, params: Path | None, tracking: bool = True) -> dg.ExecuteInProcessResult:
-    """Every asset and check, in dependency order; the run shows in `owl ui` afterwards."""
-    home = project_root / "dagster_home"
-    home.mkdir(parents=True, exist_ok=True)
-    os.environ["DAGSTER_HOME"] = str(home)
+def materialize_pipeline(project_root: Path, params: Path | None, tracking: bool = True,
+                         verbose: bool = False) -> dg.ExecuteInProcessResult:
+    """Every asset and check, in dependency order, as a run of the ``retrain`` job."""
+    os.environ["DAGSTER_HOME"] = str(prepare_dagster_home(project_root))
     resources = {"project": ProjectResource(root=str(project_root), params=str(params) if params else None),
                  "mlflow": MlflowResource(enabled=tracking), "launcher": TrainingLauncher()}
+    definitions = dg.Definitions(assets=ALL_ASSETS, asset_checks=ALL_CHECKS, jobs=[retrain_job],
+                                 resources=resources, loggers={"console": compact_console})
+    run_config = {"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "INFO"}}}}
     with dg.DagsterInstance.get() as instance:
-        return dg.materialize([*ALL_ASSETS, *ALL_CHECKS], resources=resources, instance=instance,
-                              raise_on_error=False, tags={"owl/launched_by": "owl run"})
+        return definitions.resolve_job_def(retrain_job.name).execute_in_process(
+            instance=instance, run_config=run_config, raise_on_error=False, tags={"owl/launched_by": "owl run"})
