@@ -34,6 +34,9 @@ class CompactFormatter(logging.Formatter):
         meta = getattr(record, "dagster_meta", None) or {}
         step = meta.get("step_key") or ""
         message = meta.get("orig_message") or record.getMessage()
+        event = meta.get("dagster_event")
+        if event is not None and event.is_step_failure and event.step_failure_data.error is not None:
+            message += "\n" + event.step_failure_data.error.to_string().rstrip()  # what failed, and where
         return f"{self.formatTime(record, '%H:%M:%S')} {step:<16} | {message}"
 
 

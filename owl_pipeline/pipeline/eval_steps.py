@@ -46,6 +46,9 @@ def _parent_runs(project: Project) -> dict[str, str]:
     return parents
 
 
+STAGE2_PARENT = f"parent_run.{C.ASSET_STAGE2}"
+
+
 def registered_model(project: Project, log: Log = print, tracking=None) -> StepResult:
     """Register the stage-2 model in the MLflow registry: alias ``candidate``, ``champion`` if the gate passes."""
     from owl_pipeline.eval.report import our_scores
@@ -58,14 +61,15 @@ def registered_model(project: Project, log: Log = print, tracking=None) -> StepR
     settings = project.config.registry
     report = json.loads(project.owleval_report_json.read_text())
     scores = {k: v for k, v in our_scores(report).items() if v is not None}
-    tags = {**lineage_tags(project, {"curated_pairs": project.curated_pairs, "instructions": project.instructions}),
+    tags = {**lineage_tags(project, (C.ASSET_CURATED_PAIRS, C.ASSET_INSTRUCTIONS)),
             **_parent_runs(project), "eval_set": report["eval_set"]}
     limits = ServingLimits(image_root=settings.serve_image_root, max_image_pixels=project.config.max_image_pixels,
                            max_rows=settings.serve_max_rows, max_new_tokens=settings.serve_max_new_tokens,
                            max_question_tokens=project.config.evaluation.max_question_tokens)
+    # Logged into the stage-2 training run and registered from it (a run of its own if stage 2 was untracked).
     registration = register_model(tracking, project.stage2 / MODEL_DIR, settings.model_name, scores,
                                   settings.metric, settings.tolerance, settings.floor, tags=tags, log=log,
-                                  limits=limits)
+                                  limits=limits, run_id=tags.get(STAGE2_PARENT))
     metadata = {REGISTERED: True, "model_uri": registration.model_uri, "version": registration.version,
                 "aliases": ["candidate", "champion"] if registration.promoted else ["candidate"],
                 "promoted": registration.promoted, "gate_reason": registration.reason,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from owl_pipeline.data.versions import data_version
 from owl_pipeline.files import atomic_write_json, read_json_or_none
-from owl_pipeline.pipeline.graph import step
 from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.records import REUSED, StepResult
 
@@ -26,6 +25,8 @@ def recorded_version(project: Project, asset: str, recompute: bool) -> dict:
 def step_lineage(project: Project, result: StepResult) -> tuple[dict, dict[str, dict]]:
     """(version of what the step wrote, {asset read: its version}); the first is empty for a step that
     writes no data (registered_model)."""
+    from owl_pipeline.pipeline.graph import step  # the graph imports the steps, which import this module
+
     paths = project.asset_paths()
     rerun = not result.metadata.get(REUSED, False)
     written = recorded_version(project, result.name, recompute=rerun) if result.name in paths else {}

@@ -26,6 +26,7 @@ from owl_pipeline.files import atomic_write_json, read_json_or_none
 from owl_pipeline.model.builders import build_model, from_pretrained, processor_config_for, save_pretrained
 from owl_pipeline.model.processor import OwlProcessor
 from owl_pipeline.model.tokenizer import prepare_tokenizer, train_bpe_tokenizer
+from owl_pipeline.pipeline.lineage import recorded_version
 from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.ranks import is_main_process, wait_for_everyone
 from owl_pipeline.pipeline.records import MLFLOW_RUN, StepResult
@@ -47,12 +48,24 @@ def git_commit(root: Path) -> str:
         return "unknown"
 
 
-def lineage_tags(project: Project, inputs: dict[str, Path]) -> dict[str, Any]:
-    """Run tags naming the inputs (and their Lance versions), the git commit and the config's hash."""
-    tags = {f"input.{name}.lance_version": lance.dataset(str(path)).version for name, path in inputs.items()
-            if path.suffix == ".lance"}
-    tags.update({f"input.{name}": str(path) for name, path in inputs.items()})
-    return {**tags, "git_commit": git_commit(project.root), "config_hash": config_hash(project.config.to_dict())}
+def lineage_tags(project: Project, inputs: tuple[str, ...]) -> dict[str, Any]:
+    """Run tags naming the input assets (and their Lance versions), the git commit and the config's hash."""
+    paths = project.asset_paths()
+    tags = {f"input.{name}.lance_version": lance.dataset(str(paths[name])).version for name in inputs
+            if paths[name].suffix == ".lance"}
+    tags.update({f"input.{name}": str(paths[name]) for name in inputs})
+    commit = git_commit(project.root)
+    return {**tags, "git_commit": commit, "mlflow.source.git.commit": commit,
+            "config_hash": config_hash(project.config.to_dict())}
+
+
+def dataset_inputs(project: Project, inputs: tuple[str, ...]) -> list:
+    """The input assets as MLflow dataset inputs, their digest the DVC hash recorded when they were written."""
+    from owl_pipeline.registry.tracking import DatasetRef
+
+    paths = project.asset_paths()
+    return [DatasetRef(name, str(recorded_version(project, name, recompute=False).get("dvc_md5")), str(paths[name]))
+            for name in inputs]
 
 
 def _recent_mean(history: list[dict], key: str, digits: int) -> float | None:
@@ -74,15 +87,16 @@ def _stage_metadata(result: StageResult, run_url: str | None) -> dict[str, Any]:
     return metadata if mfu is None else {**metadata, "mfu": mfu}
 
 
-def _in_mlflow_run(name: str, project: Project, tracking, inputs: dict[str, Path],
+def _in_mlflow_run(name: str, project: Project, tracking, inputs: tuple[str, ...],
                    train: Callable[[Tracker | None, str | None], StepResult]) -> StepResult:
-    """``train(tracker, run_url)`` inside an MLflow run with the config as params and lineage tags, the model
-    logged as an artifact; without tracking, just ``train(None, None)``."""
+    """``train(tracker, run_url)`` inside an MLflow run with the config as params, lineage tags and the input
+    datasets, the model folder logged as an artifact; without tracking, just ``train(None, None)``."""
     if tracking is None:
         return train(None, None)
     params = project.config.to_dict()
     started = time.perf_counter()
-    with tracking.run(name, params=params, tags=lineage_tags(project, inputs)) as run:
+    with tracking.run(name, params=params, tags=lineage_tags(project, inputs),
+                      inputs=dataset_inputs(project, inputs)) as run:
         run.log_dict(params, "config.json")
         result = train(run, run.url)
         run.set_tags({"output": result.outputs.get("model", ""), "seconds": round(time.perf_counter() - started, 1)})
@@ -120,7 +134,7 @@ def base_llm(project: Project, log: Log = print, tracking=None) -> StepResult:
     With ``model.llm.pretrained`` set: that LLM and its tokenizer, loaded as they are. Otherwise (the embedded
     default): a tokenizer and a tiny LLM trained here on the corpus text, with the same training loop.
     """
-    inputs = {"curated_pairs": project.curated_pairs, "instructions": project.instructions}
+    inputs = (C.ASSET_CURATED_PAIRS, C.ASSET_INSTRUCTIONS)
     if project.config.model.pretrained_official:
         return _in_mlflow_run(C.ASSET_BASE_LLM, project, tracking, inputs, lambda *_: _official_base(project, log))
     if project.config.model.llm.pretrained:
@@ -246,7 +260,7 @@ def stage1_model(project: Project, log: Log = print, tracking=None) -> StepResul
         log("stage1_model: the released checkpoint is pretrained already; passing it on")
         model_dir = pass_through(project.base_llm / MODEL_DIR, project.stage1 / MODEL_DIR)
         return StepResult(C.ASSET_STAGE1, {"model": str(model_dir)}, {"steps": 0, "passed_through": "official"})
-    return _in_mlflow_run(C.ASSET_STAGE1, project, tracking, {"curated_pairs": project.curated_pairs},
+    return _in_mlflow_run(C.ASSET_STAGE1, project, tracking, (C.ASSET_CURATED_PAIRS,),
                           lambda tracker, url: _train_from(
                               project.base_llm, C.ASSET_STAGE1, C.STAGE_PRETRAIN, CaptionPairDataset,
                               project.curated_pairs, project.config.stage1, project.stage1, project, log, tracker,
@@ -255,7 +269,7 @@ def stage1_model(project: Project, log: Log = print, tracking=None) -> StepResul
 
 def stage2_model(project: Project, log: Log = print, tracking=None) -> StepResult:
     """Stage 2: LoRA on the LLM learns the mixed text-only and multimodal instructions."""
-    return _in_mlflow_run(C.ASSET_STAGE2, project, tracking, {"instructions": project.instructions},
+    return _in_mlflow_run(C.ASSET_STAGE2, project, tracking, (C.ASSET_INSTRUCTIONS,),
                           lambda tracker, url: _train_from(
                               project.stage1, C.ASSET_STAGE2, C.STAGE_INSTRUCT, ConversationDataset,
                               project.instructions, project.config.stage2, project.stage2, project, log, tracker,

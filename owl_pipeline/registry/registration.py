@@ -12,14 +12,17 @@ version was created deletes that version again.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.types import ColSpec, Schema
@@ -61,25 +64,52 @@ def _example_image() -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def save_pyfunc(model_dir: Path, out: Path, max_new_tokens: int = 64,
-                limits: pyfunc_model.ServingLimits | None = None) -> Path:
-    """The Owl folder as an MLflow pyfunc (models from code) in ``out``, with signature, input example and the
-    limits of what it accepts when served (pyfunc_model.ServingLimits; the default: base64 images only)."""
+def _pyfunc_arguments(model_dir: Path, limits: pyfunc_model.ServingLimits | None,
+                      max_new_tokens: int = 64) -> dict:
+    """What saving or logging the Owl folder as a pyfunc (models from code) takes: signature, input example,
+    and the limits of what it accepts when served (pyfunc_model.ServingLimits; default: base64 images only)."""
     example = pd.DataFrame({"image": [_example_image()], "question": ["What color is the picture?"],
                             "history": ["[]"]})
     inferred = infer_signature(example, ["an answer"], params={pyfunc_model.MAX_NEW_TOKENS_PARAM: max_new_tokens})
     inputs = Schema([ColSpec("string", "image"), ColSpec("string", "question"),
                      ColSpec("string", "history", required=False)])  # history only for follow-up turns
-    signature = ModelSignature(inputs=inputs, outputs=inferred.outputs, params=inferred.params)
     package = Path(pyfunc_model.__file__).resolve().parents[1]
-    mlflow.pyfunc.save_model(
-        path=str(out), python_model=str(Path(pyfunc_model.__file__).resolve()),
-        artifacts={pyfunc_model.OWL_ARTIFACT: str(model_dir)}, signature=signature, input_example=example,
-        model_config=(limits or pyfunc_model.ServingLimits()).to_config(),
-        code_paths=[str(package)],  # the model carries the owl_pipeline code it runs
-        pip_requirements=[f"torch>={_version('torch')}", f"transformers>={_version('transformers')}",
-                          f"peft>={_version('peft')}", "pillow", "pandas", f"mlflow>={mlflow.__version__}"])
+    return dict(python_model=str(Path(pyfunc_model.__file__).resolve()),
+                artifacts={pyfunc_model.OWL_ARTIFACT: str(model_dir)},
+                signature=ModelSignature(inputs=inputs, outputs=inferred.outputs, params=inferred.params),
+                input_example=example, model_config=(limits or pyfunc_model.ServingLimits()).to_config(),
+                code_paths=[str(package)],  # the model carries the owl_pipeline code it runs
+                pip_requirements=[f"torch>={_version('torch')}", f"transformers>={_version('transformers')}",
+                                  f"peft>={_version('peft')}", "pillow", "pandas", f"mlflow>={mlflow.__version__}"])
+
+
+def save_pyfunc(model_dir: Path, out: Path, max_new_tokens: int = 64,
+                limits: pyfunc_model.ServingLimits | None = None) -> Path:
+    """The Owl folder as an MLflow pyfunc in ``out`` (see _pyfunc_arguments)."""
+    mlflow.pyfunc.save_model(path=str(out), **_pyfunc_arguments(Path(model_dir), limits, max_new_tokens))
     return out
+
+
+@contextlib.contextmanager
+def _fluent_api_on(tracking: MlflowTracking) -> Iterator[None]:
+    """MLflow's fluent API (which logging a LoggedModel needs) pointed at ``tracking``'s store for a while;
+    then exactly as before (unset stays unset, so later clients still default to their own URIs)."""
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    previous = tracking_utils._tracking_uri
+    mlflow.set_tracking_uri(tracking.tracking_uri)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri = previous
+
+
+def log_model_in_run(tracking: MlflowTracking, run_id: str, model_dir: Path,
+                     limits: pyfunc_model.ServingLimits | None) -> tuple[str, str]:
+    """The pyfunc logged into the (training) run ``run_id`` as an MLflow LoggedModel: (its models:/ URI, id)."""
+    with _fluent_api_on(tracking), mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(name="model", **_pyfunc_arguments(Path(model_dir), limits))
+    return info.model_uri, info.model_id
 
 
 def _version(package: str) -> str:
@@ -117,12 +147,21 @@ def check_registry(tracking: MlflowTracking) -> None:
 
 def register_model(tracking: MlflowTracking, model_dir: Path, name: str, scores: dict[str, float | None],
                    metric: str, tolerance: float, floor: float, tags: dict[str, str] | None = None,
-                   log: Callable[[str], None] = print,
-                   limits: pyfunc_model.ServingLimits | None = None) -> Registration:
-    """Log ``model_dir`` as a pyfunc in a new run, register it as a new version of ``name``, alias it
-    ``candidate``, and ``champion`` if it passes the gate on ``scores[metric]``."""
+                   log: Callable[[str], None] = print, limits: pyfunc_model.ServingLimits | None = None,
+                   run_id: str | None = None) -> Registration:
+    """Register ``model_dir`` as a new version of ``name``, alias it ``candidate``, and ``champion`` if it
+    passes the gate on ``scores[metric]``. With ``run_id`` (the training run that made it), the model is logged
+    into that run as a LoggedModel with the scores as its metrics and registered from it, so the registry
+    links back to the run's params, metrics and datasets; without, a run of its own holds it."""
     check_registry(tracking)
     version_tags = {**(tags or {}), **{SCORE_TAG_PREFIX + k: str(v) for k, v in scores.items()}}
+    if run_id is not None:
+        with _fluent_api_on(tracking):  # the store resolves a models:/ source through MLflow's global URI
+            source, model_id = log_model_in_run(tracking, run_id, Path(model_dir), limits)
+            tracking.client.log_batch(run_id, metrics=[Metric(f"{SCORE_TAG_PREFIX}{k}", float(v), _now_ms(), 0)
+                                                       for k, v in scores.items() if v is not None])
+            return _create_version(tracking, name, source, run_id, version_tags, scores.get(metric), metric,
+                                   tolerance, floor, log, model_id=model_id)
     with tempfile.TemporaryDirectory() as scratch:
         pyfunc_dir = save_pyfunc(Path(model_dir), Path(scratch) / "model", limits=limits)
         with tracking.run(f"register {name}", tags=version_tags) as run:
@@ -133,16 +172,20 @@ def register_model(tracking: MlflowTracking, model_dir: Path, name: str, scores:
                                    tolerance, floor, log)
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def _create_version(tracking: MlflowTracking, name: str, source: str, run_id: str, tags: dict[str, str],
                     score: float | None, metric: str, tolerance: float, floor: float,
-                    log: Callable[[str], None]) -> Registration:
+                    log: Callable[[str], None], model_id: str | None = None) -> Registration:
     client = tracking.client
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="mPLUG-Owl-style model trained by owl-pipeline")
     champion_score, champion_version = _champion_score(tracking, name, metric)
-    version = client.create_model_version(name, source, run_id=run_id, tags=tags)
+    version = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id)
     try:
         decision = gate(score, champion_score, tolerance, floor)
         client.set_registered_model_alias(name, CANDIDATE, version.version)

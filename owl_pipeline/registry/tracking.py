@@ -2,6 +2,9 @@
 
 Local default: a sqlite store in ``mlruns/mlflow.db`` with artifacts under ``mlruns/artifacts``; any tracking
 URI (a server) works the same. A run is a ``Tracker`` for the training loop; metrics are sent in batches.
+As MLflow's users expect: the experiment is marked as model development (the UI's ML view, not GenAI), runs
+carry the source tags ``mlflow.start_run`` would set, and each run records the datasets it read as inputs
+(name, digest = the DVC hash, source path), so the UI's Datasets column and lineage are filled.
 """
 
 from __future__ import annotations
@@ -10,16 +13,21 @@ import contextlib
 import json
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
 
 DEFAULT_EXPERIMENT = "owl-pipeline"
+EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
 _PARAM_VALUE_LIMIT = 500  # MLflow's limit on a param value's length
 
 
@@ -48,6 +56,22 @@ def system_tags() -> dict[str, str]:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"
     return {"system.python": platform.python_version(), "system.torch": torch.__version__,
             "system.device": device, "system.host": platform.node()}
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A dataset a run read: its name, a digest of its content (the DVC hash) and where it lives."""
+
+    name: str
+    digest: str
+    source: str
+    context: str = "training"
+
+    def as_input(self) -> DatasetInput:
+        # MLflow's source type for a local folder ("local"), built from its JSON form without guessing.
+        source = get_dataset_source_from_json(json.dumps({"uri": str(self.source)}), source_type="local")
+        dataset = MetaDataset(source, name=self.name, digest=self.digest[:36])
+        return DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", self.context)])
 
 
 class MlflowRun:
@@ -103,26 +127,32 @@ class MlflowTracking:
         try:
             found = self.client.get_experiment_by_name(experiment)
             self.experiment_id = found.experiment_id if found else self.client.create_experiment(
-                experiment, artifact_location=artifact_root.resolve().as_uri() if artifact_root else None)
+                experiment, artifact_location=artifact_root.resolve().as_uri() if artifact_root else None,
+                tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT})
+            if found and EXPERIMENT_KIND_TAG not in found.tags:
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
         except (MlflowException, OSError) as error:
             raise TrackingUnavailableError(f"cannot reach the MLflow tracking store {tracking_uri}: {error}") from error
 
     @contextlib.contextmanager
-    def run(self, name: str, params: dict[str, Any] | None = None,
-            tags: dict[str, Any] | None = None) -> Iterator[MlflowRun]:
-        """A run that ends FINISHED, or FAILED if the body raises."""
-        info = self.client.create_run(self.experiment_id, run_name=name,
-                                      tags={k: str(v) for k, v in {**system_tags(), **(tags or {})}.items()})
+    def run(self, name: str, params: dict[str, Any] | None = None, tags: dict[str, Any] | None = None,
+            inputs: Sequence[DatasetRef] = ()) -> Iterator[MlflowRun]:
+        """A run that ends FINISHED; FAILED if the body raises, KILLED if it was interrupted (Ctrl-C, SIGTERM)."""
+        run_tags = resolve_tags({k: str(v) for k, v in {**system_tags(), **(tags or {})}.items()})
+        info = self.client.create_run(self.experiment_id, run_name=name, tags=run_tags)
         run = MlflowRun(self.client, info.info.run_id, self.experiment_id, self.ui_url)
         try:
             if params:
                 run.log_params(params)
+            if inputs:
+                self.client.log_inputs(run.run_id, datasets=[ref.as_input() for ref in inputs])
             yield run
             run.flush()
             self.client.set_terminated(run.run_id, "FINISHED")
-        except BaseException:
+        except BaseException as error:
             run.flush()
-            self.client.set_terminated(run.run_id, "FAILED")
+            interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
+            self.client.set_terminated(run.run_id, "KILLED" if interrupted else "FAILED")
             raise
 
 
