@@ -10,19 +10,26 @@ import dagster as dg
 from owl_pipeline.orchestration.metadata import materialization
 from owl_pipeline.pipeline.graph import STEPS, Step
 from owl_pipeline.pipeline.project import Project
-from owl_pipeline.pipeline.records import StepResult
+from owl_pipeline.pipeline.records import REUSED, StepResult
 from owl_pipeline.pipeline.runner import run_step
+
+def _table_schema(value: dict) -> dg.MetadataValue:
+    return dg.MetadataValue.table_schema(dg.TableSchema(
+        columns=[dg.TableColumn(column["name"], column["type"]) for column in value["columns"]]))
+
 
 _METADATA_VALUE = {"text": dg.MetadataValue.text, "int": dg.MetadataValue.int, "float": dg.MetadataValue.float,
                    "url": dg.MetadataValue.url, "json": dg.MetadataValue.json, "path": dg.MetadataValue.path,
-                   "md": dg.MetadataValue.md}
+                   "md": dg.MetadataValue.md, "table_schema": _table_schema}
 
 
 def materialized(project: Project, result: StepResult) -> dg.MaterializeResult:
-    """What the Dagster UI shows for a step: its figures, tables and plots, and the versions it read and wrote."""
+    """What the Dagster UI shows for a step: its figures, tables and plots, and the versions it read and wrote.
+    A reused step (nothing recomputed) keeps its data version and is tagged ``owl/reused``."""
     entries, version = materialization(project, result)
     return dg.MaterializeResult(metadata={key: _METADATA_VALUE[kind](value) for key, (kind, value) in entries.items()},
-                                data_version=dg.DataVersion(version) if version else None)
+                                data_version=dg.DataVersion(version) if version else None,
+                                tags={"owl/reused": "true"} if result.metadata.get(REUSED) else None)
 
 
 def _resources(definition: Step) -> set[str]:

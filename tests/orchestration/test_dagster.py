@@ -50,9 +50,9 @@ def test_the_whole_graph_materializes_with_ui_metadata(materialized):
               for e in [e.event_specific_data.materialization]}
     assert set(events) == set(steps.PIPELINE_ORDER)
     curated = events["curated_pairs"].metadata
-    assert curated["rows_out"].value > 100 and "removed_per_rule" in curated
+    assert curated["rows_out"].value > 100 and "rows removed per rule" in curated
     assert events["stage1_model"].metadata["mlflow_run"].value.startswith("http://127.0.0.1:5000/#/experiments/")
-    assert "accuracy_table" in events["owleval_report"].metadata
+    assert "accuracy per question type" in events["owleval_report"].metadata
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks == {"curated_pairs_ready": True, "instruction_data_ready": True, "owleval_scored": True}
 
@@ -133,3 +133,33 @@ def test_training_through_dagster_pipes_under_accelerate_launch(tmp_path, capfd)
     assert event.tags["dagster/data_version"] == event.metadata["written_dvc_md5"].value
     log = "".join(capfd.readouterr())
     assert "accelerate.commands.launch --cpu" in log and "external process successfully opened dagster pipes" in log
+
+
+def test_metadata_reads_well_in_the_ui(materialized):
+    import lance
+
+    root, result = materialized
+    events = {e.asset_key.to_user_string(): e.event_specific_data.materialization
+              for e in result.get_asset_materialization_events()}
+    curated = events["curated_pairs"].metadata
+    rows = lance.dataset(str(root / "assets/curated_pairs.lance")).count_rows()
+    assert curated["dagster/row_count"].value == rows == curated["rows_out"].value
+    assert "caption" in {c.name for c in curated["dagster/column_schema"].value.columns}
+    assert "removed" not in curated and "failed" not in curated  # one entry per fact, as tables
+    assert curated["rows failing each rule alone"].value.startswith("| rule | rows |")
+    assert "![filter histograms](data:image/png;base64," in curated["filter histograms"].value
+    assert "![loss curve](data:image/png;base64," in events["stage1_model"].metadata["loss curve"].value
+    owleval = events["owleval_report"].metadata
+    assert "| b: visual understanding |" in owleval["accuracy per ability"].value
+    floats = [v.value for e in events.values() for v in e.metadata.values() if isinstance(v, dg.FloatMetadataValue)]
+    assert floats and all(f == float(f"{f:.4g}") for f in floats)  # four significant digits, for reading
+
+
+def test_a_reused_step_says_so_without_old_timings(materialized):
+    root, _ = materialized
+    again = materialize(root)
+    events = {e.asset_key.to_user_string(): e.event_specific_data.materialization
+              for e in again.get_asset_materialization_events()}
+    stage1 = events["stage1_model"]
+    assert stage1.tags["owl/reused"] == "true" and stage1.metadata["reused"].value == "True"
+    assert "seconds" not in stage1.metadata and "samples_per_s" not in stage1.metadata
