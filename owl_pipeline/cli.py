@@ -198,7 +198,7 @@ def cmd_convert(args) -> int:
 def cmd_ui(args) -> int:
     from owl_pipeline.ui import serve
 
-    return serve(Path(args.project), args.dagster_port, args.mlflow_port, args.host)
+    return serve(Path(args.project), args.dagster_port, args.mlflow_port, args.host, automations=args.automations)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--dagster-port", type=int, default=3000)
     ui.add_argument("--mlflow-port", type=int, default=5000)
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
+    ui.add_argument("--automations", action="store_true",
+                    help="start the weekly schedule and the data sensors running (default: stopped)")
     ui.set_defaults(func=cmd_ui)
     return parser
 

@@ -22,21 +22,35 @@ def ui_commands(project_root: Path, dagster_port: int, mlflow_port: int, host: s
     }
 
 
-def ui_environment(project_root: Path) -> dict[str, str]:
-    return {**os.environ, "DAGSTER_HOME": str(project_root / "dagster_home"), "OWL_PROJECT_ROOT": str(project_root),
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "DAGSTER_DISABLE_TELEMETRY": "1"}
+def ui_environment(project_root: Path, automations: bool = False) -> dict[str, str]:
+    environment = {**os.environ, "DAGSTER_HOME": str(project_root / "dagster_home"),
+                   "OWL_PROJECT_ROOT": str(project_root), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                   "DAGSTER_DISABLE_TELEMETRY": "1"}
+    if automations:
+        environment["OWL_AUTOMATIONS"] = "on"
+    return environment
+
+
+def automations_banner(environment: dict[str, str]) -> str:
+    on = environment.get("OWL_AUTOMATIONS", "off").lower() in ("1", "on", "true", "yes")
+    return ("automations ON: weekly_retrain, new_shards_sensor and curated_growth_sensor run (the daemon is up)"
+            if on else "automations OFF: the schedule and sensors are stopped; turn them on in the UI "
+                       "(Automation) or start with `owl ui --automations`")
 
 
 def serve(project_root: Path, dagster_port: int = 3000, mlflow_port: int = 5000, host: str = "127.0.0.1",
-          log=print) -> int:
+          log=print, automations: bool = False) -> int:
     """Start both servers and wait; Ctrl-C (or SIGTERM) stops both, each in its own process group."""
+    from owl_pipeline.orchestration.console import prepare_dagster_home
+
     project_root = project_root.resolve()
-    (project_root / "dagster_home").mkdir(exist_ok=True)
+    prepare_dagster_home(project_root)
     (project_root / "mlruns").mkdir(exist_ok=True)
-    env = ui_environment(project_root)
+    env = ui_environment(project_root, automations)
     processes = {name: subprocess.Popen(command, env=env, cwd=project_root, start_new_session=True)
                  for name, command in ui_commands(project_root, dagster_port, mlflow_port, host).items()}
     log(f"Dagster UI: http://{host}:{dagster_port}   MLflow UI: http://{host}:{mlflow_port}   (Ctrl-C stops both)")
+    log(automations_banner(env))
     # Ctrl-C and SIGTERM stop both, even when this process was started with SIGINT ignored (a shell's `&` job)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

@@ -21,7 +21,7 @@ ALLOWED = {
                       "pipeline"},
     "cli": {"config", "constants", "files", "locks", "model", "data", "train", "eval", "registry", "pipeline",
             "orchestration", "ui"},
-    "ui": {"config", "constants", "registry", "pipeline"},
+    "ui": {"config", "constants", "registry", "pipeline", "orchestration"},
 }
 # Third-party packages only some rooms may import.
 RESTRICTED = {"dagster": {"orchestration"}, "dagster_pipes": {"orchestration"}, "mlflow": {"registry"}}

@@ -2,8 +2,14 @@
 
     raw_shards -> raw_pairs -> curated_pairs -> instruction_data -> base_llm -> stage1_model -> stage2_model
     -> owleval_report -> registered_model
+
+A step whose inputs and settings are unchanged reuses its last result; in the UI's Launchpad, run config
+``ops: {<asset>: {config: {force: true}}}`` recomputes it anyway. Each asset's code_version is a hash of its
+step function's source, so Dagster marks it stale when the code that computes it changes.
 """
 
+import hashlib
+import inspect
 
 import dagster as dg
 
@@ -32,6 +38,14 @@ def materialized(project: Project, result: StepResult) -> dg.MaterializeResult:
                                 tags={"owl/reused": "true"} if result.metadata.get(REUSED) else None)
 
 
+class StepRunConfig(dg.Config):
+    force: bool = False  # recompute even when inputs and settings are unchanged since the last run
+
+
+def code_version(definition: Step) -> str:
+    return hashlib.sha256(inspect.getsource(definition.run).encode()).hexdigest()[:12]
+
+
 def _resources(definition: Step) -> set[str]:
     return {"project"} | ({"mlflow"} if definition.tracked else set()) | ({"launcher"} if definition.trains else set())
 
@@ -42,14 +56,16 @@ def asset_for(definition: Step) -> dg.AssetsDefinition:
 
     @dg.asset(name=name, deps=list(definition.reads), group_name=definition.group,
               description=definition.description, compute_kind=definition.compute_kind,
-              required_resource_keys=_resources(definition), pool=definition.pool)
-    def _materialize(context: dg.AssetExecutionContext):
+              required_resource_keys=_resources(definition), pool=definition.pool,
+              code_version=code_version(definition))
+    def _materialize(context: dg.AssetExecutionContext, config: StepRunConfig):
         owl_project = context.resources.project.project()
         if definition.trains and context.resources.launcher.mode == "pipes":
             return context.resources.launcher.launch(context, name, context.resources.project,
-                                                     context.resources.mlflow)
+                                                     context.resources.mlflow, force=config.force)
         tracking = context.resources.mlflow.tracking(owl_project) if definition.tracked else None
-        return materialized(owl_project, run_step(name, owl_project, tracking, log=context.log.info))
+        return materialized(owl_project, run_step(name, owl_project, tracking, log=context.log.info,
+                                                  force=config.force))
 
     return _materialize
 

@@ -3,6 +3,10 @@
 - ``retrain``: the whole graph; on a weekly schedule (``OWL_RETRAIN_CRON`` overrides the cron string).
 - ``ingest_new_shards``: ingestion and filtering; the inbox sensor starts it when shards land in ``inbox/``.
 - the growth sensor starts ``retrain`` once the curated set grew by ``OWL_RETRAIN_MIN_NEW_ROWS`` rows.
+
+The schedule and sensors start stopped (Dagster's default: nothing runs on its own until you say so); turn
+each on in the UI (Automation), or start them all running with ``OWL_AUTOMATIONS=on`` (``owl ui --automations``).
+A Dagster daemon must run for them to fire: ``owl ui`` and ``dagster dev`` start one.
 """
 
 
@@ -22,12 +26,25 @@ ingest_job = dg.define_asset_job("ingest_new_shards",
                                  selection=dg.AssetSelection.assets(C.ASSET_RAW_PAIRS, C.ASSET_CURATED_PAIRS),
                                  description="Ingest and filter the shards, the inbox's included")
 
+def automations_on() -> bool:
+    return os.environ.get("OWL_AUTOMATIONS", "off").lower() in ("1", "on", "true", "yes")
+
+
+def _default_schedule_status() -> dg.DefaultScheduleStatus:
+    return dg.DefaultScheduleStatus.RUNNING if automations_on() else dg.DefaultScheduleStatus.STOPPED
+
+
+def _default_sensor_status() -> dg.DefaultSensorStatus:
+    return dg.DefaultSensorStatus.RUNNING if automations_on() else dg.DefaultSensorStatus.STOPPED
+
+
 weekly_retrain = dg.ScheduleDefinition(name="weekly_retrain", job=retrain_job,
                                        cron_schedule=os.environ.get("OWL_RETRAIN_CRON", "0 3 * * 1"),
-                                       execution_timezone="UTC")
+                                       execution_timezone="UTC", default_status=_default_schedule_status())
 
 
-@dg.sensor(job=ingest_job, minimum_interval_seconds=60, description="New shards in the project's inbox/")
+@dg.sensor(job=ingest_job, minimum_interval_seconds=60, description="New shards in the project's inbox/",
+           default_status=_default_sensor_status())
 def new_shards_sensor(context: dg.SensorEvaluationContext, project: ProjectResource):
     """One run per new set of shard files in ``inbox/``; the cursor remembers the files already seen."""
     inbox = project.project().inbox
@@ -41,7 +58,8 @@ def new_shards_sensor(context: dg.SensorEvaluationContext, project: ProjectResou
 
 
 @dg.sensor(job=retrain_job, minimum_interval_seconds=300,
-           description="Retrain once the curated set grew by OWL_RETRAIN_MIN_NEW_ROWS rows")
+           description="Retrain once the curated set grew by OWL_RETRAIN_MIN_NEW_ROWS rows",
+           default_status=_default_sensor_status())
 def curated_growth_sensor(context: dg.SensorEvaluationContext, project: ProjectResource):
     owl_project = project.project()
     record = StepRecord.read(owl_project.record_path(C.ASSET_CURATED_PAIRS), warn=context.log.warning)

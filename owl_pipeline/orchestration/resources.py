@@ -43,7 +43,7 @@ class TrainingLauncher(dg.ConfigurableResource):
     env: dict[str, str] = {}
 
     def launch(self, context: dg.AssetExecutionContext, name: str, project: ProjectResource,
-               mlflow: MlflowResource) -> dg.MaterializeResult:
+               mlflow: MlflowResource, force: bool = False) -> dg.MaterializeResult:
         if self.mode != "pipes":
             raise ValueError(f"launcher mode {self.mode!r} does not launch subprocesses (use pipes)")
         command = [*self.command, "-m", "owl_pipeline.cli", "step", name, "--project", os.path.abspath(project.root),
@@ -52,6 +52,8 @@ class TrainingLauncher(dg.ConfigurableResource):
             command += ["--params", os.path.abspath(project.params)]
         if not mlflow.enabled:
             command.append("--no-tracking")
+        if force:
+            command.append("--force")
         env = {**self.env, **({"MLFLOW_TRACKING_URI": mlflow.tracking_uri} if mlflow.tracking_uri else {})}
         context.log.info(f"launching: {' '.join(command)}")
         return dg.PipesSubprocessClient(env=env).run(command=command, context=context).get_materialize_result()

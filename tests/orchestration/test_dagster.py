@@ -163,3 +163,34 @@ def test_a_reused_step_says_so_without_old_timings(materialized):
     stage1 = events["stage1_model"]
     assert stage1.tags["owl/reused"] == "true" and stage1.metadata["reused"].value == "True"
     assert "seconds" not in stage1.metadata and "samples_per_s" not in stage1.metadata
+
+
+def test_the_ui_can_force_a_recompute_of_a_reused_step(materialized):
+    root, _ = materialized
+    resources = {"project": ProjectResource(root=str(root)), "mlflow": MlflowResource(),
+                 "launcher": TrainingLauncher()}
+    raw = next(a for a in ALL_ASSETS if a.key.to_user_string() == "raw_shards")
+    with dg.instance_for_test() as instance:
+        reused = dg.materialize([raw], resources=resources, instance=instance)
+        forced = dg.materialize([raw], resources=resources, instance=instance,
+                                run_config={"ops": {"raw_shards": {"config": {"force": True}}}})
+    tags = [r.get_asset_materialization_events()[0].event_specific_data.materialization.tags or {}
+            for r in (reused, forced)]
+    assert tags[0].get("owl/reused") == "true" and "owl/reused" not in tags[1]
+    assert raw.code_versions_by_key[raw.key]  # Dagster sees code changes as staleness
+
+
+def test_automations_start_stopped_unless_turned_on(monkeypatch):
+    import importlib
+
+    from owl_pipeline.orchestration import automation
+
+    assert weekly_retrain.default_status == dg.DefaultScheduleStatus.STOPPED
+    monkeypatch.setenv("OWL_AUTOMATIONS", "on")
+    reloaded = importlib.reload(automation)
+    try:
+        assert reloaded.weekly_retrain.default_status == dg.DefaultScheduleStatus.RUNNING
+        assert reloaded.new_shards_sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    finally:
+        monkeypatch.delenv("OWL_AUTOMATIONS")
+        importlib.reload(automation)
