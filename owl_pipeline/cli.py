@@ -272,9 +272,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_cleanly_on_sigterm() -> None:
+    """SIGTERM (`dvc repro` or a scheduler stopping us) unwinds like Ctrl-C: loader workers end with their
+    loader, the MLflow run is marked KILLED, locks are released."""
+    import signal
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (e.g. called from a test runner's thread)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
+    _stop_cleanly_on_sigterm()
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, ConnectionError) as error:  # ConnectionError: MLflow store unreachable

@@ -59,3 +59,40 @@ def test_an_unreachable_tracking_server_is_a_clear_error(tmp_path, monkeypatch, 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     assert main(["step", "registered_model", "--project", str(tmp_path)]) == 2
     assert "cannot reach the MLflow tracking store" in capsys.readouterr().err
+
+
+def test_sigterm_stops_a_training_step_and_marks_its_mlflow_run_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from owl_pipeline.cli import main
+    from owl_pipeline.registry.tracking import local_tracking_uri
+
+    from .test_pipeline import TINY_PARAMS
+
+    long_training = {**TINY_PARAMS["base_llm"], "train": {**TINY_PARAMS["base_llm"]["train"], "max_steps": 5000}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**TINY_PARAMS, "base_llm": long_training}))
+    for name in ("raw_shards", "raw_pairs", "curated_pairs", "instruction_data"):
+        assert main(["step", name, "--project", str(tmp_path), "--no-tracking"]) == 0
+    step = subprocess.Popen([sys.executable, "-m", "owl_pipeline.cli", "step", "base_llm", "--project", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client, deadline, runs = None, time.time() + 120, []
+    while time.time() < deadline and not runs:
+        time.sleep(1)
+        if (tmp_path / "mlruns/mlflow.db").is_file():
+            client = MlflowClient(local_tracking_uri(tmp_path))
+            experiment = client.get_experiment_by_name("owl-pipeline")
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+    assert runs and runs[0].info.status == "RUNNING", step.stdout.read() if step.poll() is not None else "no run"
+    family = [psutil.Process(step.pid), *psutil.Process(step.pid).children(recursive=True)]
+    step.send_signal(signal.SIGTERM)
+    assert step.wait(timeout=60) != 0
+    assert client.get_run(runs[0].info.run_id).info.status == "KILLED"
+    assert not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not (tmp_path / "assets/.locks/base_llm.lock").exists()

@@ -62,3 +62,50 @@ def test_second_repro_skips_and_a_param_change_reruns_downstream_only(repo):
     output = dvc(path, "repro")
     rerun = {name for name in steps.PIPELINE_ORDER if f"Running stage '{name}'" in output}
     assert rerun == {"stage2_model", "owleval_report", "registered_model"}
+
+
+@pytest.fixture(scope="module")
+def after_owl_run(tmp_path_factory):
+    """A fresh git + DVC repository where `owl run` (not `dvc repro`) made every asset."""
+    from owl_pipeline.cli import main
+
+    repo = tmp_path_factory.mktemp("owl_run_then_repro")
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    config = from_mapping(PipelineConfig, {**TINY_PARAMS, "registry": {"model_name": "after-run", "floor": 0}},
+                          "params")
+    (repo / "params.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(config.to_dict()))))
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    dvc(repo, "init", "-q")
+    dvc(repo, "config", "core.analytics", "false")
+    assert main(["run", "--project", str(repo)]) == 0
+    return repo
+
+
+def test_dvc_repro_right_after_owl_run_runs_nothing_and_deletes_nothing(after_owl_run):
+    repo = after_owl_run
+    model = repo / "assets/stage2_model/model/owl_config.json"
+    before = model.stat().st_mtime_ns
+    output = dvc(repo, "repro")
+    assert "Running stage" not in output, output[-2000:]
+    assert model.stat().st_mtime_ns == before
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert set(lock) == set(steps.PIPELINE_ORDER)
+
+
+def test_a_param_changed_after_owl_run_reruns_the_same_steps_in_both_tools(after_owl_run):
+    from owl_pipeline.pipeline.project import load_project
+    from owl_pipeline.pipeline.runner import inputs_digest
+    from owl_pipeline.pipeline.graph import step
+    from owl_pipeline.pipeline.records import StepRecord
+
+    repo = after_owl_run
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["evaluation"]["max_new_tokens"] = 5
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    project = load_project(repo)
+    stale_for_owl = {name for name in steps.PIPELINE_ORDER
+                     if StepRecord.read(project.record_path(name)).inputs_digest
+                     != inputs_digest(step(name), project)}
+    status = dvc(repo, "status")
+    stale_for_dvc = {name for name in steps.PIPELINE_ORDER if f"{name}:" in status}
+    assert stale_for_owl == stale_for_dvc == {"owleval_report"}  # the rest follows once it reruns

@@ -16,6 +16,7 @@ from owl_pipeline import constants as C
 from owl_pipeline.data.ingest import find_shards
 from owl_pipeline.data.synthetic import MANIFEST_FILE
 from owl_pipeline.locks import StepLock
+from owl_pipeline.pipeline.dvc_sync import record_stage
 from owl_pipeline.pipeline.graph import Step, params_of, step
 from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.ranks import is_main_process
@@ -78,4 +79,5 @@ def _run_or_reuse(definition: Step, project: Project, tracking, log: Log, force:
     result = definition.run(project, log=log, tracking=tracking if definition.tracked else None)
     if is_main_process():
         StepRecord(result.metadata, result.outputs, digest).write(project.record_path(name))
+        record_stage(project.root, name, log)  # dvc.lock agrees: `dvc repro` now skips this stage
     return result
