@@ -1,3 +1,5 @@
+import time
+
 from owl_pipeline.cli import main
 
 
@@ -62,10 +64,10 @@ def test_an_unreachable_tracking_server_is_a_clear_error(tmp_path, monkeypatch, 
 
 
 def test_sigterm_stops_a_training_step_and_marks_its_mlflow_run_killed(tmp_path):
+    import os
     import signal
     import subprocess
     import sys
-    import time
 
     import psutil
     import yaml
@@ -81,18 +83,36 @@ def test_sigterm_stops_a_training_step_and_marks_its_mlflow_run_killed(tmp_path)
     for name in ("raw_shards", "raw_pairs", "curated_pairs", "instruction_data"):
         assert main(["step", name, "--project", str(tmp_path), "--no-tracking"]) == 0
     step = subprocess.Popen([sys.executable, "-m", "owl_pipeline.cli", "step", "base_llm", "--project", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    client, deadline, runs = None, time.time() + 120, []
-    while time.time() < deadline and not runs:
-        time.sleep(1)
-        if (tmp_path / "mlruns/mlflow.db").is_file():
-            client = MlflowClient(local_tracking_uri(tmp_path))
-            experiment = client.get_experiment_by_name("owl-pipeline")
-            runs = client.search_runs([experiment.experiment_id]) if experiment else []
-    assert runs and runs[0].info.status == "RUNNING", step.stdout.read() if step.poll() is not None else "no run"
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    # Open our own MLflow client only once training has started: the step's run exists by then, and a second
+    # process reading the sqlite store while the step still creates its tables can see it half made.
+    output = _lines_until(step, "stage 0 step 1/", timeout_s=300)
+    client = MlflowClient(local_tracking_uri(tmp_path))
+    runs = client.search_runs([client.get_experiment_by_name("owl-pipeline").experiment_id])
+    assert runs and runs[0].info.status == "RUNNING", output
     family = [psutil.Process(step.pid), *psutil.Process(step.pid).children(recursive=True)]
     step.send_signal(signal.SIGTERM)
     assert step.wait(timeout=60) != 0
     assert client.get_run(runs[0].info.run_id).info.status == "KILLED"
     assert not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not (tmp_path / "assets/.locks/base_llm.lock").exists()
+
+
+def _lines_until(process, marker: str, timeout_s: float) -> str:
+    """The output of ``process`` up to the first line containing ``marker``; fails on exit or timeout."""
+    import queue
+    import threading
+
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    seen, deadline = [], time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            seen.append(lines.get(timeout=1))
+        except queue.Empty:
+            assert process.poll() is None, "".join(seen)
+            continue
+        if marker in seen[-1]:
+            return "".join(seen)
+    raise AssertionError(f"no {marker!r} within {timeout_s} s:\n" + "".join(seen))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from owl_pipeline.registry.tracking import MlflowTracking
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 SCORE_TAG_PREFIX = "eval."
+_TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 
 
 class RegistryUnavailableError(ConnectionError):
@@ -93,15 +95,21 @@ def save_pyfunc(model_dir: Path, out: Path, max_new_tokens: int = 64,
 @contextlib.contextmanager
 def _fluent_api_on(tracking: MlflowTracking) -> Iterator[None]:
     """MLflow's fluent API (which logging a LoggedModel needs) pointed at ``tracking``'s store for a while;
-    then exactly as before (unset stays unset, so later clients still default to their own URIs)."""
+    then exactly as before (unset stays unset, so later clients still default to their own URIs). MLflow also
+    exports the URI as MLFLOW_TRACKING_URI, which every later run in this process and every child process
+    (a training launch, `dvc repro`) would inherit: restored too."""
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    previous = tracking_utils._tracking_uri
+    previous, previous_env = tracking_utils._tracking_uri, os.environ.get(_TRACKING_URI_ENV)
     mlflow.set_tracking_uri(tracking.tracking_uri)
     try:
         yield
     finally:
         tracking_utils._tracking_uri = previous
+        if previous_env is None:
+            os.environ.pop(_TRACKING_URI_ENV, None)
+        else:
+            os.environ[_TRACKING_URI_ENV] = previous_env
 
 
 def log_model_in_run(tracking: MlflowTracking, run_id: str, model_dir: Path,

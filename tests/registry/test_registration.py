@@ -175,3 +175,23 @@ def test_unreachable_registry_registers_nothing(tmp_path, two_models, monkeypatc
         register_model(tracking, two_models[1][1], NAME, {"similarity": 1.0}, "similarity", 0.0, 0.0)
     assert MlflowTracking(uri).client.search_registered_models() == []
     assert tracking.client.search_runs([tracking.experiment_id]) == []
+
+
+def test_registering_leaves_the_process_tracking_uri_as_it_was(tmp_path, two_models, monkeypatch):
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; left behind, a later run in this process (or a child
+    # process, e.g. the next training step) would log to this registry's store instead of its project's own.
+    (score, folder), _ = two_models
+    tracking = MlflowTracking(f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=tmp_path / "artifacts")
+    experiment = tracking.client.create_experiment("training")
+
+    def register_from_a_training_run():  # the pipeline's way: the model logged into its run through the fluent API
+        run_id = tracking.client.create_run(experiment).info.run_id
+        register_model(tracking, folder, NAME, {"similarity": score}, "similarity", 0.0, 0.0, tags={}, log=print,
+                       run_id=run_id)
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    register_from_a_training_run()
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
+    register_from_a_training_run()
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///elsewhere.db"
