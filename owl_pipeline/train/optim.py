@@ -1,10 +1,9 @@
-"""AdamW with per-group learning rates, and warmup + cosine to a floor."""
+"""AdamW with per-group learning rates, and warmup + cosine to a floor (transformers' schedule)."""
 
 from __future__ import annotations
 
-import math
-
 import torch
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from owl_pipeline.config import StageConfig
 from owl_pipeline.model.owl import OwlModel
@@ -32,18 +31,8 @@ def build_optimizer(model: OwlModel, config: StageConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused or None)
 
 
-def warmup_cosine(config: StageConfig):
-    """lr multiplier: linear warmup to 1, then cosine down to min_lr / lr at max_steps."""
-    floor = config.min_lr / config.lr if config.lr else 0.0
-
-    def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
 def build_scheduler(optimizer: torch.optim.Optimizer, config: StageConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config))
+    """Linear warmup from 0 over ``warmup_steps``, then cosine down to ``min_lr`` at ``max_steps`` (transformers'
+    schedule, as the HF Trainer's ``cosine_with_min_lr``); every group keeps its ratio to ``lr``."""
+    return get_cosine_with_min_lr_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps,
+                                                       min_lr_rate=config.min_lr / config.lr if config.lr else 0.0)

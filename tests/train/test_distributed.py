@@ -23,7 +23,7 @@ def stage1_history(project: Path) -> list[float]:
 
 
 def test_two_processes_follow_the_single_process_loss_curve(tmp_path):
-    stage1 = {"max_steps": 10, "warmup_steps": 1, "eval_every": 0, "save_every": 10, "log_every": 1, "lr": 0.001,
+    stage1 = {"max_steps": 10, "warmup_steps": 0, "eval_every": 0, "save_every": 10, "log_every": 1, "lr": 0.001,
               "vision_lr_scale": 1.0}
     # A base LLM that has learned the captions, so stage 1 has something to move.
     base_llm = {**TINY_PARAMS["base_llm"], "train": {**TINY_PARAMS["base_llm"]["train"], "max_steps": 40}}

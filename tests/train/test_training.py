@@ -14,7 +14,7 @@ from owl_pipeline.data.loader import CaptionPairDataset
 from owl_pipeline.model.builders import from_pretrained
 from owl_pipeline.train.checkpoint import list_checkpoints
 from owl_pipeline.train.loop import TrainingDivergedError, resolve_num_workers, storage_precision, train_stage
-from owl_pipeline.train.optim import build_optimizer, warmup_cosine
+from owl_pipeline.train.optim import build_optimizer, build_scheduler
 
 from ..conftest import quiet
 
@@ -38,10 +38,17 @@ def snapshot(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_schedule_warms_up_then_decays_to_the_floor():
-    factor = warmup_cosine(StageConfig(max_steps=100, warmup_steps=10, lr=1e-3, min_lr=1e-4))
-    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
-    assert factor(55) == pytest.approx(0.55) and factor(100) == pytest.approx(0.1)
+def test_schedule_warms_up_then_decays_to_the_floor_in_every_group():
+    config = StageConfig(max_steps=100, warmup_steps=10, lr=1e-3, min_lr=1e-4)
+    weights = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    optimizer = torch.optim.AdamW([{"params": weights[:1], "lr": 1e-3}, {"params": weights[1:], "lr": 1e-4}])
+    scheduler, lrs = build_scheduler(optimizer, config), []
+    for _ in range(101):
+        lrs.append(scheduler.get_last_lr())
+        optimizer.step()
+        scheduler.step()
+    assert lrs[5] == pytest.approx([5e-4, 5e-5]) and lrs[10] == pytest.approx([1e-3, 1e-4])
+    assert lrs[55] == pytest.approx([5.5e-4, 5.5e-5]) and lrs[100] == pytest.approx([1e-4, 1e-5])
 
 
 def test_loader_workers_default_to_none_on_cpu_and_up_to_eight_per_gpu_process():
