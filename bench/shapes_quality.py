@@ -1,10 +1,13 @@
 """The quality bar on the embedded default: the whole chain (data, base LLM, stage 1, stage 2) in a fresh
-folder, timed step by step, then greedy answers to the held-out shapes-world questions, scored per type.
+folder, timed step by step, then the three rungs:
 
-    python bench/shapes_quality.py [--params params.yaml] [--set stage1.max_steps=800 ...]
+1. the base LLM answering from the scene's description (text lookup, 400 fresh questions);
+2. after stage 1, the frozen LLM saying held-out captions from the image alone (exact match and per
+   attribute) and a linear probe reading each object's kind, color and column from the abstractor's tokens;
+3. greedy answers to the held-out shapes-world questions, scored per type, beside chance (the most common
+   answer per type in the training conversations) and the models before stage 2.
 
-Prints a table of step times and accuracy per question type beside two baselines: chance (the most common
-answer per type in the training conversations) and the untrained model (the base LLM before stages 1 and 2).
+    python bench/shapes_quality.py [--params params.yaml] [--set stage1.max_steps=800 ...] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -80,12 +83,32 @@ def evaluate(model_dir: Path, eval_set):
     return {"overall": summary["accuracy"], **summary["accuracy_by_type"]}
 
 
+def rung2(model_dir: Path) -> dict[str, float]:
+    from owl_pipeline.eval.image_probe import abstractor_features, caption_accuracy, fresh_scenes, linear_probe
+
+    model, processor = from_pretrained(model_dir)
+    captions = caption_accuracy(model, processor, fresh_scenes(100), image_size=64)
+    train, test = fresh_scenes(400, seed=11), fresh_scenes(200, seed=12)
+    probe = linear_probe(abstractor_features(model, processor, train), train,
+                         abstractor_features(model, processor, test), test)
+    return {**{f"caption_{k}": v for k, v in captions.items()}, **{f"probe_{k}": v for k, v in probe.items()}}
+
+
+def rung1(model_dir: Path) -> dict[str, float]:
+    from owl_pipeline.eval.text_probe import probe_items, text_recall
+
+    model, processor = from_pretrained(model_dir)
+    return text_recall(model.llm, processor, probe_items())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(Path(__file__).resolve().parents[1] / "params.yaml"))
     parser.add_argument("--set", nargs="*", default=[], dest="overrides")
     parser.add_argument("--keep", help="project folder to keep (default: a temporary one); steps whose inputs and "
                         "settings did not change since the last bench in it are reused, e.g. to try stage-2 settings")
+    parser.add_argument("--until", default="stage2_model", choices=("stage1_model", "stage2_model"),
+                        help="stop after this step (stage1_model: print rung 2 only)")
     args = parser.parse_args()
     data = apply_overrides(yaml.safe_load(Path(args.params).read_text()), args.overrides)
     config = from_mapping(PipelineConfig, data, "params")
@@ -93,13 +116,19 @@ def main() -> None:
         project = Project(config, args.keep or folder)
         times = {}
         start = time.perf_counter()
-        for name in (*DATA_STEPS, *TRAINING_STEPS):
+        chain = (*DATA_STEPS, *TRAINING_STEPS)
+        for name in chain[:chain.index(args.until) + 1]:
             began = time.perf_counter()
             run_step(name, project, log=lambda line: print("   ", line, flush=True) if "step" in line else None)
             times[name] = time.perf_counter() - began
         total = time.perf_counter() - start
+        if args.until != "stage2_model":
+            print(f"{args.until} done in {total:.0f} s; rung 2: {rung2(project.stage1 / MODEL_DIR)}")
+            return
         eval_set = load_eval_set(project.owleval_dir())
         references, _ = read_answers(project.owleval_dir() / "answer" / "reference_answer.jsonl")
+        text = rung1(project.base_llm / MODEL_DIR)
+        image = rung2(project.stage1 / MODEL_DIR)
         rows = {"chance": chance_accuracy(project, eval_set, references),
                 "untrained (base LLM)": evaluate(project.base_llm / MODEL_DIR, eval_set),
                 "after stage 1": evaluate(project.stage1 / MODEL_DIR, eval_set),
@@ -109,6 +138,9 @@ def main() -> None:
     for name, seconds in times.items():
         print(f"{name:<20}{seconds:>9.1f}")
     print(f"{'whole chain':<20}{total:>9.1f}")
+    print("\nrung 1, text lookup of the base LLM: " + "  ".join(f"{k} {v:.3f}" for k, v in text.items()))
+    print("rung 2, after stage 1 (captions from the image alone; linear probe on the abstractor's tokens): "
+          + "  ".join(f"{k} {v:.3f}" for k, v in image.items()))
     columns = ["overall", "color", "shape", "count", "position"]
     print(f"\n{'model':<22}" + "".join(f"{c:>10}" for c in columns) + f"   ({len(eval_set.questions)} questions)")
     for name, scores in rows.items():

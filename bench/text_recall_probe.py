@@ -1,83 +1,70 @@
-"""What the base LLM can answer from text alone: the shapes-world questions asked with the scene's description
-where the image would be. Stages 1 and 2 cannot beat this, so it bounds the quality bar from the LLM side.
+"""Rung 1 of the embedded default: what the base LLM answers from a scene's description alone (400 questions,
+one of each type on 100 fresh scenes, greedy, exact match). Stages 1 and 2 cannot beat this.
 
-    python bench/text_recall_probe.py [--set synthetic.num_text_only=8000 base_llm.train.max_steps=1500 ...]
+    python bench/text_recall_probe.py                 # the bundled base LLM (owl_pipeline/bundled/shapes-world-llm)
+    python bench/text_recall_probe.py --model DIR     # any base LLM folder (HF format)
+    python bench/text_recall_probe.py --retrain       # train it again from the seed (owl pretrain-llm), printing
+                                                      # the probe's learning curve against steps
 
-Runs the data steps and the base_llm step in a temporary folder, then greedy answers to 400 questions on 100
-fresh scenes; prints accuracy per question type.
+Prints accuracy per question type, and the in-place lookups (the key word right before its answer).
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
+import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from shapes_quality import apply_overrides  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from owl_pipeline.pipeline.graph import DATA_STEPS  # noqa: E402
-from owl_pipeline.pipeline.project import Project  # noqa: E402
-from owl_pipeline.pipeline.runner import run_step  # noqa: E402
-from owl_pipeline.config import PipelineConfig, from_mapping  # noqa: E402
-from owl_pipeline.data import scenes  # noqa: E402
-from owl_pipeline.model.builders import from_pretrained  # noqa: E402
-from owl_pipeline.model.processor import HUMAN, EncodedSample, Turn, render_conversation  # noqa: E402
-from owl_pipeline.train.loop import MODEL_DIR  # noqa: E402
+from owl_pipeline.config import LLMPretrainConfig  # noqa: E402
+from owl_pipeline.data.scenes import QUESTION_TYPES  # noqa: E402
+from owl_pipeline.eval.text_probe import lookup_in_place, probe_items, text_recall  # noqa: E402
+from owl_pipeline.model.processor import OwlProcessor, ProcessorConfig  # noqa: E402
+from owl_pipeline.pipeline.project import BUNDLED  # noqa: E402
+from owl_pipeline.train.pretrain_llm import MANIFEST_FILE, pretrain_base_llm  # noqa: E402
 
 
-def text_prompt(processor, description: str, question: str) -> EncodedSample:
-    text, _ = render_conversation([Turn(HUMAN, description), Turn(HUMAN, question)])
-    tokenizer = processor.tokenizer
-    ids = tokenizer(text + "\nAI:", add_special_tokens=False)["input_ids"]
-    ids = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
-    return EncodedSample(ids, None, torch.empty(0, 3, processor.config.image_size, processor.config.image_size))
+def table(rows: list[dict]) -> None:
+    columns = [*QUESTION_TYPES, "in_place_shape", "in_place_color", "in_place_position"]
+    print(f"{'step':>6}" + "".join(f"{c:>18}" for c in columns))
+    for row in rows:
+        print(f"{row.get('step', '-'):>6}" + "".join(f"{row.get(c, float('nan')):>18.3f}" for c in columns))
 
 
-@torch.no_grad()
-def probe(model_dir: Path, scenes_count: int = 100, seed: int = 123) -> dict[str, float]:
-    model, processor = from_pretrained(model_dir)
-    model.eval()
-    rng = np.random.default_rng(seed)
-    items = []
-    for _ in range(scenes_count):
-        scene = scenes.random_scene(rng)
-        items += [(scenes.caption(scene), qa) for qa in scenes.questions(scene, rng)]
-    correct = collections.defaultdict(list)
-    for start in range(0, len(items), 50):
-        chunk = items[start:start + 50]
-        batch = processor.collate([text_prompt(processor, d, qa.question) for d, qa in chunk], padding_side="left")
-        for (_, qa), tokens in zip(chunk, model.generate(**batch, max_new_tokens=5)):
-            correct[qa.kind].append(processor.decode(tokens) == qa.answer)
-    return {kind: sum(v) / len(v) for kind, v in correct.items()}
+def probe_folder(folder: Path) -> dict:
+    llm = AutoModelForCausalLM.from_pretrained(folder)
+    processor = OwlProcessor(AutoTokenizer.from_pretrained(folder), ProcessorConfig(image_size=64, num_image_tokens=65))
+    return {**text_recall(llm, processor, probe_items()),
+            **{f"in_place_{k}": v for k, v in lookup_in_place(llm, processor).items()}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=str(Path(__file__).resolve().parents[1] / "params.yaml"))
-    parser.add_argument("--set", nargs="*", default=[], dest="overrides")
+    parser.add_argument("--model", default=str(BUNDLED / "shapes-world-llm"))
+    parser.add_argument("--retrain", action="store_true", help="train from the seed first (about 25 min here)")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    data = apply_overrides(yaml.safe_load(Path(args.params).read_text()), args.overrides)
-    with tempfile.TemporaryDirectory() as folder:
-        project = Project(from_mapping(PipelineConfig, data, "params"), folder)
-        start = time.perf_counter()
-        for name in (*DATA_STEPS, "base_llm"):
-            run_step(name, project, log=lambda *_: None)
-        seconds = time.perf_counter() - start
-        scores = probe(project.base_llm / MODEL_DIR)
-    print(f"overrides: {' '.join(args.overrides) or '(none)'}; data + base LLM in {seconds:.0f} s")
-    print("".join(f"{k:>10}" for k in scenes.QUESTION_TYPES))
-    print("".join(f"{scores[k]:>10.2f}" for k in scenes.QUESTION_TYPES))
+    if args.retrain:
+        with tempfile.TemporaryDirectory() as folder:
+            result = pretrain_base_llm(Path(folder) / "llm", LLMPretrainConfig(seed=args.seed), log=lambda *_: None)
+            print(f"retrained from seed {args.seed} in {result.seconds / 60:.1f} min; the probe against steps:")
+            table(result.curve + [{"step": "final", **probe_folder(result.folder)}])
+        return
+    manifest = json.loads((Path(args.model) / MANIFEST_FILE).read_text()) if (Path(args.model) / MANIFEST_FILE
+                                                                              ).is_file() else {}
+    if manifest.get("curve"):
+        print(f"{args.model}: trained from seed {manifest['seed']} in {manifest['seconds'] / 60:.1f} min; "
+              "its probe against steps:")
+        table(manifest["curve"])
+    print(f"\n{args.model} now (400 fresh questions, 180 in-place lookups per kind):")
+    table([{"step": "now", **probe_folder(Path(args.model))}])
 
 
 if __name__ == "__main__":

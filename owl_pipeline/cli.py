@@ -105,7 +105,7 @@ def cmd_run(args) -> int:
     project = _project(args)
     started = time.perf_counter()
     result = materialize_pipeline(project.root, Path(args.params) if args.params else None,
-                                  tracking=not args.no_tracking, verbose=args.verbose)
+                                  tracking=not args.no_tracking, verbose=args.verbose, force=args.force)
     _print_summary(project, time.perf_counter() - started)
     if not result.success:
         failed = [e.step_key for e in result.all_events if e.is_step_failure]
@@ -195,6 +195,16 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_pretrain_llm(args) -> int:
+    """The embedded default's base LLM, trained from a seed on the lookup curriculum."""
+    from owl_pipeline.config import LLMPretrainConfig
+    from owl_pipeline.train.pretrain_llm import pretrain_base_llm
+
+    result = pretrain_base_llm(args.out, LLMPretrainConfig(seed=args.seed), log=_log)
+    print(f"pretrain-llm: {result.folder} in {result.seconds / 60:.1f} min; text lookup {result.scores}")
+    return 0
+
+
 def cmd_ui(args) -> int:
     from owl_pipeline.ui import serve
 
@@ -260,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("source", help="the checkpoint folder to read")
     convert.add_argument("output", help="the folder to write")
     convert.set_defaults(func=cmd_convert)
+
+    pretrain = sub.add_parser("pretrain-llm", help="train the embedded default's base LLM (shipped as "
+                              "owl_pipeline/bundled/shapes-world-llm) from a seed")
+    pretrain.add_argument("--out", default=str(Path(__file__).resolve().parent / "bundled" / "shapes-world-llm"),
+                          help="the folder to write (default: the bundled one)")
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.set_defaults(func=cmd_pretrain_llm)
 
     ui = sub.add_parser("ui", help="the Dagster UI and the MLflow UI for this project (Ctrl-C stops both)")
     ui.add_argument("--project", default=".")

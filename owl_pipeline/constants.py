@@ -31,6 +31,7 @@ LLM_DIR = "llm"
 ADAPTER_DIR = "adapter"
 PROCESSOR_DIR = "processor"
 PROCESSOR_CONFIG_FILE = "processor_config.json"
+PRETRAIN_MANIFEST_FILE = "owl_manifest.json"  # beside an LLM `owl pretrain-llm` wrote: seed, scores, sha256s
 
 # Asset names: the Dagster asset keys, the DVC stage names and the folders under assets/.
 ASSET_RAW_SHARDS = "raw_shards"

@@ -13,7 +13,7 @@ ALLOWED = {
     "constants": set(), "files": set(), "locks": set(), "config": {"constants"},
     "model": {"config", "constants"},
     "data": {"config", "constants", "files", "locks", "model"},
-    "train": {"config", "constants", "files", "locks", "model", "data"},
+    "train": {"config", "constants", "files", "locks", "model", "data", "eval"},
     "eval": {"config", "constants", "files", "model", "data"},
     "registry": {"config", "constants", "files", "model", "data", "eval"},
     "pipeline": {"config", "constants", "files", "locks", "model", "data", "train", "eval", "registry"},

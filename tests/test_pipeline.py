@@ -150,3 +150,12 @@ def test_mlflow_sees_model_development_with_sources_datasets_and_the_model_from_
     logged = client.get_logged_model(first.source.removeprefix("models:/"))  # the LoggedModel it came from
     assert logged.source_run_id == first.run_id and logged.name == "model"
     assert "eval.accuracy" in trained_by.data.metrics and trained_by.inputs.dataset_inputs
+
+
+def test_owl_run_force_recomputes_every_step(project, capfd):  # last: it adds runs and a model version
+    assert main(["run", "--project", str(project), "--force"]) == 0
+    out = "".join(capfd.readouterr())
+    assert "reusing its result" not in out
+    assert "shapes world: written to" in out and "ingest (full)" in out and "owleval: answered" in out
+    assert all(f"stage {stage}: 4 steps" in out for stage in (0, 1, 2))
+    assert "registered owl-tiny-test version" in out

@@ -63,8 +63,8 @@ class ProcessorConfig:
     image_size: int = 224
     num_image_tokens: int = 65
     max_length: int = 2048
-    train_crop_scale: tuple[float, float] = (0.5, 1.0)
-    train_hflip: bool = True  # turn off where left/right carries meaning (shapes-world positions)
+    train_crop_scale: tuple[float, float] = (0.5, 1.0)  # (1, 1): no crop, where the caption names what a crop
+    train_hflip: bool = True  # could cut out or move; no flip where left/right carries meaning (shapes world)
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
 
@@ -89,7 +89,8 @@ class ImageTransform:
         image = image.convert("RGB")
         if self.train:
             rng = rng if rng is not None else np.random.default_rng()
-            box = self._random_crop_box(image.width, image.height, rng)
+            cropping = tuple(self.crop_scale) != (1.0, 1.0)  # (1, 1): the whole picture, only resized
+            box = self._random_crop_box(image.width, image.height, rng) if cropping else None
             image = image.resize((self.size, self.size), Image.BICUBIC, box=box)
             if self.hflip and rng.random() < 0.5:
                 image = image.transpose(Image.FLIP_LEFT_RIGHT)

@@ -39,6 +39,15 @@ def _instruction_files(project: Project) -> list[Path]:
     return [source.path for source in project.instruction_sources()]
 
 
+def _pretrained_llm_files(project: Project) -> list[Path]:
+    """A local pretrained LLM's manifest or config (a retrained bundled LLM reruns base_llm and what follows)."""
+    name = project.config.model.llm.pretrained
+    if not name:
+        return []
+    folder = Path(project.resolve_pretrained(name))
+    return [folder / C.PRETRAIN_MANIFEST_FILE, folder / "config.json"]
+
+
 STEPS: tuple[Step, ...] = (
     Step(C.ASSET_RAW_SHARDS, data_steps.raw_shards, (), ("raw_shards", "synthetic"), lambda p: p.raw_shards,
          "Shapes world generated, or your img2dataset shards", GROUP_DATA, "lance",
@@ -55,7 +64,7 @@ STEPS: tuple[Step, ...] = (
     Step(C.ASSET_BASE_LLM, training_steps.base_llm, (C.ASSET_CURATED_PAIRS, C.ASSET_INSTRUCTIONS),
          ("model", "base_llm"), lambda p: p.base_llm,
          "The LLM the stages build on (trained here on the embedded default)", GROUP_TRAINING, "pytorch",
-         trains=True, tracked=True, metrics=("final_loss",)),
+         trains=True, tracked=True, metrics=("final_loss",), external=_pretrained_llm_files),
     Step(C.ASSET_STAGE1, training_steps.stage1_model, (C.ASSET_BASE_LLM, C.ASSET_CURATED_PAIRS), ("model", "stage1"),
          lambda p: p.stage1, "Stage 1: vision + abstractor trained, LLM frozen", GROUP_TRAINING, "pytorch",
          trains=True, tracked=True, metrics=("final_loss",)),

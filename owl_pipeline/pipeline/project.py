@@ -9,6 +9,7 @@ from owl_pipeline.config import PipelineConfig
 from owl_pipeline.data.instructions import InstructionSource
 
 PARAMS_FILE = "params.yaml"
+BUNDLED = Path(__file__).resolve().parents[1] / "bundled"  # models that ship with owl-pipeline
 
 
 class Project:
@@ -73,6 +74,16 @@ class Project:
                     InstructionSource("llava", folder / "llava.json"), InstructionSource("owl", folder / "owl.jsonl")]
         return [InstructionSource(f.format, self._path(f.path), self._path(f.image_root) if f.image_root else None)
                 for f in self.config.instructions]
+
+    def resolve_pretrained(self, value: str) -> str:
+        """A pretrained model's name as given in params: an absolute path, a folder relative to the project,
+        one bundled with owl-pipeline (owl_pipeline/bundled/<name>, e.g. shapes-world-llm), else a hub id."""
+        if Path(value).is_absolute():
+            return value
+        for candidate in (self.root / value, BUNDLED / value):
+            if candidate.is_dir():
+                return str(candidate)
+        return value
 
     def owleval_dir(self) -> Path:
         return self._path(self.config.owleval_dir) if self.config.owleval_dir else self.raw_shards / "owleval"

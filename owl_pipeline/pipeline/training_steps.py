@@ -4,6 +4,7 @@ carrying the config as params and lineage tags when tracking is on."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -122,9 +123,11 @@ def _start_fresh_if_changed(output: Path, fingerprint: dict, log: Log) -> None:
     wait_for_everyone()
 
 
-def _hflip(project: Project) -> bool:
-    # Shapes world asks left/right questions: a mirrored picture would change the right answer.
-    return not project.generated
+def _augmentation(project: Project) -> dict:
+    """The processor's train-time picture changes. Shapes-world captions and questions name every object and its
+    column: a crop can cut an object out or shift it to another column, a mirror swaps left and right, and either
+    would make the text wrong."""
+    return dict(train_hflip=False, train_crop_scale=(1.0, 1.0)) if project.generated else {}
 
 
 # --- base LLM -----------------------------------------------------------------------------------------------
@@ -144,18 +147,46 @@ def base_llm(project: Project, log: Log = print, tracking=None) -> StepResult:
 
 
 def _pretrained_base_llm(project: Project) -> StepResult:
+    """The LLM named by ``model.llm.pretrained`` (a folder, a bundled one such as the embedded default's
+    ``shapes-world-llm``, or a hub id), loaded as it is; a folder with a manifest is checked against it."""
     from transformers import AutoTokenizer
 
-    config = project.config.model
+    from owl_pipeline.train.pretrain_llm import MANIFEST_FILE, verify_manifest
+
+    config = copy.deepcopy(project.config.model)
+    config.llm.pretrained = project.resolve_pretrained(config.llm.pretrained)
+    manifest = Path(config.llm.pretrained) / MANIFEST_FILE
+    checked = verify_manifest(manifest.parent) if manifest.is_file() else None
     torch.manual_seed(project.config.base_llm.train.seed)
     processor = OwlProcessor(prepare_tokenizer(AutoTokenizer.from_pretrained(config.llm.pretrained)),
-                             processor_config_for(config, train_hflip=_hflip(project)))
+                             processor_config_for(config, **_augmentation(project)))
     model = build_model(config, processor)
+    model.config.llm = llm_config_of(model.llm.config, config.llm.pretrained)  # its real sizes, in owl_config.json
     if is_main_process():
         save_pretrained(model, processor, project.base_llm / MODEL_DIR)
     wait_for_everyone()
     metadata = {"llm": config.llm.pretrained, "trained_here": False}
+    if checked:
+        metadata.update(manifest_sha256=_sha256_of(manifest), text_lookup=checked.get("text_lookup"),
+                        pretraining_seconds=checked.get("seconds"))
     return StepResult(C.ASSET_BASE_LLM, {"model": str(project.base_llm / MODEL_DIR)}, metadata)
+
+
+def _sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def llm_config_of(hf_config, pretrained: str):
+    """Our LLMConfig describing a loaded HF LLM (its sizes), with where it came from."""
+    from owl_pipeline.config import LLMConfig
+
+    heads = hf_config.num_attention_heads
+    return LLMConfig(pretrained=pretrained, vocab_size=hf_config.vocab_size, hidden_size=hf_config.hidden_size,
+                     num_layers=hf_config.num_hidden_layers, num_heads=heads,
+                     num_kv_heads=getattr(hf_config, "num_key_value_heads", None) or heads,
+                     intermediate_size=hf_config.intermediate_size,
+                     max_position_embeddings=hf_config.max_position_embeddings,
+                     rms_norm_eps=getattr(hf_config, "rms_norm_eps", 1e-6))
 
 
 OFFICIAL_RECORD = "official.json"
@@ -216,7 +247,7 @@ def _train_base_llm(project: Project, log: Log, tracker: Tracker | None, run_url
     wait_for_everyone()
     rows = lance.dataset(str(project.text_corpus)).count_rows()
     tokenizer = train_bpe_tokenizer(tokenizer_texts(str(project.text_corpus)), settings.vocab_size)
-    processor = OwlProcessor(tokenizer, processor_config_for(config, train_hflip=_hflip(project)))
+    processor = OwlProcessor(tokenizer, processor_config_for(config, **_augmentation(project)))
     model = build_model(config, processor)
     log(f"base_llm: tokenizer of {len(tokenizer)} tokens; training a {config.name} LLM on {rows} conversations")
     dataset = ConversationDataset(project.text_corpus, processor, train=True, seed=settings.train.seed)

@@ -136,6 +136,15 @@ def test_flip_can_be_turned_off(noise_image):
     assert len(outputs) == 1
 
 
+def test_crop_scale_one_keeps_the_whole_picture(noise_image):
+    # Shapes world trains so: a crop could cut out an object its caption names, or move it to another column.
+    train = ImageTransform(size=48, train=True, crop_scale=(1.0, 1.0), hflip=False)
+    plain = ImageTransform(size=48, train=False)
+    wide = noise_image.resize((80, 48))
+    for seed in range(4):
+        torch.testing.assert_close(train(wide, np.random.default_rng(seed)), plain(wide))
+
+
 def test_save_and_load(processor, tmp_path, red_image):
     processor.save_pretrained(tmp_path)
     loaded = type(processor).from_pretrained(tmp_path)
