@@ -25,6 +25,7 @@ from owl_pipeline.data.lance_io import write_lance
 from owl_pipeline.data.loader import ConversationDataset
 from owl_pipeline.data.lookup_curriculum import curriculum_rows, tokenizer_texts
 from owl_pipeline.eval.text_probe import lookup_in_place, probe_items, text_recall
+from owl_pipeline.files import atomic_write_json
 from owl_pipeline.model.builders import build_model, processor_config_for
 from owl_pipeline.model.processor import OwlProcessor
 from owl_pipeline.model.tokenizer import train_bpe_tokenizer
@@ -113,5 +114,5 @@ def pretrain_base_llm(output: str | Path, config: LLMPretrainConfig | None = Non
     manifest = {"seed": config.seed, "config": dataclasses.asdict(config), "seconds": round(seconds, 1),
                 "phase_final_losses": losses, "text_lookup": scores, "curve": curve,
                 "sha256": folder_hashes(output)}
-    (output / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    atomic_write_json(output / MANIFEST_FILE, manifest)  # last: a folder without one was never finished
     return PretrainResult(output, seconds, scores, losses, curve)
