@@ -63,8 +63,9 @@ class ProcessorConfig:
     image_size: int = 224
     num_image_tokens: int = 65
     max_length: int = 2048
-    train_crop_scale: tuple[float, float] = (0.5, 1.0)  # (1, 1): no crop, where the caption names what a crop
-    train_hflip: bool = True  # could cut out or move; no flip where left/right carries meaning (shapes world)
+    # (1, 1): no crop, where the text names what a crop could cut out or move (shapes world)
+    train_crop_scale: tuple[float, float] = (0.5, 1.0)
+    train_hflip: bool = True  # turn off where left/right carries meaning (shapes-world positions)
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
 
