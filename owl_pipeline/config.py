@@ -112,6 +112,17 @@ class LLMConfig:
         _require(self.num_heads % self.num_kv_heads == 0,
                  f"llm.num_heads ({self.num_heads}) must be a multiple of llm.num_kv_heads ({self.num_kv_heads})")
 
+    @classmethod
+    def from_hf_dict(cls, text: dict, pretrained: str | None = None) -> LLMConfig:
+        """The sizes of an HF Llama-style config (its ``config.json`` as a dict); KeyError names a missing one."""
+        heads = text["num_attention_heads"]
+        return cls(pretrained=pretrained, vocab_size=text["vocab_size"], hidden_size=text["hidden_size"],
+                   num_layers=text["num_hidden_layers"], num_heads=heads,
+                   num_kv_heads=text.get("num_key_value_heads") or heads, intermediate_size=text["intermediate_size"],
+                   max_position_embeddings=text.get("max_position_embeddings", 2048),
+                   rms_norm_eps=text.get("rms_norm_eps", 1e-6), rope_theta=text.get("rope_theta", 10000.0),
+                   attention_bias=bool(text.get("attention_bias", False)))
+
 
 @dataclass
 class LoraConfig:

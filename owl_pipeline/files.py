@@ -1,14 +1,28 @@
 """Small state files written so that a crash never leaves half of one, and read so that a damaged one never
-stops a run: JSON records (step reports, the ingested-shards record, lineage records)."""
+stops a run: JSON records (step reports, the ingested-shards record, lineage records); and the sha256 of a file."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def update_with_file(digest, path: str | Path) -> None:
+    """Feed ``path``'s bytes to a hashlib ``digest`` in 16 MiB blocks (weights can be larger than memory)."""
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 24), b""):
+            digest.update(block)
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    update_with_file(digest, path)
+    return digest.hexdigest()
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

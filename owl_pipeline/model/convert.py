@@ -103,7 +103,6 @@ def owl_config_from_official(config: dict) -> OwlConfig:
     """Our OwlConfig from an official ``config.json`` (its vision, abstractor and text sections)."""
     try:
         vision, abstractor, text = config["vision_config"], config["visual_abstractor_config"], config["text_config"]
-        heads = text["num_attention_heads"]
         return OwlConfig(
             name=config.get("_name_or_path") or "mplug-owl",
             vision=VisionConfig(image_size=vision["image_size"], patch_size=vision["patch_size"],
@@ -118,12 +117,7 @@ def owl_config_from_official(config: dict) -> OwlConfig:
                                         intermediate_size=abstractor["intermediate_size"],
                                         attention_dropout=abstractor.get("attention_probs_dropout_prob", 0.1),
                                         layer_norm_eps=abstractor.get("layer_norm_eps", 1e-6)),
-            llm=LLMConfig(vocab_size=text["vocab_size"], hidden_size=text["hidden_size"],
-                          num_layers=text["num_hidden_layers"], num_heads=heads,
-                          num_kv_heads=text.get("num_key_value_heads") or heads,
-                          intermediate_size=text["intermediate_size"],
-                          max_position_embeddings=text.get("max_position_embeddings", 2048),
-                          rms_norm_eps=text.get("rms_norm_eps", 1e-6), rope_theta=text.get("rope_theta", 10000.0)),
+            llm=LLMConfig.from_hf_dict(text),
         )
     except KeyError as missing:
         raise ConversionError(f"official config.json lacks {missing}") from None

@@ -20,10 +20,10 @@ import lance
 import torch
 
 from owl_pipeline import constants as C
-from owl_pipeline.config import StageConfig
+from owl_pipeline.config import LLMConfig, StageConfig
 from owl_pipeline.data.loader import CaptionPairDataset, ConversationDataset
 from owl_pipeline.data.text_corpus import build_text_corpus, tokenizer_texts
-from owl_pipeline.files import atomic_write_json, read_json_or_none
+from owl_pipeline.files import atomic_write_json, read_json_or_none, sha256_of, update_with_file
 from owl_pipeline.model.builders import build_model, from_pretrained, processor_config_for, save_pretrained
 from owl_pipeline.model.processor import OwlProcessor
 from owl_pipeline.model.tokenizer import prepare_tokenizer, train_bpe_tokenizer
@@ -161,32 +161,16 @@ def _pretrained_base_llm(project: Project) -> StepResult:
     processor = OwlProcessor(prepare_tokenizer(AutoTokenizer.from_pretrained(config.llm.pretrained)),
                              processor_config_for(config, **_augmentation(project)))
     model = build_model(config, processor)
-    model.config.llm = llm_config_of(model.llm.config, config.llm.pretrained)  # its real sizes, in owl_config.json
+    # its real sizes, in owl_config.json
+    model.config.llm = LLMConfig.from_hf_dict(model.llm.config.to_dict(), config.llm.pretrained)
     if is_main_process():
         save_pretrained(model, processor, project.base_llm / MODEL_DIR)
     wait_for_everyone()
     metadata = {"llm": config.llm.pretrained, "trained_here": False}
     if checked:
-        metadata.update(manifest_sha256=_sha256_of(manifest), text_lookup=checked.get("text_lookup"),
+        metadata.update(manifest_sha256=sha256_of(manifest), text_lookup=checked.get("text_lookup"),
                         pretraining_seconds=checked.get("seconds"))
     return StepResult(C.ASSET_BASE_LLM, {"model": str(project.base_llm / MODEL_DIR)}, metadata)
-
-
-def _sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def llm_config_of(hf_config, pretrained: str):
-    """Our LLMConfig describing a loaded HF LLM (its sizes), with where it came from."""
-    from owl_pipeline.config import LLMConfig
-
-    heads = hf_config.num_attention_heads
-    return LLMConfig(pretrained=pretrained, vocab_size=hf_config.vocab_size, hidden_size=hf_config.hidden_size,
-                     num_layers=hf_config.num_hidden_layers, num_heads=heads,
-                     num_kv_heads=getattr(hf_config, "num_key_value_heads", None) or heads,
-                     intermediate_size=hf_config.intermediate_size,
-                     max_position_embeddings=hf_config.max_position_embeddings,
-                     rms_norm_eps=getattr(hf_config, "rms_norm_eps", 1e-6))
 
 
 OFFICIAL_RECORD = "official.json"
@@ -197,9 +181,7 @@ def content_digest(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(folder)).encode() + b"\0")
-        with open(path, "rb") as stream:
-            for block in iter(lambda: stream.read(1 << 24), b""):
-                digest.update(block)
+        update_with_file(digest, path)
     return digest.hexdigest()
 
 

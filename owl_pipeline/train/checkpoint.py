@@ -17,7 +17,6 @@ to the newest intact checkpoint). Non-finite weights are never written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from owl_pipeline.files import sha256_of
 from owl_pipeline.model.owl import OwlModel
 
 STATE_FILE = "trainer_state.json"
@@ -41,14 +41,6 @@ class CheckpointDamaged(ValueError):
 
 class NonFiniteWeightsError(RuntimeError):
     """The weights about to be saved hold NaN or infinity; nothing was written."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
@@ -96,7 +88,7 @@ def save_checkpoint(folder: Path, model: OwlModel, optimizer: torch.optim.Optimi
         rng.update({f"cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     save_file(rng, str(staging / "rng.safetensors"))
     state.scheduler = scheduler.state_dict()
-    record = {**asdict(state), "files": {name: _sha256(staging / name) for name in TENSOR_FILES}}
+    record = {**asdict(state), "files": {name: sha256_of(staging / name) for name in TENSOR_FILES}}
     (staging / STATE_FILE).write_text(json.dumps(record))
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
@@ -134,7 +126,7 @@ def read_checkpoint(path: Path) -> CheckpointContents:
     tensors = {}
     for name in TENSOR_FILES:
         file = path / name
-        if not file.is_file() or _sha256(file) != hashes.get(name):
+        if not file.is_file() or sha256_of(file) != hashes.get(name):
             raise CheckpointDamaged(f"{file} is missing or was altered after it was written (sha256 differs)")
         try:
             tensors[name] = load_file(str(file))

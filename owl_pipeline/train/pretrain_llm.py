@@ -7,7 +7,6 @@ checks before it loads the folder."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import tempfile
 import time
@@ -25,7 +24,7 @@ from owl_pipeline.data.lance_io import write_lance
 from owl_pipeline.data.loader import ConversationDataset
 from owl_pipeline.data.lookup_curriculum import curriculum_rows, tokenizer_texts
 from owl_pipeline.eval.text_probe import lookup_in_place, probe_items, text_recall
-from owl_pipeline.files import atomic_write_json
+from owl_pipeline.files import atomic_write_json, sha256_of
 from owl_pipeline.model.builders import build_model, processor_config_for
 from owl_pipeline.model.processor import OwlProcessor
 from owl_pipeline.model.tokenizer import train_bpe_tokenizer
@@ -47,12 +46,8 @@ class PretrainResult:
     curve: list[dict] = dataclasses.field(default_factory=list)  # the text-lookup probe against steps
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def folder_hashes(folder: Path) -> dict[str, str]:
-    return {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
+    return {p.name: sha256_of(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
 
 
 def verify_manifest(folder: Path) -> dict:

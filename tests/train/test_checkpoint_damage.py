@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from owl_pipeline.data.loader import CaptionPairDataset
-from owl_pipeline.train.checkpoint import NonFiniteWeightsError, _sha256, list_checkpoints, save_checkpoint
+from owl_pipeline.files import sha256_of
+from owl_pipeline.train.checkpoint import NonFiniteWeightsError, list_checkpoints, save_checkpoint
 from owl_pipeline.train.loop import train_stage
 
 from .test_training import pairs, stage_config  # noqa: F401 - the fixture is used by name
@@ -63,7 +64,7 @@ def test_nan_weights_with_matching_hashes_are_damage_not_a_learning_rate(trained
     weights[name] = torch.full_like(weights[name], float("nan"))
     save_file(weights, str(newest / "trainable.safetensors"))
     state = json.loads((newest / "trainer_state.json").read_text())
-    state["files"]["trainable.safetensors"] = _sha256(newest / "trainable.safetensors")
+    state["files"]["trainable.safetensors"] = sha256_of(newest / "trainable.safetensors")
     (newest / "trainer_state.json").write_text(json.dumps(state))
     result, log = resume(trained)
     assert "NaN or infinity" in log and result.resumed_from_step == 3
