@@ -59,16 +59,28 @@ class OwlModel(nn.Module):
         self.abstractor = abstractor
         self.llm = llm
         self.image_token_id = image_token_id
+        # Set by the training loop when several processes train: a text-only batch then still runs the image
+        # side (at zero weight), so every rank's backward reaches the same parameters and DDP's all-reduce of
+        # the abstractor's gradients neither waits forever nor finds unused parameters.
+        self.image_side_every_step = False
 
     @property
     def num_image_tokens(self) -> int:
         return self.abstractor.num_output_tokens
 
+    def image_side_trains(self) -> bool:
+        return any(p.requires_grad for part in (self.vision, self.abstractor) for p in part.parameters())
+
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, num_image_tokens, D_llm). Without a graph when neither part trains (stage 2)."""
-        image_side_trains = any(p.requires_grad for part in (self.vision, self.abstractor) for p in part.parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and image_side_trains):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.image_side_trains()):
             return self.abstractor(self.vision(pixel_values))
+
+    def _through_image_side(self, embeds: torch.Tensor) -> torch.Tensor:
+        """``embeds`` unchanged, but with the image side's graph (of one blank picture) added at zero weight."""
+        size = self.vision.clip.config.image_size
+        blank = torch.zeros(1, 3, size, size, device=embeds.device)
+        return embeds + 0.0 * self.encode_images(blank).to(embeds.dtype).sum()
 
     def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings with every image placeholder replaced by its image's abstractor output."""
@@ -83,6 +95,8 @@ class OwlModel(nn.Module):
                 f"{self.num_image_tokens} tokens per image = {num_images * self.num_image_tokens}; "
                 "each <image> must be expanded by the processor and have exactly one image")
         if num_images == 0:
+            if self.image_side_every_step and torch.is_grad_enabled() and self.image_side_trains():
+                return self._through_image_side(embeds)
             return embeds
         image_embeds = self.encode_images(pixel_values).to(embeds.dtype)  # (N, T, D)
         return embeds.masked_scatter(is_image.unsqueeze(-1), image_embeds)

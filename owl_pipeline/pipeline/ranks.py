@@ -13,6 +13,10 @@ def is_main_process() -> bool:
 def wait_for_everyone() -> None:
     """A barrier across the processes of a distributed launch; nothing to do in a single process."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
         from accelerate import PartialState
 
-        PartialState().wait_for_everyone()
+        # The first PartialState fixes the process group for the whole process (the training loop's Accelerator
+        # included): without cpu=True on a machine with no GPU it sets up no group at all, and each process
+        # would train alone.
+        PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()

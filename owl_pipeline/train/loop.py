@@ -123,6 +123,7 @@ class _Trainer:
             activation_checkpointing=config.activation_checkpointing)
         self.step_flops = OwlStepFlops(model)
         self.peak_tflops = peak_tflops(self.accelerator.device)
+        model.image_side_every_step = self.accelerator.num_processes > 1  # every rank runs the same graph
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.params = [p for p in model.parameters() if p.requires_grad]
 

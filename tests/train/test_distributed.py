@@ -1,4 +1,4 @@
-"""`accelerate launch --num_processes 2` on CPU (gloo) trains stage 1 like one process does."""
+"""Two processes on CPU (torchrun, gloo) train stage 1 like one process does."""
 
 import json
 import os
@@ -14,12 +14,15 @@ from owl_pipeline.train.checkpoint import list_checkpoints
 
 from ..test_pipeline import TINY_PARAMS
 
-ACCELERATE = str(Path(sys.executable).parent / "accelerate")
+
+
+def stage1_state(project: Path) -> dict:
+    return json.loads((list_checkpoints(project / "assets/stage1_model/checkpoints")[-1] / "trainer_state.json")
+                      .read_text())
 
 
 def stage1_history(project: Path) -> list[float]:
-    state = list_checkpoints(project / "assets/stage1_model/checkpoints")[-1] / "trainer_state.json"
-    return [h["loss"] for h in json.loads(state.read_text())["history"]]
+    return [h["loss"] for h in stage1_state(project)["history"]]
 
 
 def test_two_processes_follow_the_single_process_loss_curve(tmp_path):
@@ -33,16 +36,20 @@ def test_two_processes_follow_the_single_process_loss_curve(tmp_path):
         assert main(["step", step, "--project", str(tmp_path), "--no-tracking"]) == 0
     assert main(["train", "--stage", "1", "--project", str(tmp_path), "--no-tracking"]) == 0
     single = stage1_history(tmp_path)
+    consumed = {key: stage1_state(tmp_path)[key] for key in ("epoch", "position")}
     shutil.rmtree(tmp_path / "assets/stage1_model")
 
     # Two processes of 4 samples each: the same global batch of 8.
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "stage1": {**stage1, "batch_size": 4}}))
+    # torchrun: `accelerate launch --cpu --num_processes 2` starts one process (multi-CPU needs MPI there).
     launched = subprocess.run(
-        [ACCELERATE, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "-m", "owl_pipeline.cli", "train", "--stage", "1", "--project", str(tmp_path)],
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "owl_pipeline.cli", "train",
+         "--stage", "1", "--project", str(tmp_path)],
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert launched.returncode == 0, launched.stderr[-3000:]
     double = stage1_history(tmp_path)
+    # Where the data order stands: 80 samples in, so both processes drew their 4 a step.
+    assert {key: stage1_state(tmp_path)[key] for key in ("epoch", "position")} == consumed
     assert len(double) == len(single) == 10
     start, end = (lambda h: sum(h[:3]) / 3), (lambda h: sum(h[-3:]) / 3)
     assert end(single) < 0.9 * start(single) and end(double) < 0.9 * start(double)
