@@ -567,6 +567,34 @@ class RegistryConfig:
 
 
 # --- the pipeline ----------------------------------------------------------------------------------------
+ENGINE_STEPS = ("raw_pairs", "curated_pairs")  # the data steps that can run on Ray
+ENGINES = ("local", "ray")
+
+
+@dataclass
+class RayConfig:
+    """Where the steps set to ``engine: ray`` (and stages with ``launcher: ray``) find Ray."""
+
+    address: str = ""  # "": start a local Ray with this machine's cores; "auto" or "ray://HOST:10001": a cluster
+    num_cpus: int | None = None  # a local Ray's CPUs; None: every core
+    partitions: int | None = None  # shuffle partitions of the set-wide rules; None: 2 per CPU of the cluster
+    clip_actors: int = 1  # CLIP scoring actors (one model each; one GPU each when the cluster has GPUs)
+    train_workers: int = 2  # Ray Train workers of a stage (launcher: ray), one process each
+    use_gpu: bool = False  # one GPU per training worker
+    max_failures: int = 1  # times a stage restarts its workers after one died (it resumes from its checkpoint)
+
+    def __post_init__(self) -> None:
+        _require(self.num_cpus is None or self.num_cpus > 0, f"ray.num_cpus must be > 0, got {self.num_cpus}")
+        _require(self.train_workers > 0, f"ray.train_workers must be > 0, got {self.train_workers}")
+        _require(self.max_failures >= 0, f"ray.max_failures must be >= 0, got {self.max_failures}")
+        _require(self.partitions is None or self.partitions > 0, "ray.partitions must be > 0")
+        _require(self.clip_actors > 0, f"ray.clip_actors must be > 0, got {self.clip_actors}")
+
+
+def _local_engines() -> dict[str, str]:
+    return {step: "local" for step in ENGINE_STEPS}
+
+
 @dataclass
 class InstructionFile:
     format: str  # alpaca | llava | owl
@@ -596,8 +624,17 @@ class PipelineConfig:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # larger images (by their header) are skipped and counted
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    engine: dict[str, str] = field(default_factory=_local_engines)  # data step -> local | ray
+    launcher: str = "local"  # training stages: local (this process, or torchrun/accelerate) | ray (Ray Train)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
+        _require(self.launcher in ENGINES, f"launcher must be local or ray, got {self.launcher!r}")
+        unknown = set(self.engine) - set(ENGINE_STEPS)
+        _require(not unknown, f"engine: {sorted(unknown)} cannot run on Ray; the steps that can: {list(ENGINE_STEPS)}")
+        bad = {step: engine for step, engine in self.engine.items() if engine not in ENGINES}
+        _require(not bad, f"engine: {bad}; each step's engine is local or ray")
+        self.engine = {**_local_engines(), **self.engine}
         if isinstance(self.model, dict):  # as the YAML spells it: a preset and overrides
             self.model = OwlConfig.from_dict(self.model, base=OwlConfig.from_name("tiny"))
         if self.instructions is not None:

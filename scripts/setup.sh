@@ -30,6 +30,6 @@ echo "setting up $VENV (torch CPU first, then the pinned set) ..."
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 # torch first: any range that admits a newer torch would pull a multi-GB CUDA build.
 quiet_pip torch==2.13.0
-quiet_pip -c requirements/constraints.txt -e ".[pipeline,dev]"
+quiet_pip -c requirements/constraints.txt -e ".[pipeline,ray,dev]"
 echo "$want" > "$STAMP"
 echo "installed into $VENV"

@@ -90,3 +90,14 @@ def raw_pairs(corpus, tmp_path_factory):
     uri = tmp_path_factory.mktemp("lance") / "raw_pairs.lance"
     report = ingest(find_shards(root / "shards"), uri, log=quiet)
     return uri, report
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray for the session (a start costs seconds); the Ray paths reuse it rather than start their own.
+    4 logical CPUs on this 2-core machine: Ray Train's coordinator holds one beside two workers."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()

@@ -23,7 +23,7 @@ import json
 import tarfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -353,21 +353,23 @@ def _known_shards(output: Path, log) -> dict[str, list[int]]:
 
 
 def ingest(shards: list[Path], output: str | Path, log=print, incremental: bool = True,
-           max_pixels: int = DEFAULT_MAX_PIXELS) -> IngestReport:
+           max_pixels: int = DEFAULT_MAX_PIXELS, write_shards: WriteShards | None = None) -> IngestReport:
     """Read ``shards`` and write the normalized Lance dataset at ``output`` as a new version.
 
     Incremental (the default): when every shard the current version was made from is still there unchanged,
     only the new shards are read and appended; otherwise (a shard changed or went away) all are re-read.
     Reading the record, writing and recording are one step under a lock on ``output``: two ingestions of the
-    same new shards append them once."""
+    same new shards append them once. ``write_shards`` reads and writes the shards (default: here, streaming;
+    data/ray_ingest.py: as Ray tasks)."""
     output = Path(output)
     # Waits for another ingestion into the same dataset, then plans again (its shards are then known).
     with StepLock(output.with_name(f".{output.name}.lock"), what=f"ingestion into {output}", warn=log,
                   wait_seconds=INGEST_LOCK_WAIT_SECONDS):
-        return _ingest_locked(shards, output, log, incremental, max_pixels)
+        return _ingest_locked(shards, output, log, incremental, max_pixels, write_shards or _write_shards)
 
 
-def _ingest_locked(shards: list[Path], output: Path, log, incremental: bool, max_pixels: int) -> IngestReport:
+def _ingest_locked(shards: list[Path], output: Path, log, incremental: bool, max_pixels: int,
+                   write_shards: WriteShards) -> IngestReport:
     stats = _shard_stats(shards)
     known = _known_shards(output, log) if incremental else {}
     unchanged = bool(known) and all(stats.get(name) == stat for name, stat in known.items())
@@ -382,7 +384,7 @@ def _ingest_locked(shards: list[Path], output: Path, log, incremental: bool, max
         report.seen_keys = set(lance.dataset(str(output)).to_table(columns=["key"])["key"].to_pylist())
     names = shard_names(shards)
     try:
-        version = _write_shards(todo, names, output, report, append=unchanged, log=log).version
+        version = write_shards(todo, names, output, report, append=unchanged, log=log).version
     except EmptyDatasetError:
         if not unchanged:
             raise
@@ -392,6 +394,18 @@ def _ingest_locked(shards: list[Path], output: Path, log, incremental: bool, max
     return report
 
 
+SHARD_ERRORS = (SchemaError, tarfile.ReadError, OSError)  # a shard that raises one of these is recorded as failed
+WriteShards = Callable[[list[Path], dict[Path, str], Path, IngestReport, bool, Callable], lance.LanceDataset]
+
+
+def read_shard(path: Path, shard: str, report: IngestReport) -> Iterator[pa.RecordBatch]:
+    """One shard's normalized batches; a shard that fails part-way keeps what was read and is recorded."""
+    try:
+        yield from _shard_batches(Path(path), shard, report)
+    except SHARD_ERRORS as error:
+        report.failed_shards[Path(path).name] = str(error)
+
+
 def _write_shards(shards: list[Path], names: dict[Path, str], output: Path, report: IngestReport, append: bool,
                   log) -> lance.LanceDataset:
     start = time.perf_counter()
@@ -399,13 +413,11 @@ def _write_shards(shards: list[Path], names: dict[Path, str], output: Path, repo
     def batches() -> Iterator[pa.RecordBatch]:
         for number, path in enumerate(shards, 1):
             rows_before = report.rows_written
-            try:
-                for batch in _shard_batches(Path(path), names[Path(path)], report):
-                    report.rows_written += batch.num_rows
-                    yield batch
-            except (SchemaError, tarfile.ReadError, OSError) as error:
-                report.failed_shards[Path(path).name] = str(error)
-                log(f"ingest: shard {Path(path).name} failed: {error}")
+            for batch in read_shard(Path(path), names[Path(path)], report):
+                report.rows_written += batch.num_rows
+                yield batch
+            if Path(path).name in report.failed_shards:
+                log(f"ingest: shard {Path(path).name} failed: {report.failed_shards[Path(path).name]}")
             log(f"ingest: shard {number}/{len(shards)} {Path(path).name}: "
                 f"{report.rows_written - rows_before} rows")
 
@@ -413,6 +425,10 @@ def _write_shards(shards: list[Path], names: dict[Path, str], output: Path, repo
     dataset = write_lance(batches(), PAIR_SCHEMA, output, message=f"{verb} {len(shards)} shards", append=append)
     report.lance_version = dataset.version
     report.seconds = time.perf_counter() - start
-    log(f"ingest ({report.mode}): {report.rows_written} rows -> {output} (version {dataset.version}) in "
-        f"{report.seconds:.1f} s; skipped {dict(report.skipped)}")
+    log_written(report, output, log)
     return dataset
+
+
+def log_written(report: IngestReport, output: Path, log) -> None:
+    log(f"ingest ({report.mode}): {report.rows_written} rows -> {output} (version {report.lance_version}) in "
+        f"{report.seconds:.1f} s; skipped {dict(report.skipped)}")

@@ -40,21 +40,39 @@ def shard_files(project: Project) -> list:
     return find_shards(project.shard_folder()) + (find_shards(project.inbox) if project.inbox.is_dir() else [])
 
 
+def on_ray(project: Project, step: str) -> bool:
+    return project.config.engine[step] == "ray"
+
+
 def raw_pairs(project: Project, log: Log = print, tracking=None) -> StepResult:
-    report = ingest(shard_files(project), project.raw_pairs, log=log, max_pixels=project.config.max_image_pixels)
+    write_shards = None
+    if on_ray(project, C.ASSET_RAW_PAIRS):
+        from owl_pipeline.data.ray_ingest import write_shards_ray
+
+        write_shards = write_shards_ray(project.config.ray)
+    report = ingest(shard_files(project), project.raw_pairs, log=log, max_pixels=project.config.max_image_pixels,
+                    write_shards=write_shards)
     metadata = {"rows": lance.dataset(str(project.raw_pairs)).count_rows(), "rows_added": report.rows_written,
                 "mode": report.mode, "shards_read": report.shards,
                 "shards_already_ingested": report.shards_already_ingested, "skipped": dict(report.skipped),
                 "failed_shards": report.failed_shards, "problems": report.problems,
                 "lance_version": report.lance_version,
-                "images_per_s": round(report.rows_written / report.seconds) if report.seconds else None}
+                "images_per_s": round(report.rows_written / report.seconds) if report.seconds else None,
+                "engine": project.config.engine[C.ASSET_RAW_PAIRS]}
     return StepResult(C.ASSET_RAW_PAIRS, {"lance": str(project.raw_pairs)}, metadata)
 
 
 def curated_pairs(project: Project, log: Log = print, tracking=None) -> StepResult:
-    report = filter_pairs(project.raw_pairs, project.curated_pairs, project.config.filters, log=log,
-                          histogram_path=project.filter_histograms)
-    data = {**report.to_dict(), "source_version": lance_version(project.raw_pairs)}
+    if on_ray(project, C.ASSET_CURATED_PAIRS):
+        from owl_pipeline.data.ray_filters import filter_pairs_ray
+
+        report = filter_pairs_ray(project.raw_pairs, project.curated_pairs, project.config.filters,
+                                  project.config.ray, log=log, histogram_path=project.filter_histograms)
+    else:
+        report = filter_pairs(project.raw_pairs, project.curated_pairs, project.config.filters, log=log,
+                              histogram_path=project.filter_histograms)
+    data = {**report.to_dict(), "source_version": lance_version(project.raw_pairs),
+            "engine": project.config.engine[C.ASSET_CURATED_PAIRS]}
     return StepResult(C.ASSET_CURATED_PAIRS, {"lance": str(project.curated_pairs),
                                               "histogram": str(project.filter_histograms)}, data)
 

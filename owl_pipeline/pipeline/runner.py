@@ -76,7 +76,13 @@ def _run_or_reuse(definition: Step, project: Project, tracking, log: Log, force:
     if not force and _reusable(definition, project, record, digest):
         log(f"{name}: inputs and settings unchanged since the last run; reusing its result")
         return record.result(name)
-    result = definition.run(project, log=log, tracking=tracking if definition.tracked else None)
+    tracking = tracking if definition.tracked else None
+    if definition.trains and project.config.launcher == "ray":
+        from owl_pipeline.pipeline.ray_train import train_on_ray
+
+        result = train_on_ray(name, project, tracking, log)
+    else:
+        result = definition.run(project, log=log, tracking=tracking)
     if is_main_process():
         StepRecord(result.metadata, result.outputs, digest).write(project.record_path(name))
         record_stage(project.root, name, log)  # dvc.lock agrees: `dvc repro` now skips this stage

@@ -4,15 +4,12 @@ import lance
 import numpy as np
 import pyarrow as pa
 import pytest
-import torch
-from transformers import CLIPConfig, CLIPModel
 
 from owl_pipeline.config import FilterConfig
 from owl_pipeline.data.filters import (RULES, _dictionary_indices, combine, filter_pairs, first_occurrence,
                                        metadata_masks, occurrence_counts)
 from owl_pipeline.data.image_hash import hamming_distances, near_duplicates
 from owl_pipeline.data.ingest import ingest
-from owl_pipeline.model.tokenizer import train_bpe_tokenizer
 
 from ..conftest import quiet
 from .test_ingest import picture, sample, write_tar
@@ -99,20 +96,6 @@ def test_near_duplicate_banding_finds_what_brute_force_finds():
         earlier_refs = [j for j in range(i) if not expected[j]]
         expected[i] = bool(earlier_refs) and hamming_distances(int(hashes[i]), hashes[earlier_refs]).min() <= 4
     assert found.tolist() == expected.tolist() and found.sum() >= 50
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("clip")
-    tokenizer = train_bpe_tokenizer(["a red circle on the left", "a blue square"] * 20, vocab_size=300)
-    config = CLIPConfig(text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=32),
-                        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                           num_attention_heads=2, image_size=32, patch_size=8), projection_dim=16)
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def test_missing_similarity_is_computed_with_the_configured_clip(tiny_clip, tmp_path):

@@ -1,0 +1,55 @@
+"""Connecting to Ray for the steps that run on it (``engine: ray``): a local Ray started here, or a cluster.
+
+Ray is an optional extra (``pip install owl-pipeline[ray]``); the local engine never imports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from owl_pipeline.config import RayConfig
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("engine: ray needs Ray: pip install 'owl-pipeline[ray]' (ray[data,train], polars, "
+                          "lance-ray)") from None
+    return ray
+
+
+@contextlib.contextmanager
+def ray_session(config: RayConfig, log=print) -> Iterator[object]:
+    """Ray, initialized: the one already running in this process (a test's, a Ray job's), else ``config.address``
+    (empty: a local Ray with ``config.num_cpus`` CPUs, shut down afterwards)."""
+    ray = import_ray()
+    _quiet_data_progress(ray)
+    if ray.is_initialized():
+        yield ray
+        return
+    address = config.address or os.environ.get("RAY_ADDRESS") or None
+    local = address is None
+    options = dict(num_cpus=config.num_cpus, include_dashboard=False) if local else {}
+    ray.init(address=address, log_to_driver=False, logging_level="WARNING", **options)
+    resources = ray.cluster_resources()
+    log(f"ray: {'local' if local else address}, {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
+    try:
+        yield ray
+    finally:
+        if local:
+            ray.shutdown()
+
+
+def _quiet_data_progress(ray) -> None:
+    # Ray Data's progress bars and plan dumps garble the step's own log lines in Dagster's console.
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+
+
+def shuffle_partitions(ray, config: RayConfig) -> int:
+    """Partitions of a shuffle: as configured, else two per CPU of the cluster."""
+    return config.partitions or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
