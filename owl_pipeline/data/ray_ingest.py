@@ -28,11 +28,10 @@ EXISTING = -1  # the shard order of rows already in the dataset (append mode): t
 
 
 def _read_shard_task(path: str, shard: str, order: int, max_pixels: int) -> tuple[pa.Table, IngestReport]:
-    """One shard as a table (plus its order and each row's position in it) and its own report."""
+    """One shard as a table (plus its place in the shard order) and its own report."""
     report = IngestReport(max_pixels=max_pixels)
     table = pa.Table.from_batches(list(read_shard(Path(path), shard, report)), PAIR_SCHEMA)
-    table = table.append_column("shard_order", pa.array(np.full(table.num_rows, order, dtype=np.int64)))
-    return table.append_column("position", pa.array(np.arange(table.num_rows, dtype=np.int64))), report
+    return table.append_column("shard_order", pa.array(np.full(table.num_rows, order, dtype=np.int64))), report
 
 
 def _merge(total: IngestReport, part: IngestReport) -> None:
@@ -61,7 +60,7 @@ def _repeated_keys(ray, rows, output: Path, append: bool, partitions: int) -> di
 def _drop_repeats(batch: pa.Table, first: dict[str, int]) -> pa.Table:
     keys, orders = batch["key"].to_pylist(), batch["shard_order"].to_numpy()
     keep = np.array([first.get(k, order) == order for k, order in zip(keys, orders)], dtype=bool)
-    return batch.filter(pa.array(keep)).drop_columns(["shard_order", "position"])
+    return batch.filter(pa.array(keep)).drop_columns(["shard_order"])
 
 
 def write_shards_ray(ray_config: RayConfig):
@@ -90,8 +89,12 @@ def write_shards_ray(ray_config: RayConfig):
             if report.rows_written == 0:
                 raise EmptyDatasetError(f"no rows to write to {output}: every input was skipped (see the report)")
             mode = "append" if append else ("overwrite" if (output / "_versions").exists() else "create")
-            ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows in shard order
-            lance_ray.write_lance(kept, str(output), schema=PAIR_SCHEMA, mode=mode)
+            options = ray.data.DataContext.get_current().execution_options
+            ordered, options.preserve_order = options.preserve_order, True  # rows in shard order, as locally
+            try:
+                lance_ray.write_lance(kept, str(output), schema=PAIR_SCHEMA, mode=mode)
+            finally:
+                options.preserve_order = ordered
         dataset = lance.dataset(str(output))
         report.lance_version, report.seconds = dataset.version, time.perf_counter() - start
         log_written(report, output, log)

@@ -6,6 +6,7 @@ Ray is an optional extra (``pip install owl-pipeline[ray]``); the local engine n
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 
@@ -33,7 +34,8 @@ def ray_session(config: RayConfig, log=print) -> Iterator[object]:
     address = config.address or os.environ.get("RAY_ADDRESS") or None
     local = address is None
     options = dict(num_cpus=config.num_cpus, include_dashboard=False) if local else {}
-    ray.init(address=address, log_to_driver=False, logging_level="WARNING", **options)
+    # Workers' output (a training stage's progress lines from rank 0) is shown here, prefixed by Ray.
+    ray.init(address=address, log_to_driver=True, logging_level="WARNING", **options)
     resources = ray.cluster_resources()
     log(f"ray: {'local' if local else address}, {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
     try:
@@ -44,7 +46,8 @@ def ray_session(config: RayConfig, log=print) -> Iterator[object]:
 
 
 def _quiet_data_progress(ray) -> None:
-    # Ray Data's progress bars and plan dumps garble the step's own log lines in Dagster's console.
+    # Ray Data's progress bars, plan dumps and per-operator stats garble the step's own log lines in Dagster.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False

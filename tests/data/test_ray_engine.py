@@ -3,6 +3,9 @@ per-rule counts, on shapes world and on a mixed LAION + COYO set with every inje
 logical CPUs, shared by the session)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import lance
 import numpy as np
@@ -140,3 +143,13 @@ def test_the_data_steps_run_on_ray_when_params_say_so(local_ray, tmp_path):
     local = filter_pairs(tmp_path / "assets/raw_pairs.lance", tmp_path / "local.lance", config, log=quiet)
     assert records["curated_pairs"]["rows_out"] == local.counts.rows_out
     assert records["curated_pairs"]["removed"] == local.counts.removed
+
+
+def test_a_step_without_a_ray_starts_a_local_one_and_stops_it(tmp_path):
+    code = ("import ray\nfrom owl_pipeline.config import RayConfig\nfrom owl_pipeline.data.ray_session import "
+            "ray_session\nwith ray_session(RayConfig(num_cpus=1)) as started:\n    assert ray.is_initialized()\n"
+            "    print('cpus', started.cluster_resources()['CPU'])\nprint('after', ray.is_initialized())\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "ray: local, 1 CPUs, 0 GPUs" in done.stdout and "cpus 1.0" in done.stdout and "after False" in done.stdout

@@ -19,10 +19,10 @@ from owl_pipeline.orchestration.resources import MlflowResource, ProjectResource
 from ..test_pipeline import TINY_PARAMS
 
 
-def materialize(root, assets=ALL_ASSETS, launcher=None, **params_overrides):
+def materialize(root, assets=ALL_ASSETS, launch_with=None, **params_overrides):
     (root / "params.yaml").write_text(yaml.safe_dump({**TINY_PARAMS, **params_overrides}))
     resources = {"project": ProjectResource(root=str(root)), "mlflow": MlflowResource(),
-                 "launcher": launcher or TrainingLauncher()}
+                 "launcher": launch_with or TrainingLauncher()}
     keys = {a.key for a in assets}
     checks = [c for c in ALL_CHECKS if c.check_key.asset_key in keys]
     with dg.instance_for_test() as instance:
@@ -123,7 +123,7 @@ def test_training_through_dagster_pipes_under_accelerate_launch(tmp_path, capfd)
             {"raw_shards", "raw_pairs", "curated_pairs", "instruction_data", "base_llm"}]
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    result = materialize(tmp_path, assets=data, launcher=TrainingLauncher(mode="pipes", command=accelerate))
+    result = materialize(tmp_path, assets=data, launch_with=TrainingLauncher(mode="pipes", command=accelerate))
     assert result.success
     event = next(e.event_specific_data.materialization for e in result.get_asset_materialization_events()
                  if e.asset_key.to_user_string() == "base_llm")
@@ -194,3 +194,22 @@ def test_automations_start_stopped_unless_turned_on(monkeypatch):
     finally:
         monkeypatch.delenv("OWL_AUTOMATIONS")
         importlib.reload(automation)
+
+
+def test_data_steps_and_training_on_ray_materialize_with_the_usual_metadata(local_ray, tmp_path):
+    """engine: ray and launcher: ray, from Dagster: the same assets, the same metadata, MLflow from rank 0."""
+    names = {"raw_shards", "raw_pairs", "curated_pairs", "instruction_data", "base_llm"}
+    result = materialize(tmp_path, assets=[a for a in ALL_ASSETS if a.key.to_user_string() in names],
+                         engine={"raw_pairs": "ray", "curated_pairs": "ray"}, launcher="ray",
+                         ray={"partitions": 4, "train_workers": 2})
+    assert result.success
+    events = {e.asset_key.to_user_string(): e.event_specific_data.materialization
+              for e in result.get_asset_materialization_events()}
+    curated, base = events["curated_pairs"], events["base_llm"]
+    assert events["raw_pairs"].metadata["engine"].value == curated.metadata["engine"].value == "ray"
+    assert curated.tags["dagster/data_version"] == curated.metadata["written_dvc_md5"].value
+    assert curated.metadata["rows_out"].value > 0
+    assert base.metadata["launcher"].value == "ray" and base.metadata["ray_train_workers"].value == 2
+    assert base.metadata["steps"].value == TINY_PARAMS["base_llm"]["train"]["max_steps"]
+    assert base.metadata["mlflow_run"].value.startswith("http://127.0.0.1:5000/#/experiments/")
+    assert base.tags["dagster/data_version"] == base.metadata["written_dvc_md5"].value
