@@ -41,12 +41,8 @@ class ClipScorer:
 
 
 def score_missing_similarity(dataset: lance.LanceDataset, table: pa.Table, missing: np.ndarray,
-                             clip_model: str | None, log) -> np.ndarray:
+                             clip_model: str, log) -> np.ndarray:
     """The similarity column with its missing entries scored by ``clip_model``."""
-    if clip_model is None:
-        raise ValueError(f"{int(missing.sum())} rows have no similarity score and filters.clip_model is not set: "
-                         "name a CLIP model (local path or hub id) to score them, or set "
-                         "filters.min_similarity to null to skip the rule")
     rows = np.flatnonzero(missing)
     log(f"filter: scoring CLIP similarity of {len(rows)} rows with {clip_model}")
     scorer = ClipScorer(clip_model)

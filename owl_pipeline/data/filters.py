@@ -222,6 +222,14 @@ class FilterReport:
                 "computed": self.computed}
 
 
+def require_clip_model(missing_similarity: int, config: FilterConfig) -> None:
+    """Rows without a similarity score need ``filters.clip_model`` to score them (the similarity rule is on)."""
+    if missing_similarity and config.clip_model is None:
+        raise ValueError(f"{missing_similarity} rows have no similarity score and filters.clip_model is not set: "
+                         "name a CLIP model (local path or hub id) to score them, or set "
+                         "filters.min_similarity to null to skip the rule")
+
+
 def _complete_scores(table: pa.Table, dataset: lance.LanceDataset, config: FilterConfig,
                      computed: dict[str, int], log) -> pa.Table:
     """Fill language and similarity where missing (language ID; CLIP with ``config.clip_model``)."""
@@ -232,6 +240,7 @@ def _complete_scores(table: pa.Table, dataset: lance.LanceDataset, config: Filte
     if config.min_similarity is not None:
         missing = _numpy(pc.is_null(table["similarity"]), True)
         if missing.any():
+            require_clip_model(int(missing.sum()), config)
             from owl_pipeline.data.clip_score import score_missing_similarity
 
             similarity = score_missing_similarity(dataset, table, missing, config.clip_model, log)

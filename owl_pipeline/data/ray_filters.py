@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from owl_pipeline.config import FilterConfig, RayConfig
 from owl_pipeline.data.filters import (RULES, FilterReport, RuleCounts, combine, complete_languages, image_digests,
-                                       row_masks, score_panels)
+                                       require_clip_model, row_masks, score_panels)
 from owl_pipeline.data.ingest import PAIR_SCHEMA
 from owl_pipeline.data.lance_io import EmptyDatasetError
 from owl_pipeline.data.ray_session import ray_session, shuffle_partitions
@@ -129,12 +129,14 @@ def _set_rules(ds, config: FilterConfig, partitions: int, with_digests: bool):
 
 
 # --- near-duplicates --------------------------------------------------------------------------------------
+def _masks_of(batch: pa.Table) -> dict[str, np.ndarray]:
+    """The keep-mask columns of a batch, by rule."""
+    return {rule: batch[_mask_column(rule)].to_numpy(zero_copy_only=False)
+            for rule in RULES if _mask_column(rule) in batch.column_names}
+
+
 def _kept_by_every_rule(batch: pa.Table) -> np.ndarray:
-    kept = np.ones(batch.num_rows, dtype=bool)
-    for rule in RULES:
-        if _mask_column(rule) in batch.column_names:
-            kept &= batch[_mask_column(rule)].to_numpy(zero_copy_only=False)
-    return kept
+    return combine(_masks_of(batch), batch.num_rows)[0]
 
 
 def _alive_batch(batch: pa.Table) -> pa.Table:
@@ -227,9 +229,7 @@ def _near_duplicate_rule(ds, config: FilterConfig, partitions: int):
 
 # --- counting and writing ---------------------------------------------------------------------------------
 def _count_batch(batch: pa.Table) -> pa.Table:
-    masks = {rule: batch[_mask_column(rule)].to_numpy(zero_copy_only=False)
-             for rule in RULES if _mask_column(rule) in batch.column_names}
-    _, counts = combine(masks, batch.num_rows)
+    _, counts = combine(_masks_of(batch), batch.num_rows)
     return pa.table({"rows_in": [counts.rows_in], "rows_out": [counts.rows_out],
                      **{f"removed.{rule}": [n] for rule, n in counts.removed.items()},
                      **{f"failed.{rule}": [n] for rule, n in counts.failed.items()}})
@@ -265,10 +265,7 @@ def _missing_scores(dataset: lance.LanceDataset, config: FilterConfig) -> dict[s
         missing["language"] = dataset.count_rows(filter="language IS NULL")
     if config.min_similarity is not None:
         missing["similarity"] = dataset.count_rows(filter="similarity IS NULL")
-        if missing["similarity"] and config.clip_model is None:
-            raise ValueError(f"{missing['similarity']} rows have no similarity score and filters.clip_model is not "
-                             "set: name a CLIP model (local path or hub id) to score them, or set "
-                             "filters.min_similarity to null to skip the rule")
+        require_clip_model(missing["similarity"], config)
     return {name: count for name, count in missing.items() if count}
 
 
