@@ -89,12 +89,7 @@ def write_shards_ray(ray_config: RayConfig):
             if report.rows_written == 0:
                 raise EmptyDatasetError(f"no rows to write to {output}: every input was skipped (see the report)")
             mode = "append" if append else ("overwrite" if (output / "_versions").exists() else "create")
-            options = ray.data.DataContext.get_current().execution_options
-            ordered, options.preserve_order = options.preserve_order, True  # rows in shard order, as locally
-            try:
-                lance_ray.write_lance(kept, str(output), schema=PAIR_SCHEMA, mode=mode)
-            finally:
-                options.preserve_order = ordered
+            lance_ray.write_lance(kept, str(output), schema=PAIR_SCHEMA, mode=mode)  # in shard order (ray_session)
         dataset = lance.dataset(str(output))
         report.lance_version, report.seconds = dataset.version, time.perf_counter() - start
         log_written(report, output, log)

@@ -28,9 +28,16 @@ def ray_session(config: RayConfig, log=print) -> Iterator[object]:
     (empty: a local Ray with ``config.num_cpus`` CPUs, shut down afterwards)."""
     ray = import_ray()
     _quiet_data_progress(ray)
-    if ray.is_initialized():
-        yield ray
-        return
+    with _ordered_data(ray):
+        if ray.is_initialized():
+            yield ray
+        else:
+            with _connected(ray, config, log):
+                yield ray
+
+
+@contextlib.contextmanager
+def _connected(ray, config: RayConfig, log) -> Iterator[None]:
     address = config.address or os.environ.get("RAY_ADDRESS") or None
     local = address is None
     options = dict(num_cpus=config.num_cpus, include_dashboard=False) if local else {}
@@ -39,10 +46,25 @@ def ray_session(config: RayConfig, log=print) -> Iterator[object]:
     resources = ray.cluster_resources()
     log(f"ray: {'local' if local else address}, {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
     try:
-        yield ray
+        yield
     finally:
         if local:
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def _ordered_data(ray) -> Iterator[None]:
+    """Ray Data keeps every dataset's block order through each map and write while the steps run.
+
+    "First" (which duplicate is kept) and the written row order are defined by the source order; without this,
+    a map's output blocks come in the order their tasks finish, so a small shard read last could be written
+    first (the order then depends on the machine's load)."""
+    options = ray.data.DataContext.get_current().execution_options
+    before, options.preserve_order = options.preserve_order, True
+    try:
+        yield
+    finally:
+        options.preserve_order = before
 
 
 def _quiet_data_progress(ray) -> None:
