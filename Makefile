@@ -2,7 +2,7 @@
 VENV ?= .venv
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test test-fast bench clean
 
 setup:
 	@OWL_VENV=$(VENV) scripts/setup.sh
@@ -11,7 +11,11 @@ run: setup
 	$(VENV)/bin/owl run
 
 test: setup
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=15
+
+# The inner loop: every test but those marked slow (Ray, DVC repro, pretraining, servers); CI runs them all.
+test-fast: setup
+	$(VENV)/bin/python -m pytest -q -m "not slow" --durations=15
 
 bench: setup
 	$(VENV)/bin/python bench/model_step.py

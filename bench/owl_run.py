@@ -1,12 +1,15 @@
-"""Wall time and peak memory of `owl run` on the embedded default: from a clean folder, then again with
-nothing changed (every step should reuse its last result).
+"""Wall time and peak memory of `owl run` on the embedded default: from a clean folder (with each training
+step's own time), then again with nothing changed (every step should reuse its last result).
 
-    python bench/owl_run.py [--params params.yaml] [--keep DIR]
+    python bench/owl_run.py [--params params.yaml] [--seed N] [--keep DIR]
+
+``--seed N`` sets ``synthetic.seed``, ``stage1.seed`` and ``stage2.seed`` (another corpus, eval set and run).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import shutil
 import subprocess
@@ -14,6 +17,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,20 +36,40 @@ def timed_run(project: Path) -> tuple[float, float, str]:
     return seconds, peak, summary
 
 
+def step_seconds(project: Path) -> dict[str, float]:
+    """The training steps' own seconds, from their records."""
+    seconds = {}
+    for name in ("base_llm", "stage1_model", "stage2_model"):
+        record = project / "assets" / "reports" / f"{name}.json"
+        if record.is_file():
+            value = json.loads(record.read_text()).get("metadata", {}).get("seconds")
+            if value is not None:
+                seconds[name] = float(value)
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
     parser.add_argument("--keep", help="project folder to keep (default: a temporary one)")
+    parser.add_argument("--seed", type=int, help="the corpus's and both stages' seed (default: the params')")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         project = Path(args.keep or folder)
         project.mkdir(parents=True, exist_ok=True)
-        shutil.copy(args.params, project / "params.yaml")
+        params = yaml.safe_load(Path(args.params).read_text())
+        if args.seed is not None:
+            for section in ("synthetic", "stage1", "stage2"):
+                params.setdefault(section, {})["seed"] = args.seed
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         first = timed_run(project)
+        steps = step_seconds(project)
         second = timed_run(project)
     print(first[2])
-    print(f"{'owl run':<28}{'seconds':>9}{'peak RSS MiB':>14}")
+    print(f"{'owl run' + (f' (seed {args.seed})' if args.seed is not None else ''):<28}{'seconds':>9}{'peak RSS MiB':>14}")
     print(f"{'clean folder':<28}{first[0]:>9.1f}{first[1]:>14.0f}")
+    for name, seconds in steps.items():
+        print(f"{'  ' + name:<28}{seconds:>9.1f}")
     print(f"{'again, nothing changed':<28}{second[0]:>9.1f}{second[1]:>14.0f}  (peak is the max over both runs)")
 
 

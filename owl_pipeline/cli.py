@@ -205,6 +205,17 @@ def cmd_pretrain_llm(args) -> int:
     return 0
 
 
+def cmd_pretrain_vision(args) -> int:
+    """The embedded default's vision tower, pretrained from a seed as a tiny CLIP on fresh scenes."""
+    from owl_pipeline.config import VisionPretrainConfig
+    from owl_pipeline.train.pretrain_vision import pretrain_vision
+
+    config = VisionPretrainConfig(seed=args.seed, **({"steps": args.steps} if args.steps else {}))
+    result = pretrain_vision(args.out, config, log=_log)
+    print(f"pretrain-vision: {result.folder} in {result.seconds / 60:.1f} min; held out {result.scores}")
+    return 0
+
+
 def cmd_ui(args) -> int:
     from owl_pipeline.ui import serve
 
@@ -277,6 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the folder to write (default: the bundled one)")
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.set_defaults(func=cmd_pretrain_llm)
+
+    vision = sub.add_parser("pretrain-vision", help="pretrain the embedded default's vision tower, a tiny CLIP "
+                            "(shipped as owl_pipeline/bundled/shapes-world-clip), from a seed")
+    vision.add_argument("--out", default=str(Path(__file__).resolve().parent / "bundled" / "shapes-world-clip"),
+                        help="the folder to write (default: the bundled one)")
+    vision.add_argument("--seed", type=int, default=0)
+    vision.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
+    vision.set_defaults(func=cmd_pretrain_vision)
 
     ui = sub.add_parser("ui", help="the Dagster UI and the MLflow UI for this project (Ctrl-C stops both)")
     ui.add_argument("--project", default=".")

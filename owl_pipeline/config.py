@@ -54,6 +54,14 @@ class VisionConfig:
         _require(self.hidden_size % self.num_heads == 0,
                  f"vision.hidden_size ({self.hidden_size}) must be divisible by vision.num_heads ({self.num_heads})")
 
+    @classmethod
+    def from_hf_dict(cls, vision: dict, pretrained: str | None = None) -> VisionConfig:
+        """The sizes of an HF CLIP vision config (``CLIPVisionConfig.to_dict()``); KeyError names a missing one."""
+        return cls(pretrained=pretrained, image_size=vision["image_size"], patch_size=vision["patch_size"],
+                   hidden_size=vision["hidden_size"], num_layers=vision["num_hidden_layers"],
+                   num_heads=vision["num_attention_heads"], intermediate_size=vision["intermediate_size"],
+                   hidden_act=vision.get("hidden_act", "quick_gelu"), layer_norm_eps=vision.get("layer_norm_eps", 1e-5))
+
     @property
     def num_tokens(self) -> int:
         """CLS + one token per patch: 257 for ViT-L/14 at 224 px."""
@@ -149,6 +157,9 @@ class OwlConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     # The paper trains the abstractor in stage 2; the official code froze it.
     train_abstractor_in_stage2: bool = False
+    # The paper trains the vision encoder in stage 1 (the official v0 code at 0.1x the lr); a tower pretrained on
+    # the same kind of pictures (shapes world's CLIP) can stay frozen, which also skips its backward pass.
+    train_vision_in_stage1: bool = True
     # A released mPLUG-Owl checkpoint (official layout, a local folder): the pipeline converts it once and starts
     # from it (stage 1 is then skipped); the sizes above are then read from its config.json.
     pretrained_official: str | None = None
@@ -353,6 +364,9 @@ class SyntheticConfig:
     shard_size: int = 1000
     image_size: int = 64
     metadata_format: str = "laion"  # or "coyo"
+    # LAION and COYO ship a CLIP similarity per pair; off, the shards carry none and the filter computes it with
+    # filters.clip_model (shapes world's own CLIP), as LAION computed theirs with ViT-B/32.
+    similarity_scores: bool = True
     num_instruction_images: int = 2000
     num_text_only: int = 1000
     num_eval_images: int = 60
@@ -440,6 +454,9 @@ class StageConfig:
     activation_checkpointing: bool = False  # recompute LLM/vision layer activations in backward: less memory
     group_by_length: bool = False  # stage 2: batches of similar length (windows of 64 batches): less padding
     compile: bool = False  # torch.compile each repeated layer (regional): fused kernels, a minute of compiling
+    # A frozen vision tower fed the same pixels for a picture each time (no random crop or flip) runs once per
+    # picture; its outputs are remembered up to this many MiB (0: off). 257 x 128 floats are 129 KiB a picture.
+    vision_memo_mib: int = 1024
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -463,6 +480,7 @@ class StageConfig:
         _require(self.text_only_fraction is None or 0.0 <= self.text_only_fraction <= 1.0,
                  f"text_only_fraction must be in [0, 1], got {self.text_only_fraction}")
         _require(self.keep_last >= 1, f"keep_last must be at least 1, got {self.keep_last}")
+        _require(self.vision_memo_mib >= 0, f"vision_memo_mib must be >= 0, got {self.vision_memo_mib}")
         _require(not (self.group_by_length and self.text_only_fraction is not None),
                  "group_by_length and text_only_fraction cannot be combined (pick one sampler)")
 
@@ -526,6 +544,46 @@ class LLMPretrainConfig:
     vocab_size: int = 512
     llm: LLMConfig = field(default_factory=_tiny_pretrained_llm)
     phases: list[CurriculumPhase] = field(default_factory=_curriculum)
+
+
+def _shapes_world_tower() -> VisionConfig:
+    return VisionConfig(image_size=64, patch_size=4, hidden_size=128, num_layers=2, num_heads=4, intermediate_size=512)
+
+
+@dataclass
+class ClipTextConfig:
+    """The text tower of shapes world's CLIP: small, over a word-level tokenizer of the caption words."""
+
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 256
+    max_positions: int = 40  # the longest shapes-world caption is ~30 words
+
+
+@dataclass
+class VisionPretrainConfig:
+    """`owl pretrain-vision`: the embedded default's vision tower, pretrained here from a seed as a tiny CLIP on an
+    unlimited stream of fresh scenes (data/scene_stream.py) and shipped with the project (owl_pipeline/bundled/),
+    so `owl run` starts from a pretrained vision encoder as the paper does (CLIP ViT-L/14)."""
+
+    seed: int = 0
+    steps: int = 1200
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 50
+    weight_decay: float = 0.05
+    attribute_loss_weight: float = 1.0  # the per-column kind/color heads beside the contrastive loss (0: CLIP only)
+    hard_negatives: bool = True  # each image's caption with one kind swapped joins its candidates
+    projection_dim: int = 64
+    vision: VisionConfig = field(default_factory=_shapes_world_tower)
+    text: ClipTextConfig = field(default_factory=ClipTextConfig)
+    probe_every: int = 120  # steps between held-out checks of the heads (the learning curve); 0: never
+
+    def __post_init__(self) -> None:
+        _require(self.steps > 0 and self.batch_size > 1, "vision pretraining: steps > 0 and batch_size > 1")
+        _require(self.attribute_loss_weight >= 0, "vision pretraining: attribute_loss_weight must be >= 0")
 
 
 @dataclass

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "train_step.py"
 
 
@@ -26,6 +28,7 @@ def test_an_unknown_variant_option_is_a_clear_error():
     assert done.returncode != 0 and "unknown variant option(s) ['fast']" in done.stderr
 
 
+@pytest.mark.slow
 def test_fast_path_check_compares_fp32_with_the_compiled_bf16_path():
     check = BENCH.parent / "fast_path_check.py"
     done = subprocess.run([sys.executable, str(check), "--stages", "1", "--steps", "2"], capture_output=True,

@@ -17,6 +17,8 @@ from owl_pipeline.config import PipelineConfig, from_mapping
 
 from .test_pipeline import TINY_PARAMS
 
+pytestmark = pytest.mark.slow  # minutes: `make test-fast` leaves these out
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

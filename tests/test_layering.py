@@ -10,16 +10,16 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "owl_pipeline"
 # Room -> the project rooms it may import. A top-level module (config.py, ...) is a room of its own name.
 ALLOWED = {
-    "constants": set(), "files": set(), "locks": set(), "config": {"constants"},
+    "constants": set(), "files": set(), "locks": set(), "config": {"constants"}, "manifest": {"constants", "files"},
     "model": {"config", "constants"},
     "data": {"config", "constants", "files", "locks", "model"},
-    "train": {"config", "constants", "files", "locks", "model", "data", "eval"},
+    "train": {"config", "constants", "files", "manifest", "locks", "model", "data", "eval"},
     "eval": {"config", "constants", "files", "model", "data"},
     "registry": {"config", "constants", "files", "model", "data", "eval"},
-    "pipeline": {"config", "constants", "files", "locks", "model", "data", "train", "eval", "registry"},
-    "orchestration": {"config", "constants", "files", "locks", "model", "data", "train", "eval", "registry",
+    "pipeline": {"config", "constants", "files", "manifest", "locks", "model", "data", "train", "eval", "registry"},
+    "orchestration": {"config", "constants", "files", "manifest", "locks", "model", "data", "train", "eval", "registry",
                       "pipeline"},
-    "cli": {"config", "constants", "files", "locks", "model", "data", "train", "eval", "registry", "pipeline",
+    "cli": {"config", "constants", "files", "manifest", "locks", "model", "data", "train", "eval", "registry", "pipeline",
             "orchestration", "ui"},
     "ui": {"config", "constants", "registry", "pipeline", "orchestration"},
 }

@@ -46,7 +46,7 @@ _MAX_CAPTION_USES_WITH_COPIES = 10  # duplicates copy captions too; FilterConfig
 # (FilterConfig.near_dup_max_distance defaults to 4); injected near-duplicates are at most 2 bits off.
 _CLEAN_MIN_HASH_DISTANCE = 7
 _NEAR_DUP_MAX_DISTANCE = 2
-_CAPTION_TEMPLATES = ("{}", "a picture of {}", "an image with {}", "{}, drawn on a plain background")
+CAPTION_TEMPLATES = ("{}", "a picture of {}", "an image with {}", "{}, drawn on a plain background")
 _TRANSLATIONS = {
     "de": ({"red": "roter", "green": "grüner", "blue": "blauer", "yellow": "gelber", "purple": "violetter",
             "orange": "oranger"},
@@ -107,7 +107,7 @@ def translated_caption(scene: scenes.Scene, language: str) -> str:
 
 
 def english_caption(scene: scenes.Scene, rng: np.random.Generator) -> str:
-    return _CAPTION_TEMPLATES[int(rng.integers(len(_CAPTION_TEMPLATES)))].format(scenes.caption(scene))
+    return CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))].format(scenes.caption(scene))
 
 
 # --- caption pairs ----------------------------------------------------------------------------------------
@@ -249,8 +249,17 @@ def make_pair_rows(config: SyntheticConfig) -> list[PairRow]:
     return rows
 
 
-def _metadata(row: PairRow, width: int, height: int, metadata_format: str, rng: np.random.Generator) -> dict:
-    """What img2dataset keeps per sample: its own fields plus the input's metadata columns."""
+def _metadata(row: PairRow, width: int, height: int, config: SyntheticConfig, rng: np.random.Generator) -> dict:
+    """What img2dataset keeps per sample: its own fields plus the input's metadata columns (without the CLIP
+    similarity when ``config.similarity_scores`` is off: the filter then scores it with ``filters.clip_model``)."""
+    meta = _source_metadata(row, width, height, config.metadata_format, rng)
+    if not config.similarity_scores:
+        for name in ("similarity", "clip_similarity_vitb32", "clip_similarity_vitl14"):
+            meta.pop(name, None)
+    return meta
+
+
+def _source_metadata(row: PairRow, width: int, height: int, metadata_format: str, rng: np.random.Generator) -> dict:
     common = {"key": row.key, "url": row.url, "caption": row.caption, "status": "success", "error_message": None,
               "width": width, "height": height, "original_width": width, "original_height": height,
               "sha256": hashlib.sha256(row.jpeg).hexdigest()}
@@ -284,7 +293,7 @@ def write_shards(rows: list[PairRow], folder: Path, config: SyntheticConfig) -> 
         records = []
         with tarfile.open(folder / f"{name}.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
             for row in rows[start:start + config.shard_size]:
-                meta = _metadata(row, *_image_size(row.jpeg), config.metadata_format, rng)
+                meta = _metadata(row, *_image_size(row.jpeg), config, rng)
                 for suffix, payload in (("jpg", row.jpeg), ("txt", row.caption.encode()),
                                         ("json", json.dumps(meta).encode())):
                     info = tarfile.TarInfo(f"{row.key}.{suffix}")

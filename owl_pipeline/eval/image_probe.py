@@ -86,10 +86,28 @@ def abstractor_features(model, processor: OwlProcessor, scene_list: list[scenes.
     return model.encode_images(pixels).flatten(1).float().numpy()
 
 
+@torch.no_grad()
+def tower_features(vision, scene_list: list[scenes.Scene], image_size: int = 64, patch_size: int = 4,
+                   jpeg: bool = True) -> np.ndarray:
+    """What a linear probe reads from a vision tower alone: each column's mean patch token beside the CLS token
+    (normed, as the abstractor sees them), concatenated: (scenes, (columns + 1) x width)."""
+    from owl_pipeline.data.scene_stream import jpeg_round_trip
+    from owl_pipeline.model.processor import ImageTransform
+    from owl_pipeline.model.shapes_clip import column_pooling
+
+    transform = ImageTransform(size=image_size, train=False)
+    pictures = [scenes.render(s, image_size, image_size) for s in scene_list]
+    pixels = torch.stack([transform(jpeg_round_trip(p) if jpeg else p) for p in pictures])
+    tokens = vision.eval()(pixels)  # (N, 1 + P, D)
+    columns = torch.einsum("cp,npd->ncd", column_pooling(image_size, patch_size, len(scenes.COLUMNS)), tokens[:, 1:])
+    return torch.cat([tokens[:, :1], columns], dim=1).flatten(1).numpy()
+
+
 def linear_probe(train_x: np.ndarray, train_scenes: list[scenes.Scene], test_x: np.ndarray,
                  test_scenes: list[scenes.Scene]) -> dict[str, float]:
     """Held-out accuracy of logistic regressions reading, for each column, the kind (or none) and the color
-    (or none) of the object there from the abstractor's tokens."""
+    (or none) of the object there from the abstractor's (or a tower's) tokens; ``*_of_objects`` counts only the
+    columns that hold an object (chance: 1/4 for kind, 1/6 for color)."""
     from sklearn.linear_model import LogisticRegression
 
     def labels(scene_list, column, attribute):
@@ -102,7 +120,9 @@ def linear_probe(train_x: np.ndarray, train_scenes: list[scenes.Scene], test_x: 
             if len(set(target)) < 2:
                 continue
             predicted = LogisticRegression(max_iter=2000, C=0.5).fit(train_x, target).predict(test_x)
-            scores[attribute].append(float(np.mean(predicted == np.array(truth))))
+            truth = np.array(truth)
+            scores[attribute].append(float(np.mean(predicted == truth)))
+            scores[f"{attribute}_of_objects"].append(float(np.mean((predicted == truth)[truth != "none"])))
             if attribute == "kind":  # whether there is an object in this column at all
-                scores["column"].append(float(np.mean((predicted != "none") == (np.array(truth) != "none"))))
+                scores["column"].append(float(np.mean((predicted != "none") == (truth != "none"))))
     return {name: round(float(np.mean(values)), 4) for name, values in scores.items()}

@@ -96,9 +96,9 @@ def count_parameters(config: OwlConfig) -> dict[str, int]:
 
 # --- what each stage trains -------------------------------------------------------------------------------
 def set_trainable(model: OwlModel, stage: int) -> OwlModel:
-    """Stage 1: vision + abstractor, LLM frozen. Stage 2: LoRA on the LLM (wrapped here on first call),
-    vision frozen, abstractor trainable only if ``train_abstractor_in_stage2``. Stage 0 (the embedded
-    default's base LLM, trained on text): the LLM alone. Returns the model."""
+    """Stage 1: vision (if ``train_vision_in_stage1``) + abstractor, LLM frozen. Stage 2: LoRA on the LLM
+    (wrapped here on first call), vision frozen, abstractor trainable only if ``train_abstractor_in_stage2``.
+    Stage 0 (the embedded default's base LLM, trained on text): the LLM alone. Returns the model."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     model.requires_grad_(False)
@@ -106,7 +106,7 @@ def set_trainable(model: OwlModel, stage: int) -> OwlModel:
         model.llm.requires_grad_(True)
         return model
     if stage == STAGE_PRETRAIN:
-        model.vision.requires_grad_(True)
+        model.vision.requires_grad_(model.config.train_vision_in_stage1)
         model.abstractor.requires_grad_(True)
         return model
     if not isinstance(model.llm, PeftModel):

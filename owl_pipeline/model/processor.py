@@ -73,6 +73,11 @@ class ProcessorConfig:
         # JSON gives lists back; keep tuples so a loaded config equals the saved one.
         self.train_crop_scale, self.mean, self.std = (tuple(v) for v in (self.train_crop_scale, self.mean, self.std))
 
+    @property
+    def train_pixels_repeat(self) -> bool:
+        """Whether a picture gives the same training pixels every time it is drawn (no random crop or flip)."""
+        return self.train_crop_scale == (1.0, 1.0) and not self.train_hflip
+
 
 @dataclass
 class ImageTransform:

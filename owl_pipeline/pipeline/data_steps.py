@@ -3,11 +3,14 @@ inputs from the project, writes its Lance dataset (or folder) there, and returns
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 
 import lance
 
 from owl_pipeline import constants as C
+from owl_pipeline.config import FilterConfig
 from owl_pipeline.data.filters import filter_pairs
 from owl_pipeline.data.ingest import find_shards, ingest
 from owl_pipeline.data.instructions import build_instruction_table
@@ -62,14 +65,29 @@ def raw_pairs(project: Project, log: Log = print, tracking=None) -> StepResult:
     return StepResult(C.ASSET_RAW_PAIRS, {"lance": str(project.raw_pairs)}, metadata)
 
 
+def filter_config(project: Project) -> FilterConfig:
+    """The filter rules with ``clip_model`` resolved (a folder, a bundled CLIP such as shapes-world-clip, a hub id)."""
+    config = project.config.filters
+    if not config.clip_model:
+        return config
+    return dataclasses.replace(config, clip_model=project.resolve_pretrained(config.clip_model))
+
+
+def clip_model_files(project: Project) -> list:
+    """The scoring CLIP's manifest and config, where it is a local folder (a retrained CLIP rescores)."""
+    folder = Path(filter_config(project).clip_model or "")
+    return [folder / C.PRETRAIN_MANIFEST_FILE, folder / "config.json"] if folder.is_dir() and folder.name else []
+
+
 def curated_pairs(project: Project, log: Log = print, tracking=None) -> StepResult:
+    config = filter_config(project)
     if on_ray(project, C.ASSET_CURATED_PAIRS):
         from owl_pipeline.data.ray_filters import filter_pairs_ray
 
-        report = filter_pairs_ray(project.raw_pairs, project.curated_pairs, project.config.filters,
-                                  project.config.ray, log=log, histogram_path=project.filter_histograms)
+        report = filter_pairs_ray(project.raw_pairs, project.curated_pairs, config, project.config.ray, log=log,
+                                  histogram_path=project.filter_histograms)
     else:
-        report = filter_pairs(project.raw_pairs, project.curated_pairs, project.config.filters, log=log,
+        report = filter_pairs(project.raw_pairs, project.curated_pairs, config, log=log,
                               histogram_path=project.filter_histograms)
     data = {**report.to_dict(), "source_version": lance_version(project.raw_pairs),
             "engine": project.config.engine[C.ASSET_CURATED_PAIRS]}

@@ -39,13 +39,12 @@ def _instruction_files(project: Project) -> list[Path]:
     return [source.path for source in project.instruction_sources()]
 
 
-def _pretrained_llm_files(project: Project) -> list[Path]:
-    """A local pretrained LLM's manifest or config (a retrained bundled LLM reruns base_llm and what follows)."""
-    name = project.config.model.llm.pretrained
-    if not name:
-        return []
-    folder = Path(project.resolve_pretrained(name))
-    return [folder / C.PRETRAIN_MANIFEST_FILE, folder / "config.json"]
+def _pretrained_model_files(project: Project) -> list[Path]:
+    """The local pretrained LLM's and vision tower's manifests or configs (a retrained bundled model reruns
+    base_llm and what follows)."""
+    names = [project.config.model.llm.pretrained, project.config.model.vision.pretrained]
+    folders = [Path(project.resolve_pretrained(name)) for name in names if name]
+    return [path for folder in folders for path in (folder / C.PRETRAIN_MANIFEST_FILE, folder / "config.json")]
 
 
 STEPS: tuple[Step, ...] = (
@@ -57,14 +56,14 @@ STEPS: tuple[Step, ...] = (
          metrics=("rows", "rows_added"), pool=INGEST_POOL),
     Step(C.ASSET_CURATED_PAIRS, data_steps.curated_pairs, (C.ASSET_RAW_PAIRS,), ("filters",),
          lambda p: p.curated_pairs, "Pairs that pass the LAION/COYO rules", GROUP_DATA, "lance",
-         metrics=("rows_in", "rows_out")),
+         metrics=("rows_in", "rows_out"), external=data_steps.clip_model_files),
     Step(C.ASSET_INSTRUCTIONS, data_steps.instruction_data, (C.ASSET_RAW_SHARDS,), ("instructions", "max_image_pixels"),
          lambda p: p.instructions, "Instruction conversations in Lance", GROUP_DATA, "lance",
          external=_instruction_files),
     Step(C.ASSET_BASE_LLM, training_steps.base_llm, (C.ASSET_CURATED_PAIRS, C.ASSET_INSTRUCTIONS),
          ("model", "base_llm"), lambda p: p.base_llm,
          "The LLM the stages build on (trained here on the embedded default)", GROUP_TRAINING, "pytorch",
-         trains=True, tracked=True, metrics=("final_loss",), external=_pretrained_llm_files),
+         trains=True, tracked=True, metrics=("final_loss",), external=_pretrained_model_files),
     Step(C.ASSET_STAGE1, training_steps.stage1_model, (C.ASSET_BASE_LLM, C.ASSET_CURATED_PAIRS), ("model", "stage1"),
          lambda p: p.stage1, "Stage 1: vision + abstractor trained, LLM frozen", GROUP_TRAINING, "pytorch",
          trains=True, tracked=True, metrics=("final_loss",)),

@@ -20,10 +20,11 @@ import lance
 import torch
 
 from owl_pipeline import constants as C
-from owl_pipeline.config import LLMConfig, StageConfig
+from owl_pipeline.config import LLMConfig, OwlConfig, StageConfig, VisionConfig
 from owl_pipeline.data.loader import CaptionPairDataset, ConversationDataset
 from owl_pipeline.data.text_corpus import build_text_corpus, tokenizer_texts
 from owl_pipeline.files import atomic_write_json, read_json_or_none, sha256_of, update_with_file
+from owl_pipeline.manifest import MANIFEST_FILE, verify_manifest
 from owl_pipeline.model.builders import build_model, from_pretrained, processor_config_for, save_pretrained
 from owl_pipeline.model.processor import OwlProcessor
 from owl_pipeline.model.tokenizer import prepare_tokenizer, train_bpe_tokenizer
@@ -146,30 +147,55 @@ def base_llm(project: Project, log: Log = print, tracking=None) -> StepResult:
                           lambda tracker, url: _train_base_llm(project, log, tracker, url))
 
 
+def _checked_pretrained(project: Project, name: str, remake: str) -> tuple[str, dict | None]:
+    """A pretrained model's name resolved (a folder, a bundled one, or a hub id) and, for a folder with a
+    manifest (the shipped ones), the manifest after checking every file against it."""
+    resolved = project.resolve_pretrained(name)
+    manifest = Path(resolved) / MANIFEST_FILE
+    return resolved, verify_manifest(manifest.parent, remake) if manifest.is_file() else None
+
+
+def _model_config(project: Project) -> tuple[OwlConfig, dict[str, Any]]:
+    """The model section with its pretrained vision tower resolved and checked, and what to record of it."""
+    config = copy.deepcopy(project.config.model)
+    if not config.vision.pretrained:
+        return config, {}
+    config.vision.pretrained, checked = _checked_pretrained(project, config.vision.pretrained, "owl pretrain-vision")
+    metadata = {"vision": config.vision.pretrained}
+    if checked:
+        metadata.update(vision_manifest_sha256=sha256_of(Path(config.vision.pretrained) / MANIFEST_FILE),
+                        vision_held_out=checked.get("held_out"), vision_pretraining_seconds=checked.get("seconds"))
+    return config, metadata
+
+
+def _with_real_sizes(model) -> None:
+    """Record the sizes of the loaded pretrained parts in ``owl_config.json`` (not the preset's)."""
+    if model.config.vision.pretrained:
+        vision = model.vision.clip.config.to_dict()
+        model.config.vision = VisionConfig.from_hf_dict(vision, model.config.vision.pretrained)
+    if model.config.llm.pretrained:
+        model.config.llm = LLMConfig.from_hf_dict(model.llm.config.to_dict(), model.config.llm.pretrained)
+
+
 def _pretrained_base_llm(project: Project) -> StepResult:
     """The LLM named by ``model.llm.pretrained`` (a folder, a bundled one such as the embedded default's
     ``shapes-world-llm``, or a hub id), loaded as it is; a folder with a manifest is checked against it."""
     from transformers import AutoTokenizer
 
-    from owl_pipeline.train.pretrain_llm import MANIFEST_FILE, verify_manifest
-
-    config = copy.deepcopy(project.config.model)
-    config.llm.pretrained = project.resolve_pretrained(config.llm.pretrained)
-    manifest = Path(config.llm.pretrained) / MANIFEST_FILE
-    checked = verify_manifest(manifest.parent) if manifest.is_file() else None
+    config, vision_metadata = _model_config(project)
+    config.llm.pretrained, checked = _checked_pretrained(project, config.llm.pretrained, "owl pretrain-llm")
     torch.manual_seed(project.config.base_llm.train.seed)
     processor = OwlProcessor(prepare_tokenizer(AutoTokenizer.from_pretrained(config.llm.pretrained)),
                              processor_config_for(config, **_augmentation(project)))
     model = build_model(config, processor)
-    # its real sizes, in owl_config.json
-    model.config.llm = LLMConfig.from_hf_dict(model.llm.config.to_dict(), config.llm.pretrained)
+    _with_real_sizes(model)
     if is_main_process():
         save_pretrained(model, processor, project.base_llm / MODEL_DIR)
     wait_for_everyone()
-    metadata = {"llm": config.llm.pretrained, "trained_here": False}
+    metadata = {"llm": config.llm.pretrained, "trained_here": False, **vision_metadata}
     if checked:
-        metadata.update(manifest_sha256=sha256_of(manifest), text_lookup=checked.get("text_lookup"),
-                        pretraining_seconds=checked.get("seconds"))
+        metadata.update(manifest_sha256=sha256_of(Path(config.llm.pretrained) / MANIFEST_FILE),
+                        text_lookup=checked.get("text_lookup"), pretraining_seconds=checked.get("seconds"))
     return StepResult(C.ASSET_BASE_LLM, {"model": str(project.base_llm / MODEL_DIR)}, metadata)
 
 
@@ -222,7 +248,7 @@ def pass_through(source: Path, output: Path) -> Path:
 
 
 def _train_base_llm(project: Project, log: Log, tracker: Tracker | None, run_url: str | None) -> StepResult:
-    config, settings = project.config.model, project.config.base_llm
+    (config, vision_metadata), settings = _model_config(project), project.config.base_llm
     torch.manual_seed(settings.train.seed)
     if is_main_process():
         build_text_corpus(str(project.curated_pairs), str(project.instructions), str(project.text_corpus))
@@ -231,6 +257,7 @@ def _train_base_llm(project: Project, log: Log, tracker: Tracker | None, run_url
     tokenizer = train_bpe_tokenizer(tokenizer_texts(str(project.text_corpus)), settings.vocab_size)
     processor = OwlProcessor(tokenizer, processor_config_for(config, **_augmentation(project)))
     model = build_model(config, processor)
+    _with_real_sizes(model)
     log(f"base_llm: tokenizer of {len(tokenizer)} tokens; training a {config.name} LLM on {rows} conversations")
     dataset = ConversationDataset(project.text_corpus, processor, train=True, seed=settings.train.seed)
     _start_fresh_if_changed(project.base_llm, {"data_version": lance.dataset(str(project.text_corpus)).version,
@@ -239,7 +266,7 @@ def _train_base_llm(project: Project, log: Log, tracker: Tracker | None, run_url
     result = train_stage(model, processor, C.STAGE_BASE_LLM, dataset, settings.train, project.base_llm,
                          tracker=tracker, log=log)
     metadata = {**_stage_metadata(result, run_url), "vocab_size": len(tokenizer), "text_rows": rows,
-                "trained_here": True}
+                "trained_here": True, **vision_metadata}
     return StepResult(C.ASSET_BASE_LLM, {"model": str(result.model_dir)}, metadata)
 
 

@@ -267,22 +267,23 @@ def train_stage(model: OwlModel, processor: OwlProcessor, stage: int, train_data
     consumed = 0
     set_train_modes(trainer.unwrapped)
     metrics: dict[str, float] = {}
-    while state.step < config.max_steps:
-        metrics = trainer.train_step(batches)
-        state.step += 1
-        consumed += int(metrics.pop("samples"))
-        position = sampler_start.state_after(consumed)
-        state.epoch, state.position = position["epoch"], position["position"]
-        if config.eval_every and eval_data is not None and state.step % config.eval_every == 0:
-            metrics["eval_loss"] = trainer.evaluate(eval_data)
-        state.history.append({"step": state.step, **metrics})
-        tracker.log_metrics(metrics, step=state.step)
-        if state.step % config.log_every == 0 or state.step in (first_step + 1, config.max_steps):
-            log(_progress(stage, state.step, config.max_steps, metrics, started, first_step))
-        if state.step % config.save_every == 0 or state.step == config.max_steps:
-            trainer.save()
-        if on_step_end is not None:
-            on_step_end(state.step)
+    with _vision_memo(trainer.unwrapped, processor, config, log):
+        while state.step < config.max_steps:
+            metrics = trainer.train_step(batches)
+            state.step += 1
+            consumed += int(metrics.pop("samples"))
+            position = sampler_start.state_after(consumed)
+            state.epoch, state.position = position["epoch"], position["position"]
+            if config.eval_every and eval_data is not None and state.step % config.eval_every == 0:
+                metrics["eval_loss"] = trainer.evaluate(eval_data)
+            state.history.append({"step": state.step, **metrics})
+            tracker.log_metrics(metrics, step=state.step)
+            if state.step % config.log_every == 0 or state.step in (first_step + 1, config.max_steps):
+                log(_progress(stage, state.step, config.max_steps, metrics, started, first_step))
+            if state.step % config.save_every == 0 or state.step == config.max_steps:
+                trainer.save()
+            if on_step_end is not None:
+                on_step_end(state.step)
     eval_loss = trainer.evaluate(eval_data) if eval_data is not None else None
     model_dir = output_dir / MODEL_DIR
     restore_dtypes(trainer.frozen_dtypes)
@@ -298,6 +299,16 @@ def train_stage(model: OwlModel, processor: OwlProcessor, stage: int, train_data
                        seconds=time.perf_counter() - started, model_dir=model_dir,
                        resumed_from_step=trainer.resumed_from, history=state.history)
 
+
+def _vision_memo(model: OwlModel, processor: OwlProcessor, config: StageConfig, log):
+    """The frozen tower's outputs remembered per picture where that changes no result (the same losses to float
+    rounding: a picture first encoded in another batch may differ in the last bits) and pays: a frozen tower,
+    pictures that give the same pixels each time, a memo allowed."""
+    frozen = not any(p.requires_grad for p in model.vision.parameters())
+    if not (frozen and processor.config.train_pixels_repeat and config.vision_memo_mib):
+        return contextlib.nullcontext()
+    log(f"vision tower frozen: its outputs are remembered per picture (up to {config.vision_memo_mib} MiB)")
+    return model.vision.remembering_outputs(config.vision_memo_mib << 20)
 
 def _write_loss_curve(history: list[dict], path: Path, stage: int) -> None:
     from owl_pipeline.train.plots import plot_loss_curve

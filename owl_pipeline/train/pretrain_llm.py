@@ -7,7 +7,6 @@ checks before it loads the folder."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -17,48 +16,19 @@ from pathlib import Path
 import torch
 
 from owl_pipeline.config import LLMPretrainConfig, OwlConfig, StageConfig
-from owl_pipeline import constants as C
 from owl_pipeline.constants import STAGE_BASE_LLM
 from owl_pipeline.data.instructions import CONVERSATION_SCHEMA
 from owl_pipeline.data.lance_io import write_lance
 from owl_pipeline.data.loader import ConversationDataset
 from owl_pipeline.data.lookup_curriculum import curriculum_rows, tokenizer_texts
 from owl_pipeline.eval.text_probe import lookup_in_place, probe_items, text_recall
-from owl_pipeline.files import atomic_write_json, sha256_of
+from owl_pipeline.manifest import MANIFEST_FILE, ManifestMismatchError, verify_manifest, write_manifest
 from owl_pipeline.model.builders import build_model, processor_config_for
 from owl_pipeline.model.processor import OwlProcessor
 from owl_pipeline.model.tokenizer import train_bpe_tokenizer
 from owl_pipeline.train.loop import train_stage
 
-MANIFEST_FILE = C.PRETRAIN_MANIFEST_FILE
-
-
-class ManifestMismatchError(ValueError):
-    """A shipped LLM folder whose files are not the ones its manifest lists."""
-
-
-@dataclass
-class PretrainResult:
-    folder: Path
-    seconds: float
-    scores: dict[str, float]
-    losses: list[float]  # the final loss of each phase
-    curve: list[dict] = dataclasses.field(default_factory=list)  # the text-lookup probe against steps
-
-
-def folder_hashes(folder: Path) -> dict[str, str]:
-    return {p.name: sha256_of(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
-
-
-def verify_manifest(folder: Path) -> dict:
-    """The manifest of a folder written by ``pretrain_base_llm``, after checking every file's sha256."""
-    manifest = json.loads((folder / MANIFEST_FILE).read_text())
-    actual = folder_hashes(folder)
-    wrong = sorted(name for name, digest in manifest["sha256"].items() if actual.get(name) != digest)
-    if wrong:
-        raise ManifestMismatchError(f"{folder}: {', '.join(wrong)} do not match {MANIFEST_FILE} (damaged or "
-                                    "changed by hand); restore them from git or retrain with `owl pretrain-llm`")
-    return manifest
+__all__ = ["MANIFEST_FILE", "ManifestMismatchError", "PretrainResult", "pretrain_base_llm", "verify_manifest"]
 
 
 def _phase_config(phase, seed: int) -> StageConfig:
@@ -106,8 +76,6 @@ def pretrain_base_llm(output: str | Path, config: LLMPretrainConfig | None = Non
     model.llm.save_pretrained(output)
     processor.tokenizer.save_pretrained(output)
     seconds = time.perf_counter() - started
-    manifest = {"seed": config.seed, "config": dataclasses.asdict(config), "seconds": round(seconds, 1),
-                "phase_final_losses": losses, "text_lookup": scores, "curve": curve,
-                "sha256": folder_hashes(output)}
-    atomic_write_json(output / MANIFEST_FILE, manifest)  # last: a folder without one was never finished
+    write_manifest(output, {"seed": config.seed, "config": dataclasses.asdict(config), "seconds": round(seconds, 1),
+                            "phase_final_losses": losses, "text_lookup": scores, "curve": curve})
     return PretrainResult(output, seconds, scores, losses, curve)

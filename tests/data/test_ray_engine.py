@@ -23,6 +23,8 @@ from owl_pipeline.data.synthetic import generate_corpus
 from ..conftest import SMALL, quiet
 from .test_ingest import picture, sample, write_tar
 
+pytestmark = pytest.mark.slow  # minutes: `make test-fast` leaves these out
+
 RAY = RayConfig(partitions=4)
 
 

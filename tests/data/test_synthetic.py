@@ -76,3 +76,28 @@ def test_every_question_has_one_right_answer():
         assert len({s.column for s in scene.shapes}) == len(scene.shapes)
         for qa in scenes.questions(scene, rng):
             assert qa.answer and qa.kind in scenes.QUESTION_TYPES
+
+
+def test_without_similarity_scores_the_shipped_clip_scores_them_and_the_threshold_drops_mismatched_captions(
+        tmp_path):
+    import lance
+
+    from owl_pipeline.config import PipelineConfig, from_mapping
+    from owl_pipeline.data.synthetic import CLEAN
+    from owl_pipeline.pipeline.project import Project
+    from owl_pipeline.pipeline.runner import run_step
+
+    params = from_mapping(PipelineConfig, {
+        "synthetic": {**SMALL, "num_pairs": 400, "shard_size": 200, "similarity_scores": False},
+        "filters": {"min_side": 32, "min_image_bytes": None, "clip_model": "shapes-world-clip",
+                    "min_similarity": 0.8}}, "params")  # bench/clip_similarity.py: clean >= 0.74, mismatched mean 0.03
+    project = Project(params, tmp_path)
+    for step in ("raw_shards", "raw_pairs", "curated_pairs"):
+        result = run_step(step, project, log=quiet)
+    assert lance.dataset(str(project.raw_pairs)).to_table(columns=["similarity"])["similarity"].null_count == \
+        lance.dataset(str(project.raw_pairs)).count_rows()
+    assert result.metadata["computed"]["similarity"] > 0
+    manifest = CorpusManifest.load(project.raw_shards)
+    kept = set(lance.dataset(str(project.curated_pairs)).to_table(columns=["key"])["key"].to_pylist())
+    mismatched, clean = manifest.keys_with("mismatched_caption"), manifest.keys_with(CLEAN)
+    assert mismatched and not mismatched & kept and len(clean & kept) >= 0.9 * len(clean)

@@ -34,6 +34,12 @@ def test_stage_one_trains_vision_and_abstractor_only(model):
     assert trainable_parameters(model.llm) == 0
 
 
+def test_stage_one_can_keep_a_pretrained_tower_frozen(tiny_config, processor):
+    tiny_config.train_vision_in_stage1 = False
+    model = set_trainable(build_model(tiny_config, processor), 1)
+    assert trainable_parameters(model) == params(model.abstractor) and trainable_parameters(model.vision) == 0
+
+
 def test_stage_two_trains_lora_only(model, tiny_config):
     set_trainable(model, 2)
     assert isinstance(model.llm, PeftModel)

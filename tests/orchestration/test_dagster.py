@@ -196,6 +196,7 @@ def test_automations_start_stopped_unless_turned_on(monkeypatch):
         importlib.reload(automation)
 
 
+@pytest.mark.slow
 def test_data_steps_and_training_on_ray_materialize_with_the_usual_metadata(local_ray, tmp_path):
     """engine: ray and launcher: ray, from Dagster: the same assets, the same metadata, MLflow from rank 0."""
     names = {"raw_shards", "raw_pairs", "curated_pairs", "instruction_data", "base_llm"}

@@ -8,6 +8,8 @@ import sys
 import time
 import urllib.request
 
+import pytest
+
 QUERY = json.dumps({"query": "{ assetNodes { assetKey { path } } }"}).encode()
 
 
@@ -30,6 +32,7 @@ def wait_for(url: str, data: bytes | None = None, timeout: float = 120.0) -> byt
             time.sleep(1)
 
 
+@pytest.mark.slow
 def test_owl_ui_serves_both_and_stops_on_ctrl_c(tmp_path):
     dagster_port, mlflow_port = free_port(), free_port()
     log = (tmp_path / "ui.log").open("w")  # a file, not a pipe: the test waits for `owl ui`, not its servers

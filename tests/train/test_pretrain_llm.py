@@ -15,6 +15,8 @@ from owl_pipeline.model.processor import OwlProcessor, ProcessorConfig
 from owl_pipeline.train.pretrain_llm import (MANIFEST_FILE, ManifestMismatchError, pretrain_base_llm,
                                              verify_manifest)
 
+pytestmark = pytest.mark.slow  # minutes: `make test-fast` leaves these out
+
 # On 1-3 shape scenes, naming a value the description mentions (the shortcut) scores about 0.61 in place.
 SHORTCUT = 0.61
 

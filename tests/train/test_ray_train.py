@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import cloudpickle
+import pytest
 import yaml
 
 from owl_pipeline.cli import main
@@ -17,6 +18,8 @@ from owl_pipeline.train.checkpoint import list_checkpoints
 
 from ..test_pipeline import TINY_PARAMS
 from .test_distributed import stage1_history, stage1_state
+
+pytestmark = pytest.mark.slow  # minutes: `make test-fast` leaves these out
 
 # The killing worker below is defined here: Ray must ship it by value (workers cannot import tests/).
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

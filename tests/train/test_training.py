@@ -97,6 +97,33 @@ def test_stage_one_trains_vision_and_abstractor_and_leaves_the_llm_bit_identical
     assert [p.name for p in list_checkpoints(tmp_path / "run/checkpoints")] == ["step-0000003", "step-0000006"]
 
 
+def test_a_frozen_pretrained_tower_runs_once_per_picture_with_the_same_losses(tiny_config, tokenizer, pairs,
+                                                                             tmp_path, monkeypatch):
+    from owl_pipeline.model.builders import build_model, processor_config_for
+    from owl_pipeline.model.processor import OwlProcessor
+
+    tiny_config.train_vision_in_stage1 = False
+    processor = OwlProcessor(tokenizer, processor_config_for(tiny_config, train_hflip=False,
+                                                             train_crop_scale=(1.0, 1.0)))
+    runs, encoded = {}, []
+    for memo in (0, 64):
+        torch.manual_seed(0)
+        model = build_model(tiny_config, processor)
+        before = snapshot(model.vision)
+        original = model.vision._encode
+        monkeypatch.setattr(model.vision, "_encode", lambda pixels, f=original: encoded.append(len(pixels)) or f(pixels))
+        messages = []
+        runs[memo] = train_stage(model, processor, 1, CaptionPairDataset(pairs, processor, train=True),
+                                 stage_config(max_steps=20, vision_memo_mib=memo), tmp_path / f"run{memo}",
+                                 log=messages.append)
+        assert all(torch.equal(v, model.vision.state_dict()[k]) for k, v in before.items())
+        assert any("remembered per picture" in m for m in messages) == bool(memo)
+    pictures = len(set(lance.dataset(str(pairs)).to_table(columns=["image"])["image"].to_pylist()))
+    assert sum(encoded[:20]) == 80 and sum(encoded[20:]) == pictures  # 20 steps of 4; the memo: each picture once
+    losses = [[h["loss"] for h in runs[memo].history] for memo in (0, 64)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
 def test_stage_two_trains_lora_only(model, processor, pairs, tmp_path):
     from owl_pipeline.model.builders import set_trainable
 
