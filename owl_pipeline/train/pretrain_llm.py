@@ -31,6 +31,15 @@ from owl_pipeline.train.loop import train_stage
 __all__ = ["MANIFEST_FILE", "ManifestMismatchError", "PretrainResult", "pretrain_base_llm", "verify_manifest"]
 
 
+@dataclass
+class PretrainResult:
+    folder: Path
+    seconds: float
+    scores: dict[str, float]
+    losses: list[float]  # the final loss of each phase
+    curve: list[dict] = dataclasses.field(default_factory=list)  # the text-lookup probe against steps
+
+
 def _phase_config(phase, seed: int) -> StageConfig:
     return StageConfig(max_steps=phase.steps, batch_size=phase.batch_size, lr=phase.lr, min_lr=phase.lr,
                        warmup_steps=min(phase.warmup_steps, phase.steps), weight_decay=0.01, betas=(0.9, 0.95),
