@@ -89,7 +89,7 @@ class _Batches:
                     kinds=torch.from_numpy(batch.kinds), colors=torch.from_numpy(batch.colors))
 
 
-def _forward(clip: CLIPModel, heads: ColumnAttributeHeads, batch: dict[str, torch.Tensor]):
+def _forward(clip: CLIPModel, batch: dict[str, torch.Tensor]):
     """Image embeddings, text embeddings (true captions, then swapped ones) and the tower's normed tokens."""
     tokens = VisionEncoder(clip)(batch["pixels"])  # (B, 1 + P, D): what the abstractor will read
     image_embeds = clip.visual_projection(tokens[:, 0])  # CLIP's pooled output is the normed CLS token
@@ -98,7 +98,7 @@ def _forward(clip: CLIPModel, heads: ColumnAttributeHeads, batch: dict[str, torc
 
 
 def _loss(clip, heads, batch, config: VisionPretrainConfig) -> torch.Tensor:
-    image_embeds, text_embeds, tokens = _forward(clip, heads, batch)
+    image_embeds, text_embeds, tokens = _forward(clip, batch)
     true, swapped = text_embeds.chunk(2)
     loss = contrastive_loss(image_embeds, true, clip.logit_scale, swapped if config.hard_negatives else None)
     if config.attribute_loss_weight:
@@ -112,7 +112,7 @@ def held_out_scores(clip, heads, batch: dict[str, torch.Tensor]) -> dict[str, fl
     objects are but no kind scores 0.5; bench/vision_probe.py scores objects alone), and zero-shot retrieval: how
     often an image is closer to its caption than to the same caption with one kind swapped (chance 0.5)."""
     clip.eval()
-    image_embeds, text_embeds, tokens = _forward(clip, heads, batch)
+    image_embeds, text_embeds, tokens = _forward(clip, batch)
     kind_logits, color_logits = heads(tokens)
     true, swapped = torch.nn.functional.normalize(text_embeds, dim=-1).chunk(2)
     image_embeds = torch.nn.functional.normalize(image_embeds, dim=-1)
