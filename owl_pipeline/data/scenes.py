@@ -111,3 +111,9 @@ def questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
         QA("How many shapes are there?", NUMBER_WORDS[len(scene.shapes)], "count"),
         QA(f"Where is the {position_target.kind}?", COLUMNS[position_target.column], "position"),
     ]
+
+
+def follow_up(target: Shape) -> list[QA]:
+    """A two-turn exchange whose second question refers back to the first one's shape ("it")."""
+    return [QA(f"What color is the {target.kind}?", target.color, "color"),
+            QA("Where is it?", COLUMNS[target.column], "position")]

@@ -47,6 +47,7 @@ _MAX_CAPTION_USES_WITH_COPIES = 10  # duplicates copy captions too; FilterConfig
 _CLEAN_MIN_HASH_DISTANCE = 7
 _NEAR_DUP_MAX_DISTANCE = 2
 CAPTION_TEMPLATES = ("{}", "a picture of {}", "an image with {}", "{}, drawn on a plain background")
+FOLLOW_UP_SHARE = 1 / 3  # dialogues that end with a question referring back (the eval set asks one on every third image)
 _TRANSLATIONS = {
     "de": ({"red": "roter", "green": "grüner", "blue": "blauer", "yellow": "gelber", "purple": "violetter",
             "orange": "oranger"},
@@ -322,6 +323,17 @@ def _owl_text(turns: list[tuple[str, str]], num_images: int) -> str:
     return "\n".join(lines)
 
 
+def _dialogue_turns(scene: scenes.Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
+    """The four questions in a random order, then on a share of the dialogues a follow-up that refers back
+    ("What color is the square?" / "Where is it?"): the eval set asks it, so the dialogues must teach it."""
+    qas = scenes.questions(scene, rng)
+    turns = [(qas[i].question, qas[i].answer) for i in rng.permutation(len(qas))]
+    if rng.random() < FOLLOW_UP_SHARE:
+        target = scene.shapes[int(rng.integers(len(scene.shapes)))]
+        turns += [(qa.question, qa.answer) for qa in scenes.follow_up(target)]
+    return turns
+
+
 def _alpaca_task(rng: np.random.Generator) -> dict:
     """A question about a scene answered from its description alone (Alpaca format)."""
     scene = scenes.random_scene(rng)
@@ -334,8 +346,7 @@ def _described_scene_dialogue(rng: np.random.Generator) -> dict:
     """A text-only mPLUG-Owl record shaped like the image dialogues, with the description where the image
     would be: the curriculum that teaches the base LLM to answer from what precedes the questions."""
     scene = scenes.random_scene(rng)
-    qas = scenes.questions(scene, rng)
-    turns = [(qas[i].question, qas[i].answer) for i in rng.permutation(len(qas))]
+    turns = _dialogue_turns(scene, rng)
     lines = [SYSTEM_PROMPT, HUMAN_PREFIX + scenes.caption(scene)]
     for question, answer in turns:
         lines += [HUMAN_PREFIX + question, AI_PREFIX + answer]
@@ -352,9 +363,7 @@ def write_instructions(folder: Path, config: SyntheticConfig) -> dict[str, int]:
         name = f"images/{index:05d}.jpg"
         size = config.image_size
         (folder / name).write_bytes(jpeg_bytes(scenes.render(scene, size, size)))
-        qas = scenes.questions(scene, rng)
-        order = rng.permutation(len(qas))
-        turns = [(qas[i].question, qas[i].answer) for i in order]
+        turns = _dialogue_turns(scene, rng)
         if rng.random() < 0.2:
             turns.append(("Describe the image.", scenes.caption(scene)))
         if index % 2 == 0:
@@ -396,8 +405,7 @@ def write_eval_set(folder: Path, config: SyntheticConfig) -> int:
         items = [(qa, "single_turn") for qa in scenes.questions(scene, rng)]
         if number % 3 == 0:
             target = scene.shapes[int(rng.integers(len(scene.shapes)))]
-            items += [(scenes.QA(f"What color is the {target.kind}?", target.color, "color"), "multi_turn"),
-                      (scenes.QA("Where is it?", scenes.COLUMNS[target.column], "position"), "multi_turn")]
+            items += [(qa, "multi_turn") for qa in scenes.follow_up(target)]
         for qa, category in items:
             question_id = len(questions) + 1
             ability = _ABILITY[qa.kind] + (",f" if category == "multi_turn" else "")

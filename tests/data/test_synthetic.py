@@ -78,6 +78,27 @@ def test_every_question_has_one_right_answer():
             assert qa.answer and qa.kind in scenes.QUESTION_TYPES
 
 
+def test_dialogues_teach_the_follow_up_the_eval_set_asks(corpus):
+    """"Where is it?" refers to the shape of the question before it, in the image dialogues and the text-only
+    ones alike, on about a third of them; the eval set asks it the same way."""
+    root, _ = corpus
+    owl = [json.loads(line) for line in (root / "instructions/owl.jsonl").read_text().splitlines()]
+    dialogues = [r["text"].split("\n") for r in owl if r["task_type"] in ("shapes_qa", "text_only")]
+    with_follow_up = [lines for lines in dialogues if "Human: Where is it?" in lines]
+    assert 0.2 < len(with_follow_up) / len(dialogues) < 0.5
+    for lines in with_follow_up:
+        asked = lines.index("Human: Where is it?")
+        kind = lines[asked - 2].removeprefix("Human: What color is the ").removesuffix("?")
+        column = lines[asked + 1].removeprefix("AI: ")
+        assert kind in scenes.SHAPES and column in scenes.COLUMNS
+        if "<image>" not in lines[1]:  # text-only: the description says where that shape is
+            said = "in the center" if column == "center" else f"on the {column}"
+            assert any(part.split(" ", 2)[-1].startswith(f"{kind} {said}")
+                       for part in lines[1].removeprefix("Human: ").replace(" and ", ", ").split(", "))
+    questions = [json.loads(line) for line in (root / "owleval/questions.jsonl").read_text().splitlines()]
+    assert {q["question"] for q in questions if q["category"] == "multi_turn"} >= {"Where is it?"}
+
+
 def test_without_similarity_scores_the_shipped_clip_scores_them_and_the_threshold_drops_mismatched_captions(
         tmp_path):
     import lance
