@@ -9,7 +9,7 @@ train/optim.py, logits only where a label follows); a variant adds "+"-joined op
 torch.compile), ckpt (activation checkpointing), fp32-frozen (frozen weights left fp32, as autocast alone).
 The peer runs as a user would run it: bf16 autocast, SDPA, fused AdamW.
 
-Regimes (DESIGN.md section 8): stage 1 = LLM frozen, batch 64, 64 text tokens; stage 2 = LoRA r8 on q/v,
+Regimes (ARCHITECTURE.md section 8): stage 1 = LLM frozen, batch 64, 64 text tokens; stage 2 = LoRA r8 on q/v,
 batch 16, 512 text tokens. Both models are randomly initialized at the same vision and LLM sizes; ours feeds
 65 tokens per image to the LLM, LLaVA 256. Model FLOPs (train/flops.py, what the training loop logs) count 6N
 per token through trained weights, 4N through frozen weights that still pass gradients, 2N through forward-only

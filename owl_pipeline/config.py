@@ -383,7 +383,7 @@ class SyntheticConfig:
 
 @dataclass
 class FilterConfig:
-    """LAION/COYO curation rules (DESIGN.md section 4). ``None`` turns a rule off.
+    """LAION/COYO curation rules (ARCHITECTURE.md section 4). ``None`` turns a rule off.
 
     Defaults are the published ones; the shapes-world params override image-size rules for its 64 px images.
     """
@@ -429,7 +429,7 @@ class FilterConfig:
 # --- training --------------------------------------------------------------------------------------------
 @dataclass
 class StageConfig:
-    """One run of the training loop. The defaults are the paper's stage-1 recipe (DESIGN.md section 3);
+    """One run of the training loop. The defaults are the paper's stage-1 recipe (ARCHITECTURE.md section 3);
     ``stage2_recipe`` gives stage 2's, and the embedded default overrides sizes and steps in params.yaml."""
 
     max_steps: int = 50_000

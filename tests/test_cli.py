@@ -16,10 +16,9 @@ def test_info_reports_a_bad_config_clearly(tmp_path, capsys):
     assert "llm.hidden_size / llm.num_heads = 25 must be even" in capsys.readouterr().err
 
 
-def test_chat_and_eval_with_a_saved_model(tmp_path, model, processor, red_image, capsys):
+def test_chat_and_eval_with_a_saved_model(tmp_path, model, processor, red_image, corpus, capsys):
     import json
     import shutil
-    from pathlib import Path
 
     from owl_pipeline.model.builders import save_pretrained
 
@@ -29,7 +28,7 @@ def test_chat_and_eval_with_a_saved_model(tmp_path, model, processor, red_image,
                  "--max-new-tokens", "4"]) == 0
     assert capsys.readouterr().out.strip() != ""  # an untrained model answers something, stops within 4 tokens
 
-    real = Path(__file__).resolve().parents[2] / "shared/data/owleval"
+    real = corpus[0] / "owleval"  # shapes world's eval set, in the official layout
     folder = tmp_path / "owleval"
     (folder / "cases").mkdir(parents=True)
     lines = (real / "questions.jsonl").read_text().splitlines()[:3] + ["{broken"]
@@ -38,6 +37,9 @@ def test_chat_and_eval_with_a_saved_model(tmp_path, model, processor, red_image,
         image = json.loads(line)["image"]
         shutil.copy(real / "cases" / image, folder / "cases" / image)
     shutil.copytree(real / "answer", folder / "answer")
+    published = [{**json.loads(line), "model_id": "mPLUG_Owl_7b:v1"}  # a stand-in for the published file
+                 for line in (real / "answer/reference_answer.jsonl").read_text().splitlines()]
+    (folder / "answer/mPLUG_Owl_7b_answer.jsonl").write_text("".join(json.dumps(a) + "\n" for a in published))
     out = tmp_path / "eval"
     assert main(["eval", "--model", str(tmp_path / "model"), "--owleval", str(folder), "--out", str(out),
                  "--max-new-tokens", "3", "--model-id", "mine"]) == 0

@@ -1,6 +1,6 @@
 """OwlProcessor: conversation template + tokenizer + image transform + label masking + batch collation.
 
-A conversation renders as (DESIGN.md section 2):
+A conversation renders as (ARCHITECTURE.md section 2):
 
     {SYSTEM_PROMPT}
     Human: <image>

@@ -5,11 +5,9 @@
 
 A step whose inputs and settings are unchanged reuses its last result; in the UI's Launchpad, run config
 ``ops: {<asset>: {config: {force: true}}}`` recomputes it anyway. Each asset's code_version is a hash of its
-step function's source, so Dagster marks it stale when the code that computes it changes.
+step's code (its module and the library modules it runs: ``Step.code``), so Dagster marks it stale
+when the code that computes it changes.
 """
-
-import hashlib
-import inspect
 
 import dagster as dg
 
@@ -42,10 +40,6 @@ class StepRunConfig(dg.Config):
     force: bool = False  # recompute even when inputs and settings are unchanged since the last run
 
 
-def code_version(definition: Step) -> str:
-    return hashlib.sha256(inspect.getsource(definition.run).encode()).hexdigest()[:12]
-
-
 def _resources(definition: Step) -> set[str]:
     return {"project"} | ({"mlflow"} if definition.tracked else set()) | ({"launcher"} if definition.trains else set())
 
@@ -57,7 +51,7 @@ def asset_for(definition: Step) -> dg.AssetsDefinition:
     @dg.asset(name=name, deps=list(definition.reads), group_name=definition.group,
               description=definition.description, compute_kind=definition.compute_kind,
               required_resource_keys=_resources(definition), pool=definition.pool,
-              code_version=code_version(definition))
+              code_version=definition.code_digest())
     def _materialize(context: dg.AssetExecutionContext, config: StepRunConfig):
         owl_project = context.resources.project.project()
         if definition.trains and context.resources.launcher.mode == "pipes":

@@ -1,4 +1,5 @@
-"""The one Definitions object: `dagster dev -m owl_pipeline.orchestration.definitions`."""
+"""The one Definitions: `dagster dev -m owl_pipeline.orchestration.definitions` loads ``defs``; `owl run` builds
+the same with the project it is given (orchestration/run.py) and executes its ``retrain`` job in-process."""
 
 from __future__ import annotations
 
@@ -11,5 +12,12 @@ from owl_pipeline.orchestration.automation import ALL_JOBS, ALL_SCHEDULES, ALL_S
 from owl_pipeline.orchestration.checks import ALL_CHECKS
 from owl_pipeline.orchestration.resources import resources_for
 
-defs = dg.Definitions(assets=ALL_ASSETS, asset_checks=ALL_CHECKS, jobs=ALL_JOBS, schedules=ALL_SCHEDULES,
-                      sensors=ALL_SENSORS, resources=resources_for(os.environ.get("OWL_DEPLOYMENT", "local")))
+
+def pipeline_definitions(resources: dict[str, dg.ConfigurableResource],
+                         loggers: dict[str, dg.LoggerDefinition] | None = None) -> dg.Definitions:
+    """Every asset, check, job, schedule and sensor of the pipeline, over ``resources``."""
+    return dg.Definitions(assets=ALL_ASSETS, asset_checks=ALL_CHECKS, jobs=ALL_JOBS, schedules=ALL_SCHEDULES,
+                          sensors=ALL_SENSORS, resources=resources, loggers=loggers)
+
+
+defs = pipeline_definitions(resources_for(os.environ.get("OWL_DEPLOYMENT", "local")))

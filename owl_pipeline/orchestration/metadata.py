@@ -19,6 +19,7 @@ import lance
 
 from owl_pipeline import constants as C
 from owl_pipeline.eval.owleval import ABILITIES
+from owl_pipeline.pipeline.graph import step
 from owl_pipeline.pipeline.lineage import step_lineage
 from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.records import REUSED, StepResult
@@ -105,7 +106,7 @@ def dataset_entries(project: Project, result: StepResult) -> Entries:
 def lineage_entries(project: Project, result: StepResult) -> tuple[Entries, str | None]:
     """DVC hash (and Lance version) of what the step wrote and of what it read; the written hash is also the
     Dagster data version, so the UI shows when the bytes really changed."""
-    written, read = step_lineage(project, result)
+    written, read = step_lineage(project, result, step(result.name).reads)
     entries: Entries = {f"written_{key}": ("text", str(value)) for key, value in written.items()}
     entries["read_versions"] = ("json", read)
     return entries, written.get("dvc_md5")

@@ -8,8 +8,8 @@ import dagster as dg
 
 from owl_pipeline.orchestration.assets import ALL_ASSETS
 from owl_pipeline.orchestration.automation import retrain_job
-from owl_pipeline.orchestration.checks import ALL_CHECKS
 from owl_pipeline.orchestration.console import compact_console, prepare_dagster_home
+from owl_pipeline.orchestration.definitions import pipeline_definitions
 from owl_pipeline.orchestration.resources import MlflowResource, ProjectResource, TrainingLauncher
 
 
@@ -20,8 +20,7 @@ def materialize_pipeline(project_root: Path, params: Path | None, tracking: bool
     os.environ["DAGSTER_HOME"] = str(prepare_dagster_home(project_root))
     resources = {"project": ProjectResource(root=str(project_root), params=str(params) if params else None),
                  "mlflow": MlflowResource(enabled=tracking), "launcher": TrainingLauncher()}
-    definitions = dg.Definitions(assets=ALL_ASSETS, asset_checks=ALL_CHECKS, jobs=[retrain_job],
-                                 resources=resources, loggers={"console": compact_console})
+    definitions = pipeline_definitions(resources, loggers={"console": compact_console})
     run_config = {"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "INFO"}}}}
     if force:
         run_config["ops"] = {asset.op.name: {"config": {"force": True}} for asset in ALL_ASSETS}

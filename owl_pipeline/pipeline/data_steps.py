@@ -17,6 +17,7 @@ from owl_pipeline.data.instructions import build_instruction_table
 from owl_pipeline.data.synthetic import generate_corpus
 from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.records import StepResult
+from owl_pipeline.pipeline.steps import GROUP_DATA, INGEST_POOL, pipeline_step
 
 Log = Callable[[str], None]
 
@@ -25,6 +26,10 @@ def lance_version(path) -> int:
     return lance.dataset(str(path)).version
 
 
+@pipeline_step(C.ASSET_RAW_SHARDS, reads=(), params=("raw_shards", "synthetic"), writes=lambda p: p.raw_shards,
+               description="Shapes world generated, or your img2dataset shards", group=GROUP_DATA,
+               compute_kind="lance", external=lambda p: [] if p.generated else shard_files(p),
+               code=("data/synthetic.py", "data/scenes.py", "data/image_hash.py"))
 def raw_shards(project: Project, log: Log = print, tracking=None) -> StepResult:
     """Generate shapes world, or check that the configured folder holds shards."""
     if project.generated:
@@ -47,6 +52,11 @@ def on_ray(project: Project, step: str) -> bool:
     return project.config.engine[step] == "ray"
 
 
+@pipeline_step(C.ASSET_RAW_PAIRS, reads=(C.ASSET_RAW_SHARDS,), params=("max_image_pixels",),
+               writes=lambda p: p.raw_pairs, description="Every readable pair in one Lance table", group=GROUP_DATA,
+               compute_kind="lance", external=shard_files, metrics=("rows", "rows_added"), pool=INGEST_POOL,
+               code=("data/ingest.py", "data/ray_ingest.py", "data/ray_session.py", "data/images.py",
+                     "data/lance_io.py"))
 def raw_pairs(project: Project, log: Log = print, tracking=None) -> StepResult:
     write_shards = None
     if on_ray(project, C.ASSET_RAW_PAIRS):
@@ -79,6 +89,11 @@ def clip_model_files(project: Project) -> list:
     return [folder / C.PRETRAIN_MANIFEST_FILE, folder / "config.json"] if folder.is_dir() and folder.name else []
 
 
+@pipeline_step(C.ASSET_CURATED_PAIRS, reads=(C.ASSET_RAW_PAIRS,), params=("filters",), writes=lambda p: p.curated_pairs,
+               description="Pairs that pass the LAION/COYO rules", group=GROUP_DATA, compute_kind="lance",
+               metrics=("rows_in", "rows_out"), external=clip_model_files,
+               code=("data/filters.py", "data/ray_filters.py", "data/ray_session.py", "data/image_hash.py",
+                     "data/clip_score.py", "data/report_plots.py", "data/lance_io.py"))
 def curated_pairs(project: Project, log: Log = print, tracking=None) -> StepResult:
     config = filter_config(project)
     if on_ray(project, C.ASSET_CURATED_PAIRS):
@@ -95,6 +110,14 @@ def curated_pairs(project: Project, log: Log = print, tracking=None) -> StepResu
                                               "histogram": str(project.filter_histograms)}, data)
 
 
+def _instruction_files(project: Project) -> list[Path]:
+    return [source.path for source in project.instruction_sources()]
+
+
+@pipeline_step(C.ASSET_INSTRUCTIONS, reads=(C.ASSET_RAW_SHARDS,), params=("instructions", "max_image_pixels"),
+               writes=lambda p: p.instructions, description="Instruction conversations in Lance", group=GROUP_DATA,
+               compute_kind="lance", external=_instruction_files,
+               code=("data/instructions.py", "data/images.py", "data/lance_io.py", "model/processor.py"))
 def instruction_data(project: Project, log: Log = print, tracking=None) -> StepResult:
     report = build_instruction_table(project.instruction_sources(), project.instructions, log=log,
                                      max_pixels=project.config.max_image_pixels)

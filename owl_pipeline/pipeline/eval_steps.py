@@ -8,14 +8,20 @@ from typing import Any
 
 from owl_pipeline import constants as C
 from owl_pipeline.pipeline.project import Project
-from owl_pipeline.pipeline.records import MLFLOW_RUN, REGISTERED, StepRecord, StepResult
-from owl_pipeline.pipeline.training_steps import lineage_tags
+from owl_pipeline.pipeline.lineage import lineage_tags
+from owl_pipeline.pipeline.records import MLFLOW_RUN, MLFLOW_RUN_ID, REGISTERED, StepRecord, StepResult
+from owl_pipeline.pipeline.steps import EVALUATION_CODE, GROUP_EVAL, pipeline_step
 from owl_pipeline.train.loop import MODEL_DIR
 
 Log = Callable[[str], None]
 TRAINING_STEP_NAMES = (C.ASSET_BASE_LLM, C.ASSET_STAGE1, C.ASSET_STAGE2)
 
 
+@pipeline_step(C.ASSET_OWLEVAL, reads=(C.ASSET_STAGE2, C.ASSET_RAW_SHARDS),
+               params=("owleval_dir", "evaluation", "max_image_pixels"), writes=lambda p: p.owleval,
+               description="OwlEval answers in the official format, scored beside the published models (HTML report)",
+               group=GROUP_EVAL, compute_kind="pytorch", external=lambda p: [p.owleval_dir() / "questions.jsonl"],
+               metrics=(C.METRIC_ACCURACY, C.METRIC_SIMILARITY, C.METRIC_JUDGE, C.METRIC_HUMAN), code=EVALUATION_CODE)
 def owleval_report(project: Project, log: Log = print, tracking=None) -> StepResult:
     """Answer the eval set with the stage-2 model; score it beside the published answers (eval.report)."""
     from owl_pipeline.eval.evaluate import evaluate_model
@@ -31,16 +37,12 @@ def owleval_report(project: Project, log: Log = print, tracking=None) -> StepRes
                                         "html": str(files.html), "rating_sheet": str(files.rating_sheet)}, metadata)
 
 
-def _run_id(url: str | None) -> str | None:
-    return url.rstrip("/").rsplit("/runs/", 1)[-1] if url and "/runs/" in url else None
-
-
 def _parent_runs(project: Project) -> dict[str, str]:
     """``parent_run.<step>``: the MLflow run of each training step's last run."""
     parents = {}
     for name in TRAINING_STEP_NAMES:
         record = StepRecord.read(project.record_path(name))
-        run_id = _run_id(record.metadata.get(MLFLOW_RUN)) if record else None
+        run_id = record.metadata.get(MLFLOW_RUN_ID) if record else None
         if run_id:
             parents[f"parent_run.{name}"] = run_id
     return parents
@@ -49,6 +51,10 @@ def _parent_runs(project: Project) -> dict[str, str]:
 STAGE2_PARENT = f"parent_run.{C.ASSET_STAGE2}"
 
 
+@pipeline_step(C.ASSET_REGISTERED, reads=(C.ASSET_STAGE2, C.ASSET_OWLEVAL), params=("registry",), writes=None,
+               description="The stage-2 model in the MLflow registry: alias candidate, champion if it passes the gate",
+               group=GROUP_EVAL, compute_kind="mlflow", tracked=True, metrics=("version", "promoted"),
+               code=("registry/registration.py", "registry/pyfunc_model.py", "registry/tracking.py"))
 def registered_model(project: Project, log: Log = print, tracking=None) -> StepResult:
     """Register the stage-2 model in the MLflow registry: alias ``candidate``, ``champion`` if the gate passes."""
     from owl_pipeline.eval.report import our_scores

@@ -12,6 +12,7 @@ from owl_pipeline.files import atomic_write_json, read_json_or_none
 # Metadata keys read across rooms (run summary, Dagster checks and sensors, the registry).
 REUSED = "reused"  # set on a result that was reused, not recomputed
 MLFLOW_RUN = "mlflow_run"  # the training run's URL
+MLFLOW_RUN_ID = "mlflow_run_id"  # the training run's id
 ROWS_OUT = "rows_out"  # curated_pairs: rows kept
 REGISTERED = "registered"  # registered_model: whether a version was registered (False: tracking was off)
 

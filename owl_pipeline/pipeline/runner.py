@@ -1,5 +1,5 @@
 """Run a step, or reuse its last result: a step whose params sections, inputs (the versions of the assets it
-reads and the files outside assets/ it reads) and outputs are as at its last run is not run again.
+reads and the files outside assets/ it reads), code and outputs are as at its last run is not run again.
 
 One run of a step at a time per project: a second ``owl step``/``owl train`` of the same step fails at once
 naming the holder (a lock in ``assets/.locks/``; a stale one from a dead process is taken over)."""
@@ -18,10 +18,10 @@ from owl_pipeline.data.synthetic import MANIFEST_FILE
 from owl_pipeline.locks import StepLock
 from owl_pipeline.pipeline.dvc_sync import record_stage
 from owl_pipeline.pipeline.graph import Step, params_of, step
+from owl_pipeline.pipeline.lineage import config_hash
 from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.ranks import is_main_process
 from owl_pipeline.pipeline.records import REGISTERED, StepRecord, StepResult
-from owl_pipeline.pipeline.training_steps import config_hash
 from owl_pipeline.train.loop import MODEL_DIR
 
 Log = Callable[[str], None]
@@ -44,9 +44,10 @@ def asset_stamp(project: Project, name: str) -> Any:
 
 
 def inputs_digest(definition: Step, project: Project) -> str:
-    """A hash of everything the step's output depends on, per the table in graph.py."""
+    """A hash of everything the step's output depends on, per the table in graph.py: its settings, inputs,
+    external files and code."""
     external = definition.external(project) if definition.external else []
-    return config_hash({"params": params_of(project, definition.name),
+    return config_hash({"params": params_of(project, definition.name), "code": definition.code_digest(),
                         "reads": {name: asset_stamp(project, name) for name in definition.reads},
                         "external": _file_stats(external)})
 

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,46 +27,15 @@ from owl_pipeline.manifest import MANIFEST_FILE, verify_manifest
 from owl_pipeline.model.builders import build_model, from_pretrained, processor_config_for, save_pretrained
 from owl_pipeline.model.processor import OwlProcessor
 from owl_pipeline.model.tokenizer import prepare_tokenizer, train_bpe_tokenizer
-from owl_pipeline.pipeline.lineage import recorded_version
+from owl_pipeline.pipeline.lineage import config_hash, dataset_inputs, lineage_tags
 from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.ranks import is_main_process, wait_for_everyone
-from owl_pipeline.pipeline.records import MLFLOW_RUN, StepResult
+from owl_pipeline.pipeline.records import MLFLOW_RUN, MLFLOW_RUN_ID, StepResult
+from owl_pipeline.pipeline.steps import GROUP_TRAINING, TRAINING_CODE, pipeline_step
 from owl_pipeline.train.loop import CHECKPOINT_DIR, MODEL_DIR, StageResult, Tracker, train_stage
 
 Log = Callable[[str], None]
 FINGERPRINT_FILE = "fingerprint.json"
-
-
-def config_hash(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def git_commit(root: Path) -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def lineage_tags(project: Project, inputs: tuple[str, ...]) -> dict[str, Any]:
-    """Run tags naming the input assets (and their Lance versions), the git commit and the config's hash."""
-    paths = project.asset_paths()
-    tags = {f"input.{name}.lance_version": lance.dataset(str(paths[name])).version for name in inputs
-            if paths[name].suffix == ".lance"}
-    tags.update({f"input.{name}": str(paths[name]) for name in inputs})
-    commit = git_commit(project.root)
-    return {**tags, "git_commit": commit, "mlflow.source.git.commit": commit,
-            "config_hash": config_hash(project.config.to_dict())}
-
-
-def dataset_inputs(project: Project, inputs: tuple[str, ...]) -> list:
-    """The input assets as MLflow dataset inputs, their digest the DVC hash recorded when they were written."""
-    from owl_pipeline.registry.tracking import DatasetRef
-
-    paths = project.asset_paths()
-    return [DatasetRef(name, str(recorded_version(project, name, recompute=False).get("dvc_md5")), str(paths[name]))
-            for name in inputs]
 
 
 def _recent_mean(history: list[dict], key: str, digits: int) -> float | None:
@@ -101,6 +69,7 @@ def _in_mlflow_run(name: str, project: Project, tracking, inputs: tuple[str, ...
                       inputs=dataset_inputs(project, inputs)) as run:
         run.log_dict(params, "config.json")
         result = train(run, run.url)
+        result.metadata[MLFLOW_RUN_ID] = run.run_id  # what the registration logs the model into
         run.set_tags({"output": result.outputs.get("model", ""), "seconds": round(time.perf_counter() - started, 1)})
         run.log_artifact(Path(result.outputs["model"]), "model")
     return result
@@ -132,6 +101,19 @@ def _augmentation(project: Project) -> dict:
 
 
 # --- base LLM -----------------------------------------------------------------------------------------------
+def _pretrained_model_files(project: Project) -> list[Path]:
+    """The local pretrained LLM's and vision tower's manifests or configs (a retrained bundled model reruns
+    base_llm and what follows)."""
+    names = [project.config.model.llm.pretrained, project.config.model.vision.pretrained]
+    folders = [Path(project.resolve_pretrained(name)) for name in names if name]
+    return [path for folder in folders for path in (folder / C.PRETRAIN_MANIFEST_FILE, folder / "config.json")]
+
+
+@pipeline_step(C.ASSET_BASE_LLM, reads=(C.ASSET_CURATED_PAIRS, C.ASSET_INSTRUCTIONS), params=("model", "base_llm"),
+               writes=lambda p: p.base_llm,
+               description="The LLM the stages build on (trained here on the embedded default)",
+               group=GROUP_TRAINING, compute_kind="pytorch", trains=True, tracked=True, metrics=("final_loss",),
+               external=_pretrained_model_files, code=(*TRAINING_CODE, "data/text_corpus.py", "model/convert.py"))
 def base_llm(project: Project, log: Log = print, tracking=None) -> StepResult:
     """The LLM every later stage builds on, saved as a whole Owl model (vision and abstractor freshly built).
 
@@ -293,6 +275,10 @@ def _train_from(previous: Path, name: str, stage: int, dataset_cls, data: Path, 
     return StepResult(name, {"model": str(result.model_dir)}, _stage_metadata(result, run_url))
 
 
+@pipeline_step(C.ASSET_STAGE1, reads=(C.ASSET_BASE_LLM, C.ASSET_CURATED_PAIRS), params=("model", "stage1"),
+               writes=lambda p: p.stage1, description="Stage 1: vision + abstractor trained, LLM frozen",
+               group=GROUP_TRAINING, compute_kind="pytorch", trains=True, tracked=True, metrics=("final_loss",),
+               code=TRAINING_CODE)
 def stage1_model(project: Project, log: Log = print, tracking=None) -> StepResult:
     """Stage 1: vision encoder + abstractor learn to caption curated pairs through the frozen LLM. A released
     mPLUG-Owl checkpoint (``model.pretrained_official``) has been through it already: passed on as it is."""
@@ -307,6 +293,10 @@ def stage1_model(project: Project, log: Log = print, tracking=None) -> StepResul
                               url))
 
 
+@pipeline_step(C.ASSET_STAGE2, reads=(C.ASSET_STAGE1, C.ASSET_INSTRUCTIONS), params=("model", "stage2"),
+               writes=lambda p: p.stage2, description="Stage 2: LoRA on the LLM with the mixed instructions",
+               group=GROUP_TRAINING, compute_kind="pytorch", trains=True, tracked=True, metrics=("final_loss",),
+               code=TRAINING_CODE)
 def stage2_model(project: Project, log: Log = print, tracking=None) -> StepResult:
     """Stage 2: LoRA on the LLM learns the mixed text-only and multimodal instructions."""
     return _in_mlflow_run(C.ASSET_STAGE2, project, tracking, (C.ASSET_INSTRUCTIONS,),

@@ -1,13 +1,12 @@
-"""The OwlEval reader on the real set (../shared/data/owleval) and on bad input."""
-
-from pathlib import Path
+"""The OwlEval reader on the real set (``OWL_OWLEVAL_DIR``, default ../shared/data/owleval) and on bad input."""
 
 from owl_pipeline.eval.owleval import dialogues, load_eval_set, read_answers
 from owl_pipeline.eval.report import GROUND_TRUTH_FILE, Scorers, build_report, headline
 
-REAL = Path(__file__).resolve().parents[3] / "shared/data/owleval"
+from tests.conftest import REAL_OWLEVAL as REAL, needs_real_owleval
 
 
+@needs_real_owleval
 def test_the_real_set_reads_whole():
     eval_set = load_eval_set(REAL)
     assert len(eval_set.questions) == 82 and not eval_set.problems

@@ -14,9 +14,9 @@ from owl_pipeline.config import EvaluationConfig
 from owl_pipeline.eval.evaluate import evaluate_answers
 from owl_pipeline.eval.human import import_ratings
 from owl_pipeline.eval.owleval import answer_eval_set, load_eval_set
-from owl_pipeline.eval.report import Scorers, build_report, our_scores
+from owl_pipeline.eval.report import GROUND_TRUTH_FILE, Scorers, build_report, our_scores
 
-from tests.conftest import REAL_OWLEVAL
+from tests.conftest import REAL_OWLEVAL, needs_real_owleval
 
 PUBLISHED = {"MMreact", "BLIP2", "llava-13b", "mPLUG_Owl_7b:v1", "minigpt4_13b", "openflanmingo"}
 
@@ -50,6 +50,7 @@ def real_report(real_answers, similarity, judge_says_b, tmp_path_factory):
     return evaluate_answers(eval_set, answers, "owl-tiny", config, tmp_path_factory.mktemp("report"), log=print)
 
 
+@needs_real_owleval
 def test_real_owleval_report_with_published_models(real_report):
     report = real_report.report
     assert len(report["rows"]) == 82 and {m["model_id"] for m in report["models"]} == PUBLISHED | {"owl-tiny"}
@@ -59,6 +60,7 @@ def test_real_owleval_report_with_published_models(real_report):
     assert json.loads(real_report.json.read_text())["questions"] == 82
 
 
+@needs_real_owleval
 def test_similarity_scores_every_model_against_the_reference(real_report):
     report = real_report.report
     scores = {m["model_id"]: m["scores"]["all"]["similarity"] for m in report["models"]}
@@ -69,6 +71,7 @@ def test_similarity_scores_every_model_against_the_reference(real_report):
     assert all(0 <= v <= 1 for v in scores.values())
 
 
+@needs_real_owleval
 def test_human_ratings_round_trip(real_answers, real_report, tmp_path):
     eval_set, answers = real_answers
     with real_report.rating_sheet.open(newline="", encoding="utf-8") as handle:
@@ -98,11 +101,11 @@ def test_not_a_rating_sheet_is_a_clear_error(tmp_path):
         import_ratings(path)
 
 
-def test_bad_input_is_reported_not_raised(tmp_path, owl_tiny, similarity):
+def test_bad_input_is_reported_not_raised(tmp_path, owl_tiny, similarity, red_image):
     folder = tmp_path / "set"
     (folder / "cases").mkdir(parents=True)
     (folder / "answer").mkdir()
-    shutil.copy(REAL_OWLEVAL / "cases" / "1.jpg", folder / "cases" / "1.jpg")
+    red_image.save(folder / "cases" / "1.jpg")
     (folder / "questions.jsonl").write_text(
         '{"image": "1.jpg", "question_id": 1, "question": "What is it?", "ability": "b", "category": ["single_turn"]}\n'
         '{"image": "gone.jpg", "question_id": 2, "question": "Hm?", "ability": "b,q", "category": "single_turn"}\n'
@@ -123,6 +126,7 @@ def test_bad_input_is_reported_not_raised(tmp_path, owl_tiny, similarity):
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
+@needs_real_owleval
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium not installed (scripts/setup.sh installs it)")
 def test_html_report_renders_all_rows_in_chromium(real_report, tmp_path):
     files = real_report
@@ -137,3 +141,37 @@ def test_html_report_renders_all_rows_in_chromium(real_report, tmp_path):
     subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1400,2000", files.html.as_uri()],
                    capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 20_000  # a page with tables, a chart and pictures
+
+
+def test_on_the_generated_eval_set_the_report_ratings_and_page_cover_every_answer_file(
+        corpus, owl_tiny, similarity, tmp_path):
+    """What the real-set tests above check, on shapes world's own eval set (a bare clone has no other): our
+    answers beside another answer file, scored by similarity and by a filled rating sheet, on one HTML page."""
+    root, _ = corpus
+    folder = tmp_path / "owleval"
+    shutil.copytree(root / "owleval", folder)
+    reference = (folder / "answer" / GROUND_TRUTH_FILE).read_text().splitlines()
+    (folder / "answer" / "other_answer.jsonl").write_text(
+        "".join(json.dumps({**json.loads(line), "model_id": "other"}) + "\n" for line in reference))
+    eval_set = load_eval_set(folder)
+    answers = answer_eval_set(*owl_tiny, eval_set, "owl-tiny", max_new_tokens=4)
+    files = evaluate_answers(eval_set, answers, "owl-tiny", EvaluationConfig(), tmp_path / "report", log=print)
+    count = len(eval_set.questions)
+    scores = {m["model_id"]: m["scores"]["all"] for m in files.report["models"]}
+    assert set(scores) == {"other", "owl-tiny"} and len(files.report["rows"]) == count
+    assert scores["other"]["accuracy"] == 1.0 and scores["other"]["similarity"] == pytest.approx(1.0, abs=1e-3)
+    assert scores["owl-tiny"]["similarity"] < scores["other"]["similarity"]
+
+    with files.rating_sheet.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 * count
+    for row in rows:
+        row["grade"] = {"other": "A", "owl-tiny": "d"}[row["model_id"]]
+    filled = tmp_path / "filled.csv"
+    with filled.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    rated = build_report(eval_set, answers, "owl-tiny", Scorers(human=import_ratings(filled)))
+    assert {m["model_id"]: m["scores"]["all"]["human"] for m in rated["models"]} == {"other": 1.0, "owl-tiny": 0.0}
+    assert files.html.read_text(encoding="utf-8").count('<tr class="question-row') == count  # ' wrong' on misses

@@ -26,7 +26,6 @@ from owl_pipeline.model.processor import OwlProcessor
 from owl_pipeline.registry.registration import (CANDIDATE, CHAMPION, RegistryUnavailableError, gate,
                                                 register_model)
 from owl_pipeline.registry.tracking import MlflowTracking
-from tests.conftest import REAL_OWLEVAL
 
 NAME = "owl-test"
 
@@ -41,16 +40,16 @@ def test_gate_rules():
 
 
 @pytest.fixture(scope="module")
-def eval_slice(tmp_path_factory):
-    """The first eight questions of the real OwlEval, with their pictures and the published answers."""
+def eval_slice(corpus, tmp_path_factory):
+    """The first eight questions of shapes world's eval set, with their pictures and reference answers."""
+    root = corpus[0] / "owleval"
     folder = tmp_path_factory.mktemp("owleval")
-    lines = (REAL_OWLEVAL / "questions.jsonl").read_text().splitlines()[:8]
+    lines = (root / "questions.jsonl").read_text().splitlines()[:8]
     (folder / "questions.jsonl").write_text("\n".join(lines) + "\n")
-    shutil.copytree(REAL_OWLEVAL / "answer", folder / "answer")
+    shutil.copytree(root / "answer", folder / "answer")
     (folder / "cases").mkdir()
-    for line in lines:
-        image = json.loads(line)["image"]
-        shutil.copy(REAL_OWLEVAL / "cases" / image, folder / "cases" / image)
+    for image in {json.loads(line)["image"] for line in lines}:
+        shutil.copy(root / "cases" / image, folder / "cases" / image)
     return load_eval_set(folder)
 
 
@@ -98,21 +97,27 @@ def test_the_gate_promotes_the_better_model_and_refuses_the_worse(registry):
     assert refused.tags["git_commit"] == "test" and "eval.similarity" in refused.tags
 
 
-def _image_b64() -> str:
-    return base64.b64encode((REAL_OWLEVAL / "cases" / "1.jpg").read_bytes()).decode()
+@pytest.fixture(scope="module")
+def picture(corpus) -> Path:
+    return corpus[0] / "owleval" / "cases" / "1.jpg"
 
 
-def test_champion_loads_and_predicts(registry, monkeypatch):
+def _image_b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def test_champion_loads_and_predicts(registry, picture, monkeypatch):
     uri, _, _ = registry
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@{CHAMPION}")
-    frame = pd.DataFrame({"image": [_image_b64(), _image_b64()],  # base64: the default model takes no paths
+    image = _image_b64(picture)  # base64: the default model takes no paths
+    frame = pd.DataFrame({"image": [image, image],
                           "question": ["What is this?", "And now?"],
                           "history": ["[]", json.dumps([["What is this?", "a phone"]])]})
     answers = model.predict(frame, params={"max_new_tokens": 4})
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
     assert model.metadata.get_input_schema().input_names() == ["image", "question", "history"]
-    single = model.predict(pd.DataFrame({"image": [_image_b64()], "question": ["What is it?"]}))  # history optional
+    single = model.predict(pd.DataFrame({"image": [image], "question": ["What is it?"]}))  # history optional
     assert len(single) == 1
 
 
@@ -122,7 +127,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_mlflow_models_serve_answers_http(registry, tmp_path):
+def test_mlflow_models_serve_answers_http(registry, picture, tmp_path):
     uri, _, _ = registry
     port = _free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
@@ -142,7 +147,7 @@ def test_mlflow_models_serve_answers_http(registry, tmp_path):
                 assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
                 time.sleep(1)
         body = json.dumps({"dataframe_split": {"columns": ["image", "question", "history"],
-                                               "data": [[_image_b64(), "What is funny here?", "[]"]]},
+                                               "data": [[_image_b64(picture), "What is funny here?", "[]"]]},
                            "params": {"max_new_tokens": 4}}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
                                          headers={"Content-Type": "application/json"})
@@ -150,7 +155,7 @@ def test_mlflow_models_serve_answers_http(registry, tmp_path):
         assert len(reply["predictions"]) == 1 and isinstance(reply["predictions"][0], str)
         # A file path on the server is refused with one plain message: no traceback, no local paths.
         body = json.dumps({"dataframe_split": {"columns": ["image", "question"],
-                                               "data": [[str(REAL_OWLEVAL / "cases" / "1.jpg"), "What?"]]}})
+                                               "data": [[str(picture), "What?"]]}})
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body.encode(),
                                          headers={"Content-Type": "application/json"})
         with pytest.raises(urllib.error.HTTPError) as refused:
