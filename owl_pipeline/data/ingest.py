@@ -7,9 +7,13 @@ Promises:
   only when it has no URL or no caption column (the error names what it lacks).
 - Every problem with one sample is skipped and counted by reason, never fatal: ``corrupt_image``,
   ``too_many_pixels`` (the header's size over the pixel cap, checked before decoding), ``bad_metadata`` (JSON
-  of the wrong shape: a list, null, a string score, an object caption; examples name shard and key),
+  of the wrong shape: a list, null, a string score, an object caption; a score that is not finite, a declared
+  size outside int32; examples name shard and key),
   ``bad_caption_encoding``, ``incomplete_sample``, ``duplicate_key`` (the first one is kept),
   ``unsafe_member_name`` (absolute, ``..``, or a link), ``not_a_file`` (a directory entry), ``truncated_shard``.
+- A shard is a regular file: a FIFO, a device, a dangling link or a link out of its folder named as a shard is
+  ``not_a_regular_file`` (counted and named, never opened).
+- Names and captions are stored as given and shown escaped (safe_text.printable) in logs and problems.
 - Tar members are read, never extracted. A shard that cannot be read at all is recorded with its error.
 - Shards are identified by the shortest path suffix that tells them apart (two folders may both hold
   ``00000.tar``).
@@ -20,6 +24,7 @@ Promises:
 from __future__ import annotations
 
 import json
+import math
 import tarfile
 import time
 from collections import Counter
@@ -36,6 +41,7 @@ from owl_pipeline.data.images import DEFAULT_MAX_PIXELS, ImageRejected, image_si
 from owl_pipeline.data.lance_io import EmptyDatasetError, write_lance
 from owl_pipeline.files import atomic_write_json, read_json_or_none
 from owl_pipeline.locks import StepLock
+from owl_pipeline.safe_text import printable
 
 PAIR_SCHEMA = pa.schema([
     ("key", pa.string()), ("image", pa.binary()), ("caption", pa.string()), ("url", pa.string()),
@@ -140,7 +146,8 @@ class IngestReport:
     def skip(self, reason: str, shard: str = "", key: str = "", detail: str = "") -> None:
         self.skipped[reason] += 1
         if shard and len(self.problems) < MAX_PROBLEM_EXAMPLES:
-            self.problems.append(f"{shard} {key}: {reason}" + (f" ({detail})" if detail else ""))
+            entry = f"{shard} {key}: {reason}" + (f" ({detail})" if detail else "")
+            self.problems.append(printable(entry, limit=300))  # names and details come from the data
 
 
 def _is_unsafe(name: str) -> bool:
@@ -198,8 +205,28 @@ def _sidecar_metadata(tar_path: Path, report: IngestReport) -> dict[str, dict]:
     return {str(row.pop("key")): row for row in table.to_pylist()}
 
 
+MAX_DECLARED_SIDE = 2**31 - 1  # a declared width or height is stored as int32
+
+
+def _number_problem(name: str, value) -> str | None:
+    """A score must be a finite number (an infinite one would pass every threshold), a declared size an integer
+    within int32 (the stored type): otherwise the whole sample is ``bad_metadata``, never a field made up."""
+    if name in _SCORE_COLUMNS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{name} is {value!r}, not a number"
+        if not math.isfinite(value) or abs(value) > 1e300:
+            return f"{name} is {value!r}, not a finite number"
+    if name in _SIZE_COLUMNS:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{name} is {value!r}, not an integer"
+        if not 0 <= value <= MAX_DECLARED_SIDE:
+            return f"{name} is {value}, outside 0..{MAX_DECLARED_SIDE}"
+    return None
+
+
 def metadata_problem(meta) -> str | None:
-    """What is wrong with one sample's metadata, or None: a mapping whose known fields have their types."""
+    """What is wrong with one sample's metadata, or None: a mapping whose known fields have their types and
+    ranges."""
     if not isinstance(meta, dict):
         return f"metadata is a {type(meta).__name__}, not an object"
     for name, value in meta.items():
@@ -207,10 +234,9 @@ def metadata_problem(meta) -> str | None:
             continue
         if name in _TEXT_COLUMNS and not isinstance(value, str):
             return f"{name} is a {type(value).__name__}"
-        if name in _SCORE_COLUMNS and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            return f"{name} is {value!r}, not a number"
-        if name in _SIZE_COLUMNS and (isinstance(value, bool) or not isinstance(value, int)):
-            return f"{name} is {value!r}, not an integer"
+        problem = _number_problem(name, value)
+        if problem:
+            return problem
     return None
 
 
@@ -368,14 +394,33 @@ def ingest(shards: list[Path], output: str | Path, log=print, incremental: bool 
         return _ingest_locked(shards, output, log, incremental, max_pixels, write_shards or _write_shards)
 
 
+def why_not_a_shard(path: Path) -> str | None:
+    """Only a regular file is read as a shard: a link counts if it resolves to one inside the shard's folder."""
+    path = Path(path)
+    if path.is_symlink():
+        target = path.resolve()
+        if not target.exists():
+            return "a link to nothing"
+        if path.parent.resolve() not in target.parents:
+            return f"a link out of its folder, to {target}"
+    if not path.is_file():  # a FIFO would block the read forever, a device never ends
+        return "not a regular file"
+    return None
+
+
 def _ingest_locked(shards: list[Path], output: Path, log, incremental: bool, max_pixels: int,
                    write_shards: WriteShards) -> IngestReport:
+    odd = {Path(p): why for p in shards if (why := why_not_a_shard(p))}
+    shards = [p for p in shards if Path(p) not in odd]
     stats = _shard_stats(shards)
     known = _known_shards(output, log) if incremental else {}
     unchanged = bool(known) and all(stats.get(name) == stat for name, stat in known.items())
     todo = [p for p in shards if str(Path(p).resolve()) not in known] if unchanged else list(shards)
     report = IngestReport(shards=len(todo), mode="append" if unchanged else "full",
                           shards_already_ingested=len(shards) - len(todo), max_pixels=max_pixels)
+    for path, why in odd.items():
+        report.skip("not_a_regular_file", shard=path.name, detail=why)
+        log(f"ingest: {printable(path.name)} is not read: {why}")
     if unchanged and not todo:
         report.lance_version = lance.dataset(str(output)).version
         log(f"ingest: all {len(shards)} shards already in {output} (version {report.lance_version})")
@@ -417,8 +462,9 @@ def _write_shards(shards: list[Path], names: dict[Path, str], output: Path, repo
                 report.rows_written += batch.num_rows
                 yield batch
             if Path(path).name in report.failed_shards:
-                log(f"ingest: shard {Path(path).name} failed: {report.failed_shards[Path(path).name]}")
-            log(f"ingest: shard {number}/{len(shards)} {Path(path).name}: "
+                log(f"ingest: shard {printable(Path(path).name)} failed: "
+                    f"{printable(report.failed_shards[Path(path).name])}")
+            log(f"ingest: shard {number}/{len(shards)} {printable(Path(path).name)}: "
                 f"{report.rows_written - rows_before} rows")
 
     verb = "append" if append else "ingest"
