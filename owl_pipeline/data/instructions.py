@@ -72,6 +72,8 @@ def _text(value, name: str) -> str:
 def alpaca_turns(record: dict) -> tuple[list[Turn], list[str]]:
     instruction, output = _text(record.get("instruction"), "instruction"), _text(record.get("output"), "output")
     extra = record.get("input") or ""
+    if not isinstance(extra, str):
+        raise InvalidRecord("bad_input")
     question = f"{instruction}\n{extra.strip()}" if extra.strip() else instruction
     return [Turn(HUMAN, question), Turn(AI, output)], []
 
@@ -95,26 +97,34 @@ def _check_dialogue(turns: list[Turn], images: list[str]) -> list[Turn]:
     return turns
 
 
+def _image_refs(record: dict) -> list[str]:
+    """A record's ``image``: one path or a list of paths (absent or null: none)."""
+    image = record.get("image")
+    if image is None:
+        return []
+    refs = [image] if isinstance(image, str) else image
+    if not isinstance(refs, list) or not all(isinstance(ref, str) for ref in refs):
+        raise InvalidRecord("bad_image_reference")  # a number, an object, a list holding either
+    return refs
+
+
 def llava_turns(record: dict) -> tuple[list[Turn], list[str]]:
     roles = {"human": HUMAN, "gpt": AI}
     conversation = record.get("conversations")
     if not isinstance(conversation, list) or not conversation:
         raise InvalidRecord("missing_conversations")
-    try:
-        turns = [Turn(roles[m["from"]], str(m["value"])) for m in conversation]
-    except (KeyError, TypeError):
-        raise InvalidRecord("bad_turn") from None
-    image = record.get("image")
-    images = [image] if isinstance(image, str) else list(image or [])
+    if not all(isinstance(m, dict) and m.get("from") in roles and isinstance(m.get("value"), str)
+               for m in conversation):
+        raise InvalidRecord("bad_turn")
+    turns = [Turn(roles[m["from"]], m["value"]) for m in conversation]
+    images = _image_refs(record)
     return _images_first(_check_dialogue(turns, images)), images
 
 
 def owl_turns(record: dict) -> tuple[list[Turn], list[str]]:
     turns = parse_conversation(_text(record.get("text"), "text"))
-    images = record.get("image") or []
-    if isinstance(images, str):
-        images = [images]
-    return _images_first(_check_dialogue(turns, list(images))), list(images)
+    images = _image_refs(record)
+    return _images_first(_check_dialogue(turns, images)), images
 
 
 _READERS = {"alpaca": alpaca_turns, "llava": llava_turns, "owl": owl_turns}
@@ -129,10 +139,14 @@ def _records(source: InstructionSource, report: InstructionReport) -> Iterator[d
             if line.strip():
                 try:
                     yield json.loads(line)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):  # RecursionError: nested past the parser's depth
                     report.skipped[f"{source.format}: malformed_line"] += 1
         return
-    data = json.loads(text)
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{source.path}: nested too deeply to read (a record inside it is malformed); "
+                         "as .jsonl one malformed line would be skipped instead") from None
     if not isinstance(data, list):
         raise ValueError(f"{source.path}: expected a JSON list of records, got {type(data).__name__}")
     yield from data

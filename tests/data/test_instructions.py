@@ -49,6 +49,37 @@ def test_malformed_lines_and_records(tmp_path):
     assert turns_of(rows[1])[1:] == [Turn(HUMAN, "multi\nline?"), Turn(AI, "yes\nand more")]
 
 
+def test_records_of_the_wrong_shape_are_skipped_and_counted_never_fatal(tmp_path):
+    """Issue 24 item 7: wrong types where a path, a text or a turn belongs, and a line nested past the parser."""
+    (tmp_path / "img.jpg").write_bytes(picture())
+    good_owl = {"image": ["img.jpg"], "text": "Human: <image>\nHuman: hi\nAI: hello"}
+    owl = [good_owl, {**good_owl, "image": 5}, {**good_owl, "image": {"img.jpg": 1}}, {**good_owl, "image": [3]},
+           {**good_owl, "text": ["x"]}]
+    (tmp_path / "owl.jsonl").write_text("\n".join([*map(json.dumps, owl), "[" * 100_000 + "]" * 100_000]))
+    answer = {"from": "gpt", "value": "red"}
+    llava = [{"image": "img.jpg", "conversations": [{"from": "human", "value": f"{IMAGE_TOKEN}\nColor?"}, answer]},
+             {"image": 5, "conversations": [{"from": "human", "value": "Color?"}, answer]},
+             {"conversations": [{"from": "human", "value": 5}, answer]},
+             {"conversations": ["human: hi", answer]}]
+    (tmp_path / "llava.json").write_text(json.dumps(llava))
+    alpaca = [{"instruction": "Name a color.", "output": "red"}, {"instruction": "Name one.", "input": 5, "output": "x"},
+              {"instruction": "Name one.", "input": ["x"], "output": "x"}]
+    (tmp_path / "alpaca.json").write_text(json.dumps(alpaca))
+    report = build_instruction_table([InstructionSource(f, tmp_path / n) for f, n in
+                                      (("owl", "owl.jsonl"), ("llava", "llava.json"), ("alpaca", "alpaca.json"))],
+                                     tmp_path / "t.lance", log=quiet)
+    assert dict(report.rows_by_format) == {"owl": 1, "llava": 1, "alpaca": 1}
+    assert report.skipped == {"owl: bad_image_reference": 3, "owl: missing_text": 1, "owl: malformed_line": 1,
+                              "llava: bad_image_reference": 1, "llava: bad_turn": 2, "alpaca: bad_input": 2}
+
+
+def test_a_json_list_nested_too_deeply_is_one_clear_error(tmp_path):
+    (tmp_path / "alpaca.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="nested too deeply to read"):
+        build_instruction_table([InstructionSource("alpaca", tmp_path / "alpaca.json")], tmp_path / "t.lance",
+                                log=quiet)
+
+
 def test_a_missing_file_or_format_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="instruction file not found"):
         build_instruction_table([InstructionSource("alpaca", tmp_path / "nope.json")], tmp_path / "t.lance",
