@@ -2,7 +2,8 @@
 
 A second writer fails at once with a message naming the holder (or, with ``wait_seconds``, waits that long
 for it first). A lock left by a process that is gone (same host, pid no longer alive) is taken over with a
-warning, so a crash never blocks the next run.
+warning, so a crash never blocks the next run; so is one that names no owner and is older than a few seconds
+(the owner is written before the lock becomes visible, so only a damaged lock has none).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+
+UNREADABLE_LOCK_STALE_SECONDS = 5.0
 
 
 class LockHeldError(RuntimeError):
@@ -41,7 +45,8 @@ class StepLock:
         deadline = time.monotonic() + self.wait_seconds
         while True:
             try:
-                handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                self._create()
+                return self
             except FileExistsError:
                 try:
                     self._take_over_if_stale()
@@ -49,10 +54,16 @@ class StepLock:
                     if time.monotonic() >= deadline:
                         raise
                     time.sleep(0.2)
-                continue
-            with os.fdopen(handle, "w") as stream:
-                json.dump(self.holder, stream)
-            return self
+
+    def _create(self) -> None:
+        """The lock appears with its holder already written (a hard link of a finished temporary file), so a
+        crash or a full disk never leaves a lock without an owner; FileExistsError if it is held."""
+        draft = self.path.with_name(f".{self.path.name}.{os.getpid()}.{time.monotonic_ns()}")
+        try:
+            draft.write_text(json.dumps(self.holder))
+            os.link(draft, self.path)
+        finally:
+            draft.unlink(missing_ok=True)
 
     def _take_over_if_stale(self) -> None:
         try:
@@ -61,6 +72,13 @@ class StepLock:
             return  # released meanwhile: try again
         except (OSError, ValueError):
             holder = {}
+        if not isinstance(holder, dict) or "pid" not in holder:
+            if self._age() > UNREADABLE_LOCK_STALE_SECONDS:  # a writer that had an owner to write did so at once
+                self.warn(f"warning: {self.path} names no owner (a lock from an older version, or damaged); "
+                          "taking it over")
+                self.path.unlink(missing_ok=True)
+                return
+            holder = {}
         pid, host = holder.get("pid"), holder.get("host")
         if host == self.holder["host"] and isinstance(pid, int) and not _alive(pid):
             self.warn(f"warning: {self.path} was left by process {pid}, which is gone; taking it over")
@@ -68,6 +86,12 @@ class StepLock:
             return
         raise LockHeldError(f"{self.what} is already running (process {pid} on {host}, lock {self.path}); wait "
                             f"for it to finish, or remove the lock file if that process is gone")
+
+    def _age(self) -> float:
+        try:
+            return time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
 
     def __exit__(self, *exc) -> None:
         try:

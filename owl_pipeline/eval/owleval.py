@@ -24,8 +24,10 @@ from PIL import Image
 
 from owl_pipeline.constants import DEFAULT_MAX_IMAGE_PIXELS
 from owl_pipeline.data.images import ImageRejected, decode_rgb
+from owl_pipeline.files import atomic_write_text
 from owl_pipeline.model.owl import OwlModel
 from owl_pipeline.model.processor import OwlProcessor
+from owl_pipeline.safe_text import printable
 
 ABILITIES = {"a": "instruction understanding", "b": "visual understanding", "c": "optical character recognition",
              "d": "knowledge transfer", "e": "reasoning", "f": "multi-turn dialogue"}
@@ -64,18 +66,46 @@ def load_eval_set(folder: str | Path) -> EvalSet:
             continue
         try:
             record = json.loads(line)
-            abilities = [a.strip() for a in str(record.get("ability", "")).split(",") if a.strip()]
-            unknown = [a for a in abilities if a not in ABILITIES]
-            if unknown:
-                problems.append(f"questions.jsonl line {number}: unknown ability code(s) {unknown}; ignored")
-            category = record.get("category", "single_turn")
-            questions.append(Question(image=record["image"], question_id=int(record["question_id"]),
-                                      question=record["question"], ability=[a for a in abilities if a in ABILITIES],
-                                      categories=list(category) if isinstance(category, list) else [category],
-                                      question_type=record.get("question_type")))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-            problems.append(f"questions.jsonl line {number}: malformed ({error}); skipped")
+            questions.append(_question(record, number, problems))
+        except (json.JSONDecodeError, RecursionError, KeyError, TypeError, ValueError) as error:
+            problems.append(printable(f"questions.jsonl line {number}: malformed ({error}); skipped"))
     return EvalSet(folder, questions, problems)
+
+
+def _text(record: dict, name: str, default: str | None = None) -> str:
+    value = record[name] if default is None else record.get(name, default)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} is {value!r}, not a text")
+    return value
+
+
+def question_id_of(record) -> int:
+    """An answer's or question's id: an integer, or a string of one (bool, float, null are malformed)."""
+    if not isinstance(record, dict):
+        raise TypeError(f"a {type(record).__name__}, not an object")
+    value = record.get("question_id")
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"question_id is {value!r}, not an integer")
+    return int(value)
+
+
+def _question(record, number: int, problems: list[str]) -> Question:
+    """One line of questions.jsonl with every field of its type; unknown ability codes noted and dropped."""
+    question_id = question_id_of(record)
+    abilities = [a.strip() for a in _text(record, "ability", "").split(",") if a.strip()]
+    unknown = [a for a in abilities if a not in ABILITIES]
+    if unknown:
+        problems.append(printable(f"questions.jsonl line {number}: unknown ability code(s) {unknown}; ignored"))
+    category = record.get("category", "single_turn")
+    categories = category if isinstance(category, list) else [category]
+    if not all(isinstance(c, str) for c in categories):
+        raise TypeError(f"category is {category!r}, not a name or a list of names")
+    question_type = record.get("question_type")
+    if question_type is not None and not isinstance(question_type, str):
+        raise TypeError(f"question_type is {question_type!r}, not a name")
+    return Question(image=_text(record, "image"), question_id=question_id,
+                    question=_text(record, "question"), ability=[a for a in abilities if a in ABILITIES],
+                    categories=list(categories), question_type=question_type)
 
 
 def dialogues(questions: list[Question]) -> list[list[Question]]:
@@ -164,10 +194,7 @@ def answer_eval_set(model: OwlModel, processor: OwlProcessor, eval_set: EvalSet,
 
 
 def write_answers(answers: list[dict], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(a, ensure_ascii=False) + "\n" for a in answers), encoding="utf-8")
-    return path
+    return atomic_write_text(path, "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in answers))
 
 
 def read_answers(path: str | Path) -> tuple[list[dict], list[str]]:
@@ -175,9 +202,13 @@ def read_answers(path: str | Path) -> tuple[list[dict], list[str]]:
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
             try:
-                answers.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                problems.append(f"{Path(path).name} line {number}: malformed ({error}); skipped")
+                record = json.loads(line)
+                record["question_id"] = question_id_of(record)
+                if not isinstance(record.get("answer", ""), str):
+                    raise TypeError(f"answer is {record['answer']!r}, not a text")
+                answers.append(record)
+            except (json.JSONDecodeError, RecursionError, TypeError, ValueError) as error:
+                problems.append(printable(f"{Path(path).name} line {number}: malformed ({error}); skipped"))
     return answers, problems
 
 

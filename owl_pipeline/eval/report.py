@@ -21,6 +21,7 @@ from owl_pipeline.eval.human import HumanRatings
 from owl_pipeline.eval.judge import LLMJudge, grade_score
 from owl_pipeline.eval.owleval import EvalSet, Question, normalize, read_answers
 from owl_pipeline.eval.similarity import SimilarityScorer
+from owl_pipeline.files import atomic_write_text
 
 GROUND_TRUTH_FILE = "reference_answer.jsonl"
 
@@ -188,6 +189,4 @@ def headline(report: dict) -> dict:
 
 
 def write_report_json(report: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
-    return path
+    return atomic_write_text(path, json.dumps(report, indent=1, ensure_ascii=False))  # a reader never sees a part

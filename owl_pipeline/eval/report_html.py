@@ -17,6 +17,7 @@ from owl_pipeline import constants as C
 from owl_pipeline.constants import SCORE_METRICS as METRICS
 from owl_pipeline.data.images import ImageRejected, decode_rgb
 from owl_pipeline.eval.owleval import ABILITIES, case_image_path
+from owl_pipeline.files import atomic_write_text
 
 _STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
@@ -141,6 +142,4 @@ def render_html(report: dict, cases: Path) -> str:
 
 
 def write_report_html(report: dict, cases: Path, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(report, cases), encoding="utf-8")
-    return path
+    return atomic_write_text(path, render_html(report, cases))  # a full disk leaves the last page, never a part

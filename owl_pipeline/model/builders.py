@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -150,9 +152,34 @@ def trainable_parameters(model: torch.nn.Module) -> int:
 
 # --- saving and loading -----------------------------------------------------------------------------------
 def save_pretrained(model: OwlModel, processor: OwlProcessor, folder: str | Path, merge_lora: bool = False) -> Path:
-    """Write the one model layout (module docstring). ``merge_lora`` folds the adapter into ``llm/``."""
+    """Write the one model layout (module docstring). ``merge_lora`` folds the adapter into ``llm/``.
+
+    Written into a sibling folder first and moved into place whole, ``owl_config.json`` last: a write that fails
+    midway (a full disk) leaves the previous model as it was, never new weights beside old ones."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    draft = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(draft, ignore_errors=True)
+    try:
+        _write_layout(model, processor, draft, merge_lora)
+        _replace_folder(draft, folder)
+    finally:
+        shutil.rmtree(draft, ignore_errors=True)
+    return folder
+
+
+def _replace_folder(new: Path, folder: Path) -> None:
+    """``folder`` becomes ``new``: the old one moved aside, the new one renamed in, the old one removed."""
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+    new.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_layout(model: OwlModel, processor: OwlProcessor, folder: Path, merge_lora: bool) -> None:
+    folder.mkdir(parents=True)
     model.vision.clip.save_pretrained(folder / VISION_DIR)
     save_file({k: v.contiguous() for k, v in model.abstractor.state_dict().items()},
               str(folder / ABSTRACTOR_WEIGHTS_FILE))
@@ -165,7 +192,6 @@ def save_pretrained(model: OwlModel, processor: OwlProcessor, folder: str | Path
     meta = {"layout_version": _LAYOUT_VERSION, "config": model.config.to_dict(),
             "image_token_id": model.image_token_id, "has_adapter": has_adapter}
     (folder / OWL_CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-    return folder
 
 
 def merged_llm(llm: torch.nn.Module) -> torch.nn.Module:

@@ -147,3 +147,33 @@ def test_parameter_counts_match_a_real_build(model, tiny_config):
 def test_missing_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="not an Owl model folder"):
         from_pretrained(tmp_path)
+
+
+def test_a_save_that_fails_midway_leaves_the_previous_model_whole(model, processor, tmp_path, monkeypatch):
+    """Issue 24 item 14: new vision weights never sit beside an old abstractor and LLM."""
+    import copy
+    import errno
+
+    from owl_pipeline.model import builders
+
+    model = copy.deepcopy(model)  # the shared fixture stays as it is
+    folder = tmp_path / "model"
+    builders.save_pretrained(model, processor, folder)
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(builders, "save_file", disk_full)  # the abstractor's weights, after the vision tower's
+    with pytest.raises(OSError, match="No space left"):
+        builders.save_pretrained(model, processor, folder)
+    assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no draft left behind
+    monkeypatch.undo()
+    builders.save_pretrained(model, processor, folder)  # and a save that completes replaces it
+    reloaded, _ = builders.from_pretrained(folder)
+    first = next(model.abstractor.parameters())
+    assert torch.equal(next(reloaded.abstractor.parameters()), first)

@@ -40,3 +40,31 @@ def test_a_lock_left_by_a_dead_process_is_taken_over_with_a_warning(tmp_path):
     run_step("raw_shards", project, log=lines.append)
     assert any(f"left by process {int(dead.stdout)}, which is gone" in line for line in lines)
     assert (project.raw_shards / "manifest.json").is_file()
+
+
+def test_a_full_disk_leaves_no_lock_and_an_ownerless_lock_goes_stale(tmp_path, monkeypatch):
+    """Issue 24 item 13: the owner is written before the lock is visible; an old lock naming no owner is stale."""
+    import errno
+    import os
+    from pathlib import Path
+
+    lock = tmp_path / "step.lock"
+    real_write = Path.write_text
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        StepLock(lock, what="a run").__enter__()
+    monkeypatch.setattr(Path, "write_text", real_write)
+    assert list(tmp_path.iterdir()) == []  # neither the lock nor its draft
+
+    lock.write_bytes(b"")  # what a crash between create and write left before
+    with pytest.raises(LockHeldError):  # young: perhaps being written by an older version right now
+        StepLock(lock, what="a run").__enter__()
+    os.utime(lock, (0, 0))
+    lines = []
+    with StepLock(lock, what="a run", warn=lines.append):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert any("names no owner" in line for line in lines) and not lock.exists()
