@@ -26,13 +26,17 @@ from owl_pipeline.model.processor import AI, HUMAN, EncodedSample, OwlProcessor,
 
 
 class _LanceDataset(Dataset):
-    """Opens its Lance dataset lazily, once per process, and never pickles the handle."""
+    """Opens its Lance dataset lazily, once per process, and never pickles the handle.
+
+    The version is pinned when the dataset is made: every loader worker reads exactly the rows that were
+    counted, even while the table is rewritten (a new version) during training."""
 
     columns: list[str] = []
 
     def __init__(self, uri: str, processor: OwlProcessor, train: bool, seed: int = 0):
         self.uri, self.processor, self.train, self.seed = str(uri), processor, train, seed
-        self._dataset: lance.LanceDataset | None = None
+        self._dataset: lance.LanceDataset | None = lance.dataset(self.uri)
+        self.version = self._dataset.version
         self._length = self.dataset.count_rows()
         if self._length == 0:
             raise ValueError(f"{self.uri} has no rows to train on")
@@ -40,7 +44,7 @@ class _LanceDataset(Dataset):
     @property
     def dataset(self) -> lance.LanceDataset:
         if self._dataset is None:
-            self._dataset = lance.dataset(self.uri)
+            self._dataset = lance.dataset(self.uri, version=self.version)
         return self._dataset
 
     def __getstate__(self) -> dict:

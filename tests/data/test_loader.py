@@ -29,6 +29,19 @@ def test_pairs_load_deterministically_in_workers_and_resume(raw_pairs, processor
     assert first[0]["pixel_values"].shape == (4, 3, 64, 64) and (first[0]["labels"] != -100).any()
 
 
+def test_workers_read_the_version_that_was_counted_while_the_table_is_rewritten(raw_pairs, processor, tmp_path):
+    """Issue 24 item 16: a rewrite of the table during training (a new Lance version) changes nothing read."""
+    import lance
+
+    uri, _ = raw_pairs
+    copy = tmp_path / "pairs.lance"
+    lance.write_dataset(lance.dataset(str(uri)).to_table().slice(0, 12), str(copy))
+    dataset = CaptionPairDataset(copy, processor, train=False, seed=1)
+    first = batches(dataset, 2)
+    lance.write_dataset(lance.dataset(str(uri)).to_table().slice(40, 3), str(copy), mode="overwrite")
+    assert len(dataset) == 12 and same(first, batches(dataset, 2, workers=1))  # a fresh worker, the old rows
+
+
 def test_sampler_crosses_epochs_and_reports_where_to_resume():
     sampler = ResumableSampler(5, seed=0)
     stream = list(itertools.islice(iter(sampler), 12))
