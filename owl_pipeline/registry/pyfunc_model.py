@@ -8,8 +8,12 @@ What it accepts (``ServingLimits``, fixed when the model is logged: registry.ser
 - images as base64 bytes only; a file path only when the model was logged with an ``image_root`` and the
   path resolves inside it. Every image that cannot be used gets the same message (it never tells whether a
   path exists), and errors carry no traceback;
-- images up to ``max_image_pixels`` by their header (checked before decoding), at most ``max_rows`` rows per
-  request, ``max_new_tokens`` up to its limit, questions up to ``max_question_tokens``; more is a 400.
+- images up to ``max_image_pixels`` by their header (checked before decoding), 1 to ``max_rows`` rows per
+  request, ``max_new_tokens`` up to its limit, questions up to ``max_question_tokens``; more is a 400;
+- a history of at most ``max_history_turns`` turns and ``max_history_tokens`` tokens, and never more than the
+  prompt has room for: the *oldest* turns are dropped, never the question or its ``AI: ``;
+- every malformed request is the same plain 400 (no traceback). The request body's size is capped in front of
+  the model (README "Serving": a reverse proxy's body limit, e.g. nginx ``client_max_body_size``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ class ServingLimits:
     max_rows: int = 16
     max_new_tokens: int = 256
     max_question_tokens: int = 512
+    max_history_turns: int = 8
+    max_history_tokens: int = 512
 
     @classmethod
     def from_config(cls, config: dict | None) -> ServingLimits:
@@ -78,14 +84,21 @@ def _image_bytes(value: str, limits: ServingLimits) -> bytes:
     return base64.b64decode(value, validate=True)
 
 
+HISTORY_TURN_TOKENS = 8  # the "Human: " / "AI: " prefixes, newlines and the answer's end token of one turn
+HISTORY_FORMAT = "history must be JSON: [[question, answer], ...] with texts"
+
+
 def parse_history(value) -> list[tuple[str, str]]:
     if value is None or (isinstance(value, float) and value != value) or value == "":
         return []
     try:
         turns = json.loads(value) if isinstance(value, str) else value
-        return [(str(q), str(a)) for q, a in turns]
-    except (ValueError, TypeError):
-        raise rejected("history must be JSON: [[question, answer], ...]") from None
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
+        raise rejected(HISTORY_FORMAT) from None
+    if not isinstance(turns, list) or not all(isinstance(t, (list, tuple)) and len(t) == 2
+                                              and all(isinstance(x, str) for x in t) for t in turns):
+        raise rejected(HISTORY_FORMAT)
+    return [(q, a) for q, a in turns]
 
 
 class OwlChatModel(PythonModel):
@@ -102,19 +115,44 @@ class OwlChatModel(PythonModel):
             raise rejected(f"question is longer than {self.limits.max_question_tokens} tokens")
         return question
 
+    def _tokens(self, text: str) -> int:
+        return len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _kept_history(self, turns: list[tuple[str, str]], room: int) -> list[tuple[str, str]]:
+        """The newest turns that fit the history limits and ``room`` tokens; older ones dropped whole."""
+        budget, kept = min(self.limits.max_history_tokens, room), []
+        for question, answer in reversed(turns[-self.limits.max_history_turns:]):
+            if any(self.processor.cap_tokens(text, budget)[1] for text in (question, answer)):
+                break  # either one alone is over the budget (only a window of it is tokenized)
+            cost = self._tokens(question) + self._tokens(answer) + HISTORY_TURN_TOKENS
+            if cost > budget:
+                break
+            budget -= cost
+            kept.append((question, answer))
+        return kept[::-1]
+
+    def _prompt(self, row):
+        question, images = self._question(row["question"]), [load_image(str(row["image"]), self.limits)]
+        alone = len(self.processor.encode_prompt(question, images).input_ids)
+        history = self._kept_history(parse_history(row.get("history")), self.processor.config.max_length - alone)
+        return self.processor.encode_prompt(question, images, history=history)
+
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list[str]:
         import torch
 
         limits = self.limits
-        if len(model_input) > limits.max_rows:
-            raise rejected(f"at most {limits.max_rows} rows per request, got {len(model_input)}")
-        max_new_tokens = int((params or {}).get(MAX_NEW_TOKENS_PARAM, 64))
+        if not 0 < len(model_input) <= limits.max_rows:
+            raise rejected(f"1 to {limits.max_rows} rows per request, got {len(model_input)}")
+        missing = {"image", "question"} - set(model_input.columns)
+        if missing:
+            raise rejected(f"the request lacks the column(s) {sorted(missing)}")
+        try:
+            max_new_tokens = int((params or {}).get(MAX_NEW_TOKENS_PARAM, 64))
+        except (TypeError, ValueError):
+            raise rejected(f"{MAX_NEW_TOKENS_PARAM} must be an integer") from None
         if not 0 < max_new_tokens <= limits.max_new_tokens:
             raise rejected(f"max_new_tokens must be within 1..{limits.max_new_tokens}, got {max_new_tokens}")
-        prompts = [self.processor.encode_prompt(self._question(row["question"]),
-                                                [load_image(str(row["image"]), limits)],
-                                                history=parse_history(row.get("history")))
-                   for _, row in model_input.iterrows()]
+        prompts = [self._prompt(row) for _, row in model_input.iterrows()]
         batch = self.processor.collate(prompts, padding_side="left")
         with torch.no_grad():
             tokens = self.model.generate(**batch, max_new_tokens=max_new_tokens)

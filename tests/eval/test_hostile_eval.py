@@ -116,6 +116,45 @@ def test_pixel_bombs_rows_and_token_limits_are_refused(served):
     chat = load(ServingLimits(max_rows=2, max_new_tokens=8, max_question_tokens=16))
     assert "more than" in rejection(chat, base64.b64encode(pixel_bomb()).decode()).message
     image = base64.b64encode(jpeg()).decode()
-    assert "at most 2 rows" in rejection(chat, image, rows=3).message
+    assert "1 to 2 rows per request, got 3" in rejection(chat, image, rows=3).message
     assert "max_new_tokens must be within 1..8" in rejection(chat, image, params={"max_new_tokens": 9}).message
     assert "longer than 16 tokens" in rejection(chat, image, question="why " * 100).message
+
+
+def test_no_rows_a_deep_or_malformed_history_and_missing_columns_are_one_plain_400(served):
+    """Issue 24 item 11."""
+    import pandas as pd
+
+    load, _, _ = served
+    chat = load(ServingLimits())
+    image = base64.b64encode(jpeg()).decode()
+
+    def refused(frame, params=None) -> str:
+        with pytest.raises(MlflowException) as caught:
+            chat.predict(None, frame, params=params or {"max_new_tokens": 2})
+        assert caught.value.get_http_status_code() == 400 and "Traceback" not in caught.value.serialize_as_json()
+        return caught.value.message
+
+    assert "got 0" in refused(pd.DataFrame({"image": [], "question": []}))
+    for history in ("[" * 100_000 + "]" * 100_000, '[["q"]]', '[["q", 5]]', '{"q": "a"}', "[[[]]]"):
+        frame = pd.DataFrame({"image": [image], "question": ["What?"], "history": [history]})
+        assert refused(frame).startswith("history must be JSON")
+    assert "lacks the column(s) ['question']" in refused(pd.DataFrame({"image": [image]}))
+    assert "must be an integer" in refused(pd.DataFrame({"image": [image], "question": ["q"]}),
+                                           params={"max_new_tokens": "many"})
+
+
+def test_a_long_history_loses_its_oldest_turns_never_the_question(served):
+    """Issue 24 item 12: turns and tokens of history are capped, oldest first; the question and its AI: stay."""
+    import json
+
+    load, _, _ = served
+    chat = load(ServingLimits(max_history_turns=4, max_history_tokens=400))
+    many = [[f"old question {i}", f"old answer {i}"] for i in range(3000)]
+    huge = [["a huge turn " * 200_000, "x"], ["recent question", "recent answer"]]
+    for history, kept in ((many, 4), (huge, 1)):
+        prompt = chat._prompt({"image": base64.b64encode(jpeg()).decode(), "question": "What now?",
+                               "history": json.dumps(history)})
+        text = chat.processor.decode(prompt.input_ids)
+        assert text.rstrip().endswith("Human: What now?\nAI:")
+        assert text.count("Human: ") - 2 == kept  # the image turn and the question besides the kept ones
