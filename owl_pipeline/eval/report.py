@@ -131,6 +131,8 @@ def score_answer_set(answer_set: AnswerSet, eval_set: EvalSet, scorers: Scorers,
         if scorers.judge is not None:
             judgment = scorers.judge.grade(question.question, answer, (reference or {}).get(qid))
             row.update({C.METRIC_JUDGE: judgment.grade, "judge_reply": judgment.reply})
+            if judgment.cut:
+                problems.append(f"{answer_set.model_id}: the answer to question {qid} was cut to fit the judge")
             if judgment.grade is None:
                 problems.append(f"{answer_set.model_id}: the judge gave no grade for question {qid} "
                                 f"(reply {judgment.reply[:60]!r})")
