@@ -52,5 +52,5 @@ def test_an_answer_cannot_close_its_tag_and_a_long_one_is_cut_to_the_judges_posi
     assert not judge.grade("What color?", "red").cut
     long_one = judge.grade("What color?", "red " * 3000)  # ~3000 tokens: past the judge's 1024 positions
     assert long_one.cut and long_one.grade == "B"
-    no_room = judge.grade("What? " * 5000, "red")  # even an empty answer cannot fit: no grade, no crash
+    no_room = judge.grade("What? " * 5000, "red")  # the question alone cannot fit: no grade, no crash
     assert no_room.grade is None and no_room.cut and judge.calls == 2
