@@ -1,5 +1,5 @@
 """img2dataset shards (webdataset tars, or parquet with image bytes) with LAION or COYO metadata -> one Lance
-dataset with a normalized schema. Streams shard by shard: memory holds one shard at a time.
+dataset with a normalized schema. Streams: memory holds a chunk of one shard at a time (RECORDS_PER_CHUNK samples).
 
 Promises:
 - A sample's metadata is its ``.json`` joined with the shard's ``.parquet`` row of the same key (img2dataset
@@ -10,7 +10,8 @@ Promises:
   of the wrong shape: a list, null, a string score, an object caption; a score that is not finite, a declared
   size outside int32; examples name shard and key),
   ``bad_caption_encoding``, ``incomplete_sample``, ``duplicate_key`` (the first one is kept),
-  ``unsafe_member_name`` (absolute, ``..``, or a link), ``not_a_file`` (a directory entry), ``truncated_shard``.
+  ``unsafe_member_name`` (absolute, ``..``, or a link), ``not_a_file`` (a directory entry), ``truncated_shard``,
+  ``member_too_large`` (over MAX_MEMBER_BYTES for its kind, or past MAX_SHARD_BYTES in its shard).
 - A shard is a regular file: a FIFO, a device, a dangling link or a link out of its folder named as a shard is
   ``not_a_regular_file`` (counted and named, never opened).
 - Names and captions are stored as given and shown escaped (safe_text.printable) in logs and problems.
@@ -94,6 +95,11 @@ _TEXT_COLUMNS = {"url", "URL", "caption", "TEXT", "text", "LANGUAGE", "language"
 _SIZE_COLUMNS = {"width", "height", "WIDTH", "HEIGHT"}
 _KNOWN_COLUMNS = LAION.columns() | COYO.columns()
 MAX_PROBLEM_EXAMPLES = 50
+# Largest member read, by kind (its header says its size before anything is read), and largest shard: a 300 MB
+# caption compresses to 0.3 MB, so the archive's size on disk says nothing.
+MAX_MEMBER_BYTES = {"txt": 1 << 16, "json": 1 << 20, "image": 1 << 25}
+MAX_SHARD_BYTES = 1 << 33
+RECORDS_PER_CHUNK = 512  # a tar's samples go on to the writer this many at a time, not the whole shard at once
 
 
 def match_schema(columns: set[str], where: str) -> SourceSchema:
@@ -162,9 +168,19 @@ def _unreadable_member(member: tarfile.TarInfo) -> str | None:
     return None if member.isfile() else "not_a_file"
 
 
+def _member_too_large(member: tarfile.TarInfo, read_so_far: int) -> bool:
+    suffix = PurePosixPath(member.name).name.partition(".")[2].lower()
+    cap = MAX_MEMBER_BYTES["image"] if suffix in IMAGE_SUFFIXES else MAX_MEMBER_BYTES.get(suffix, 1 << 20)
+    return member.size > cap or read_so_far + member.size > MAX_SHARD_BYTES
+
+
+TOO_LARGE = "__too_large"  # a part standing for a member that was not read (the sample is skipped whole)
+
+
 def iter_tar_samples(path: Path, skipped: Counter) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {suffix: bytes}) per webdataset sample, streaming; members are read, never extracted."""
-    key, parts = None, {}
+    """(key, {suffix: bytes}) per webdataset sample, streaming; members are read, never extracted. A member
+    larger than its kind's cap (or past the shard's) is passed over unread and marks its sample ``TOO_LARGE``."""
+    key, parts, read = None, {}, 0
     try:
         with tarfile.open(path, "r|*") as tar:
             for member in tar:
@@ -179,6 +195,10 @@ def iter_tar_samples(path: Path, skipped: Counter) -> Iterator[tuple[str, dict[s
                     yield key, parts
                     parts = {}
                 key = stem
+                if _member_too_large(member, read):
+                    parts[TOO_LARGE] = b""
+                    continue
+                read += member.size
                 parts[suffix.lower()] = tar.extractfile(member).read()
     except (tarfile.ReadError, EOFError, OSError):
         if key is None:
@@ -240,11 +260,18 @@ def metadata_problem(meta) -> str | None:
     return None
 
 
-def _tar_records(path: Path, report: IngestReport, shard: str | None = None) -> list[dict]:
+def _tar_records(path: Path, report: IngestReport, shard: str | None = None) -> Iterator[list[dict]]:
+    """The shard's samples as records, ``RECORDS_PER_CHUNK`` at a time."""
     shard = shard or path.name
     sidecar = _sidecar_metadata(path, report)
     records = []
     for key, parts in iter_tar_samples(path, report.skipped):
+        if len(records) == RECORDS_PER_CHUNK:
+            yield records
+            records = []
+        if TOO_LARGE in parts:
+            report.skip("member_too_large", shard, key)
+            continue
         image = next((parts[s] for s in IMAGE_SUFFIXES if s in parts), None)
         if image is None or "json" not in parts:
             report.skip("incomplete_sample", shard, key)
@@ -269,7 +296,7 @@ def _tar_records(path: Path, report: IngestReport, shard: str | None = None) -> 
             report.skip("bad_metadata", shard, key, problem)
             continue
         records.append({**joined, "key": key, "__image": image})
-    return records
+    yield records
 
 
 def _parquet_records(path: Path, report: IngestReport) -> Iterator[list[dict]]:
@@ -330,7 +357,7 @@ def _to_table(records: list[dict], shard: str, report: IngestReport) -> pa.Table
 
 def _shard_batches(path: Path, shard: str, report: IngestReport) -> Iterator[pa.RecordBatch]:
     if path.suffix == ".tar":
-        chunks = iter([_tar_records(path, report, shard)])
+        chunks = _tar_records(path, report, shard)
     elif path.suffix == ".parquet":
         chunks = _parquet_records(path, report)
     else:

@@ -80,3 +80,28 @@ def test_printable_escapes_controls_and_caps_length():
     assert printable("a\x00b\x7f\u200bc\U000e0001") == "a\\x00b\\x7f\\u200bc\\U000e0001"
     assert printable("x" * 500, limit=10) == "x" * 10 + "... (500 characters)"
     assert printable("Grüße, 日本") == "Grüße, 日本"
+
+
+# --- 1: members too large to read ----------------------------------------------------------------------------
+def test_members_over_their_kinds_cap_are_passed_over_unread_and_shards_stream_in_chunks(tmp_path, monkeypatch):
+    import gzip
+    import io
+    import tarfile
+
+    from owl_pipeline.data import ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "MAX_MEMBER_BYTES", {"txt": 1000, "json": 1000, "image": 1 << 20})
+    monkeypatch.setattr(ingest_module, "RECORDS_PER_CHUNK", 2)
+    members = (sample("huge_caption", caption=b"a red circle " * 100_000)  # 1.3 MB, compresses to almost nothing
+               + sample("huge_json", meta={"note": "x" * 5000}) + sample("a") + sample("b") + sample("c"))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "00000.tar").write_bytes(gzip.compress(buffer.getvalue()))
+    assert (tmp_path / "00000.tar").stat().st_size < 20_000
+    report = ingest([tmp_path / "00000.tar"], tmp_path / "out.lance", log=quiet)
+    assert report.skipped["member_too_large"] == 2 and report.rows_written == 3
+    assert sorted(keys(tmp_path / "out.lance")) == ["a", "b", "c"]
