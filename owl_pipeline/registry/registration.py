@@ -81,8 +81,13 @@ def _pyfunc_arguments(model_dir: Path, limits: pyfunc_model.ServingLimits | None
                 signature=ModelSignature(inputs=inputs, outputs=inferred.outputs, params=inferred.params),
                 input_example=example, model_config=(limits or pyfunc_model.ServingLimits()).to_config(),
                 code_paths=[str(package)],  # the model carries the owl_pipeline code it runs
-                pip_requirements=[f"torch>={_version('torch')}", f"transformers>={_version('transformers')}",
-                                  f"peft>={_version('peft')}", "pillow", "pandas", f"mlflow>={mlflow.__version__}"])
+                pip_requirements=served_requirements())
+
+
+def served_requirements() -> list[str]:
+    """What the served model needs, at least the versions it was made with. Public versions only: a local label
+    (torch's ``2.13.0+cpu``) is invalid in ``>=`` (PEP 440), and a virtualenv `mlflow models serve` rejects it."""
+    return [f"{name}>={_version(name)}" for name in ("torch", "transformers", "peft", "mlflow")] + ["pillow", "pandas"]
 
 
 def save_pyfunc(model_dir: Path, out: Path, max_new_tokens: int = 64,
@@ -123,7 +128,9 @@ def log_model_in_run(tracking: MlflowTracking, run_id: str, model_dir: Path,
 def _version(package: str) -> str:
     from importlib.metadata import version
 
-    return version(package)
+    from packaging.version import Version
+
+    return Version(version(package)).public
 
 
 @dataclass

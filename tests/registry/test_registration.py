@@ -200,3 +200,18 @@ def test_registering_leaves_the_process_tracking_uri_as_it_was(tmp_path, two_mod
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
     register_from_a_training_run()
     assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///elsewhere.db"
+
+
+def test_the_served_requirements_are_valid_pep_440_and_met_here():
+    """Issue 26: ``torch>=2.13.0+cpu`` is refused by packaging (a local label in >=); the public version is not."""
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    from owl_pipeline.registry.registration import served_requirements
+
+    for line in served_requirements():
+        requirement = Requirement(line)  # raises InvalidRequirement on a local label
+        if requirement.specifier:
+            assert requirement.specifier.contains(version(requirement.name), prereleases=True), line
+    assert any(line.startswith("torch>=") and "+" not in line for line in served_requirements())
