@@ -609,7 +609,7 @@ class RegistryConfig:
 
     model_name: str = "owl-shapes-world"
     metric: str = "accuracy"  # a score of the evaluation report: accuracy | similarity | judge | human
-    tolerance: float = 0.02  # promoted when metric >= champion's metric - tolerance ...
+    min_delta: float = 0.0  # promoted when metric >= champion's metric + min_delta (0: never worse) ...
     floor: float = 0.3  # ... and metric >= floor
     # What the served model accepts (registry/pyfunc_model.py ServingLimits), fixed when it is registered:
     serve_image_root: str | None = None  # image paths under this folder are accepted; None: base64 images only
@@ -619,7 +619,8 @@ class RegistryConfig:
     def __post_init__(self) -> None:
         _require(self.metric in ("accuracy", "similarity", "judge", "human"),
                  f"registry.metric must be accuracy, similarity, judge or human, not {self.metric!r}")
-        _require(self.tolerance >= 0, "registry.tolerance must be >= 0")
+        _require(self.min_delta >= 0, "registry.min_delta must be >= 0: a gate that lets a worse model through "
+                                      "lets quality slide a little with every promotion")
         _require(self.serve_max_rows > 0 and self.serve_max_new_tokens > 0,
                  "registry.serve_max_rows and serve_max_new_tokens must be > 0")
 

@@ -150,6 +150,9 @@ def test_mlflow_sees_model_development_with_sources_datasets_and_the_model_from_
     logged = client.get_logged_model(first.source.removeprefix("models:/"))  # the LoggedModel it came from
     assert logged.source_run_id == first.run_id and logged.name == "model"
     assert "eval.accuracy" in trained_by.data.metrics and trained_by.inputs.dataset_inputs
+    # the scores are the LoggedModel's metrics, measured on the eval set whose digest the version carries
+    scored = {m.key: m for m in logged.metrics}
+    assert scored["eval.accuracy"].dataset_digest == first.tags["eval_set_digest"] != ""
 
 
 def test_owl_run_force_recomputes_every_step(project, capfd):  # last: it adds runs and a model version

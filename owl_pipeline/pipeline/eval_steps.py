@@ -51,10 +51,18 @@ def _parent_runs(project: Project) -> dict[str, str]:
 STAGE2_PARENT = f"parent_run.{C.ASSET_STAGE2}"
 
 
+def eval_set_digest(project: Project) -> str:
+    """The DVC md5 of the eval set folder (questions, pictures, reference answers): what the gate compares on."""
+    from owl_pipeline.data.versions import data_version
+
+    return str(data_version(project.owleval_dir())["dvc_md5"])
+
+
 @pipeline_step(C.ASSET_REGISTERED, reads=(C.ASSET_STAGE2, C.ASSET_OWLEVAL), params=("registry",), writes=None,
                description="The stage-2 model in the MLflow registry: alias candidate, champion if it passes the gate",
                group=GROUP_EVAL, compute_kind="mlflow", tracked=True, metrics=("version", "promoted"),
-               code=("registry/registration.py", "registry/pyfunc_model.py", "registry/tracking.py"))
+               code=("registry/registration.py", "registry/pyfunc_model.py", "registry/tracking.py",
+                     "data/versions.py"))
 def registered_model(project: Project, log: Log = print, tracking=None) -> StepResult:
     """Register the stage-2 model in the MLflow registry: alias ``candidate``, ``champion`` if the gate passes."""
     from owl_pipeline.eval.report import our_scores
@@ -74,8 +82,9 @@ def registered_model(project: Project, log: Log = print, tracking=None) -> StepR
                            max_question_tokens=project.config.evaluation.max_question_tokens)
     # Logged into the stage-2 training run and registered from it (a run of its own if stage 2 was untracked).
     registration = register_model(tracking, project.stage2 / MODEL_DIR, settings.model_name, scores,
-                                  settings.metric, settings.tolerance, settings.floor, tags=tags, log=log,
-                                  limits=limits, run_id=tags.get(STAGE2_PARENT))
+                                  settings.metric, settings.min_delta, settings.floor, tags=tags, log=log,
+                                  limits=limits, run_id=tags.get(STAGE2_PARENT),
+                                  eval_set_digest=eval_set_digest(project))
     metadata = {REGISTERED: True, "model_uri": registration.model_uri, "version": registration.version,
                 "aliases": ["candidate", "champion"] if registration.promoted else ["candidate"],
                 "promoted": registration.promoted, "gate_reason": registration.reason,

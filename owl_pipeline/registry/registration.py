@@ -1,7 +1,9 @@
 """Registration in the MLflow model registry, and the promotion gate.
 
 Every new version gets the alias ``candidate``. It also gets ``champion`` only if it passes the gate: its score
-is at least the current champion's minus a tolerance, and at least an absolute floor. The decision and its
+is at least the current champion's plus ``min_delta`` (0: never worse, so the bar never slides), measured on the
+same eval set (the same digest), and at least an absolute floor. A champion scored on another eval set, or
+without the metric, is not beaten by default: the version is refused with the reason. The decision and its
 reason are written on the version (tags ``gate.*`` and the description). Load the result the MLflow way:
 ``mlflow.pyfunc.load_model("models:/<name>@champion")``.
 
@@ -34,6 +36,7 @@ from owl_pipeline.registry.tracking import MlflowTracking
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 SCORE_TAG_PREFIX = "eval."
+EVAL_SET_DIGEST_TAG = "eval_set_digest"  # the DVC md5 of the eval set the scores were measured on
 _TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 
 
@@ -47,17 +50,36 @@ class GateDecision:
     reason: str
 
 
-def gate(score: float | None, champion_score: float | None, tolerance: float, floor: float) -> GateDecision:
-    """Promote when ``score >= floor`` and ``score >= champion_score - tolerance`` (no champion: floor only)."""
+@dataclass(frozen=True)
+class Champion:
+    """The current champion as the gate sees it: its score on the metric, and the eval set it was measured on."""
+
+    version: str
+    score: float | None
+    eval_set_digest: str | None
+
+
+def gate(score: float | None, champion: Champion | None, min_delta: float, floor: float,
+         eval_set_digest: str | None = None) -> GateDecision:
+    """Promote when ``score >= floor`` and, against a champion measured on the same eval set,
+    ``score >= champion.score + min_delta``; no champion yet: the floor alone decides."""
     if score is None:
         return GateDecision(False, "no score for the gate's metric: not promoted")
     if score < floor:
         return GateDecision(False, f"score {score:.4f} is below the floor {floor:.4f}")
-    if champion_score is not None and score < champion_score - tolerance:
-        return GateDecision(False, f"score {score:.4f} is below the champion's {champion_score:.4f} "
-                                   f"minus tolerance {tolerance:.4f}")
-    against = "no champion yet" if champion_score is None else f"champion {champion_score:.4f}"
-    return GateDecision(True, f"score {score:.4f} passes (floor {floor:.4f}, {against}, tolerance {tolerance:.4f})")
+    if champion is not None:
+        if champion.score is None:
+            return GateDecision(False, f"the champion (version {champion.version}) has no score for the gate's "
+                                       "metric: not comparable, not promoted (score both, or move the alias by hand)")
+        if champion.eval_set_digest != eval_set_digest:
+            return GateDecision(False, f"the champion (version {champion.version}) was scored on another eval set "
+                                       f"(digest {champion.eval_set_digest}, now {eval_set_digest}): not comparable, "
+                                       "not promoted")
+        if score < champion.score + min_delta:
+            return GateDecision(False, f"score {score:.4f} is below the champion's {champion.score:.4f} "
+                                       f"plus min_delta {min_delta:.4f}")
+    against = "no champion yet" if champion is None else f"champion {champion.score:.4f}"
+    return GateDecision(True, f"score {score:.4f} passes (floor {floor:.4f}, {against}, min_delta {min_delta:.4f})")
 
 
 def _example_image() -> str:
@@ -143,13 +165,14 @@ class Registration:
     model_uri: str  # models:/<name>/<version>
 
 
-def _champion_score(tracking: MlflowTracking, name: str, metric: str) -> tuple[float | None, str | None]:
+def current_champion(tracking: MlflowTracking, name: str, metric: str) -> Champion | None:
     try:
         champion = tracking.client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
-        return None, None
+        return None
     value = champion.tags.get(SCORE_TAG_PREFIX + metric)
-    return (float(value) if value not in (None, "None") else None), champion.version
+    return Champion(champion.version, float(value) if value not in (None, "None") else None,
+                    champion.tags.get(EVAL_SET_DIGEST_TAG))
 
 
 def check_registry(tracking: MlflowTracking) -> None:
@@ -161,30 +184,37 @@ def check_registry(tracking: MlflowTracking) -> None:
 
 
 def register_model(tracking: MlflowTracking, model_dir: Path, name: str, scores: dict[str, float | None],
-                   metric: str, tolerance: float, floor: float, tags: dict[str, str] | None = None,
+                   metric: str, min_delta: float, floor: float, tags: dict[str, str] | None = None,
                    log: Callable[[str], None] = print, limits: pyfunc_model.ServingLimits | None = None,
-                   run_id: str | None = None) -> Registration:
+                   run_id: str | None = None, eval_set_digest: str | None = None) -> Registration:
     """Register ``model_dir`` as a new version of ``name``, alias it ``candidate``, and ``champion`` if it
     passes the gate on ``scores[metric]``. With ``run_id`` (the training run that made it), the model is logged
     into that run as a LoggedModel with the scores as its metrics and registered from it, so the registry
-    links back to the run's params, metrics and datasets; without, a run of its own holds it."""
+    links back to the run's params, metrics and datasets; without, a run of its own holds it. The scores were
+    measured on the eval set ``eval_set_digest`` names (its DVC md5): only a champion measured on the same set is
+    compared against."""
     check_registry(tracking)
-    version_tags = {**(tags or {}), **{SCORE_TAG_PREFIX + k: str(v) for k, v in scores.items()}}
+    version_tags = {**(tags or {}), **{SCORE_TAG_PREFIX + k: str(v) for k, v in scores.items()},
+                    **({EVAL_SET_DIGEST_TAG: eval_set_digest} if eval_set_digest else {})}
+    gate_on = dict(score=scores.get(metric), metric=metric, min_delta=min_delta, floor=floor,
+                   eval_set_digest=eval_set_digest)
     if run_id is not None:
         with _fluent_api_on(tracking):  # the store resolves a models:/ source through MLflow's global URI
             source, model_id = log_model_in_run(tracking, run_id, Path(model_dir), limits)
-            tracking.client.log_batch(run_id, metrics=[Metric(f"{SCORE_TAG_PREFIX}{k}", float(v), _now_ms(), 0)
-                                                       for k, v in scores.items() if v is not None])
-            return _create_version(tracking, name, source, run_id, version_tags, scores.get(metric), metric,
-                                   tolerance, floor, log, model_id=model_id)
+            # The LoggedModel's metrics, on the eval set as a dataset (its digest the eval set's DVC md5).
+            tracking.client.log_batch(run_id, metrics=[
+                Metric(f"{SCORE_TAG_PREFIX}{k}", float(v), _now_ms(), 0, model_id=model_id,
+                       dataset_name="owleval" if eval_set_digest else None, dataset_digest=eval_set_digest)
+                for k, v in scores.items() if v is not None])
+            return _create_version(tracking, name, source, run_id, version_tags, log=log, model_id=model_id,
+                                   **gate_on)
     with tempfile.TemporaryDirectory() as scratch:
         pyfunc_dir = save_pyfunc(Path(model_dir), Path(scratch) / "model", limits=limits)
         with tracking.run(f"register {name}", tags=version_tags) as run:
             run.log_metrics({k: v for k, v in scores.items() if v is not None}, step=0)
             run.log_artifact(pyfunc_dir, "model")
             source = f"{tracking.client.get_run(run.run_id).info.artifact_uri}/model"
-            return _create_version(tracking, name, source, run.run_id, version_tags, scores.get(metric), metric,
-                                   tolerance, floor, log)
+            return _create_version(tracking, name, source, run.run_id, version_tags, log=log, **gate_on)
 
 
 def _now_ms() -> int:
@@ -192,17 +222,18 @@ def _now_ms() -> int:
 
 
 def _create_version(tracking: MlflowTracking, name: str, source: str, run_id: str, tags: dict[str, str],
-                    score: float | None, metric: str, tolerance: float, floor: float,
+                    score: float | None, metric: str, min_delta: float, floor: float, eval_set_digest: str | None,
                     log: Callable[[str], None], model_id: str | None = None) -> Registration:
     client = tracking.client
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="mPLUG-Owl-style model trained by owl-pipeline")
-    champion_score, champion_version = _champion_score(tracking, name, metric)
+    champion = current_champion(tracking, name, metric)
+    champion_version = champion.version if champion else None
     version = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id)
     try:
-        decision = gate(score, champion_score, tolerance, floor)
+        decision = gate(score, champion, min_delta, floor, eval_set_digest)
         client.set_registered_model_alias(name, CANDIDATE, version.version)
         if decision.promoted:
             client.set_registered_model_alias(name, CHAMPION, version.version)

@@ -23,7 +23,7 @@ from owl_pipeline.eval.owleval import answer_eval_set, load_eval_set
 from owl_pipeline.eval.report import Scorers, build_report, our_scores
 from owl_pipeline.model.builders import build_model, processor_config_for, save_pretrained
 from owl_pipeline.model.processor import OwlProcessor
-from owl_pipeline.registry.registration import (CANDIDATE, CHAMPION, RegistryUnavailableError, gate,
+from owl_pipeline.registry.registration import (CANDIDATE, CHAMPION, Champion, RegistryUnavailableError, gate,
                                                 register_model)
 from owl_pipeline.registry.tracking import MlflowTracking
 
@@ -31,12 +31,30 @@ NAME = "owl-test"
 
 
 def test_gate_rules():
-    assert gate(0.5, None, 0.02, 0.3).promoted
-    assert not gate(0.2, None, 0.02, 0.3).promoted  # below the floor
-    assert gate(0.49, 0.5, 0.02, 0.3).promoted  # within the tolerance of the champion
-    decision = gate(0.47, 0.5, 0.02, 0.3)
-    assert not decision.promoted and "below the champion's 0.5000" in decision.reason
-    assert not gate(None, 0.5, 0.02, 0.0).promoted
+    champion = Champion("3", 0.5, "set-a")
+    assert gate(0.5, None, 0.0, 0.3).promoted  # no champion yet: the floor alone
+    assert not gate(0.2, None, 0.0, 0.3).promoted  # below the floor
+    assert gate(0.5, champion, 0.0, 0.3, "set-a").promoted  # as good as the champion
+    decision = gate(0.49, champion, 0.0, 0.3, "set-a")  # a little worse is worse: the bar never slides
+    assert not decision.promoted and "below the champion's 0.5000 plus min_delta 0.0000" in decision.reason
+    assert not gate(0.55, champion, 0.1, 0.3, "set-a").promoted  # min_delta asks for a real gain
+    other = gate(0.9, champion, 0.0, 0.3, "set-b")
+    assert not other.promoted and "scored on another eval set (digest set-a, now set-b)" in other.reason
+    unscored = gate(0.9, Champion("3", None, "set-a"), 0.0, 0.3, "set-a")
+    assert not unscored.promoted and "has no score for the gate's metric" in unscored.reason
+    assert not gate(None, champion, 0.0, 0.0, "set-a").promoted
+
+
+def test_a_sequence_of_slightly_worse_candidates_never_moves_the_champion(tmp_path, two_models):
+    """Retrains each 0.001 worse than the last: under the old tolerance of 0.02 every one was promoted."""
+    (_, folder), _ = two_models
+    tracking = MlflowTracking(f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=tmp_path / "artifacts")
+    results = [register_model(tracking, folder, "slide", {"accuracy": 0.8 - 0.001 * i}, "accuracy", min_delta=0.0,
+                              floor=0.0, log=print, eval_set_digest="set-a") for i in range(4)]
+    assert [r.promoted for r in results] == [True, False, False, False]
+    assert str(tracking.client.get_model_version_by_alias("slide", CHAMPION).version) == results[0].version
+    refused = tracking.client.get_model_version("slide", results[-1].version)
+    assert refused.tags["gate.decision"] == "refused" and refused.tags["eval_set_digest"] == "set-a"
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +97,7 @@ def registry(tmp_path_factory, two_models):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     tracking = MlflowTracking(uri, artifact_root=root / "artifacts")
     (worse, worse_dir), (better, better_dir) = two_models
-    results = [register_model(tracking, folder, NAME, {"similarity": score}, "similarity", tolerance=0.0,
+    results = [register_model(tracking, folder, NAME, {"similarity": score}, "similarity", min_delta=0.0,
                               floor=0.0, tags={"git_commit": "test"}, log=print)
                for score, folder in ((worse, worse_dir), (better, better_dir), (worse, worse_dir))]
     return uri, tracking, results
