@@ -453,7 +453,9 @@ class StageConfig:
     text_only_fraction: float | None = None  # stage 2: share of text-only conversations; None keeps the data's
     activation_checkpointing: bool = False  # recompute LLM/vision layer activations in backward: less memory
     group_by_length: bool = False  # stage 2: batches of similar length (windows of 64 batches): less padding
-    compile: bool = False  # torch.compile each repeated layer (regional): fused kernels, a minute of compiling
+    # torch.compile each repeated layer (regional): fused kernels, a minute of compiling. "auto": on when training
+    # on CUDA (1.6-1.8x a step on an H100, ARCHITECTURE.md section 8), off on CPU (slower for the tiny preset)
+    compile: bool | str = "auto"
     # A frozen vision tower fed the same pixels for a picture each time (no random crop or flip) runs once per
     # picture; its outputs are remembered up to this many MiB (0: off). 257 x 128 floats are 129 KiB a picture.
     vision_memo_mib: int = 1024
@@ -475,6 +477,7 @@ class StageConfig:
         _require(self.num_workers is None or self.num_workers >= 0, "num_workers must be >= 0 or null")
         _require(self.max_steps == 0 or 0 <= self.warmup_steps <= self.max_steps,
                  f"warmup_steps ({self.warmup_steps}) must be within [0, max_steps={self.max_steps}]")
+        _require(self.compile in (True, False, "auto"), f"compile must be auto, true or false, got {self.compile!r}")
         _require(self.mixed_precision in ("auto", "no", "bf16", "fp16"),
                  f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
         _require(self.text_only_fraction is None or 0.0 <= self.text_only_fraction <= 1.0,

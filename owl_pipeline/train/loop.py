@@ -32,7 +32,7 @@ from owl_pipeline.train.checkpoint import (CheckpointDamaged, TrainerState, list
                                           read_checkpoint, save_checkpoint)
 from owl_pipeline.train.flops import OwlStepFlops, peak_tflops
 from owl_pipeline.train.optim import build_optimizer, build_scheduler
-from owl_pipeline.train.speed import apply_speed_options, restore_dtypes
+from owl_pipeline.train.speed import apply_speed_options, resolve_compile, restore_dtypes
 
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
@@ -118,8 +118,9 @@ class _Trainer:
         # Dropout masks: a fresh run follows its seed, a resumed one the RNG state in its checkpoint.
         torch.manual_seed(config.seed)
         self._resume(model, optimizer, log)
+        self.compiled = resolve_compile(config.compile, self.accelerator.device.type)
         self.frozen_dtypes = apply_speed_options(
-            model, storage_precision(precision, self.accelerator.distributed_type), compile=config.compile,
+            model, storage_precision(precision, self.accelerator.distributed_type), compile=self.compiled,
             activation_checkpointing=config.activation_checkpointing)
         self.step_flops = OwlStepFlops(model)
         self.peak_tflops = peak_tflops(self.accelerator.device)
@@ -269,8 +270,12 @@ def train_stage(model: OwlModel, processor: OwlProcessor, stage: int, train_data
     metrics: dict[str, float] = {}
     with _vision_memo(trainer.unwrapped, processor, config, log):
         while state.step < config.max_steps:
+            step_started = time.perf_counter()
             metrics = trainer.train_step(batches)
             state.step += 1
+            if trainer.compiled and state.step == first_step + 1:  # torch.compile compiles on the first call
+                metrics["compile_seconds"] = time.perf_counter() - step_started
+                log(f"stage {stage}: compiled the repeated layers in the first step, {metrics['compile_seconds']:.0f} s")
             consumed += int(metrics.pop("samples"))
             position = sampler_start.state_after(consumed)
             state.epoch, state.position = position["epoch"], position["position"]

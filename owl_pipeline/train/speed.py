@@ -61,6 +61,11 @@ def compile_repeated_layers(model: nn.Module, backend: str = "inductor") -> int:
     return len(layers)
 
 
+def resolve_compile(setting: bool | str, device_type: str) -> bool:
+    """``auto``: compile when training on CUDA (where the measured gain is), not on CPU; true/false force it."""
+    return device_type == "cuda" if setting == "auto" else bool(setting)
+
+
 def apply_speed_options(model: nn.Module, precision: str, compile: bool = False,
                         activation_checkpointing: bool = False) -> dict[nn.Linear, torch.dtype]:
     """What the training loop does to a model whose trainable parameters are already chosen (set_trainable):

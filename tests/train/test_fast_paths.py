@@ -140,6 +140,9 @@ def test_the_gpu_fast_path_stays_within_bf16_tolerance_of_plain_fp32(model, proc
                        tmp_path / "fast", log=print)
     for step_plain, step_fast in zip(plain.history, fast.history, strict=True):
         assert abs(step_fast["loss"] - step_plain["loss"]) / step_plain["loss"] < 2e-2, (step_plain, step_fast)
+    # the compile time is reported once, with the first step (issue 27 item 1); "auto" did not compile on CPU
+    assert fast.history[0]["compile_seconds"] > 0 and all("compile_seconds" not in h for h in fast.history[1:])
+    assert all("compile_seconds" not in h for h in plain.history)
     saved, _ = from_pretrained(fast.model_dir)
     assert {p.dtype for p in saved.parameters()} == {torch.float32}
     frozen = saved.llm.model.layers[0].self_attn.q_proj.weight  # stage 1: the LLM stays as it came, bf16-rounded
@@ -181,3 +184,14 @@ def test_length_grouping_needs_conversation_data(model, processor, pairs, tmp_pa
     config = StageConfig(max_steps=1, batch_size=4, warmup_steps=0, eval_every=0, group_by_length=True)
     with pytest.raises(ValueError, match="group_by_length applies to conversation data"):
         train_stage(model, processor, 2, CaptionPairDataset(pairs, processor, train=True), config, tmp_path / "r")
+
+
+def test_compile_auto_is_on_for_cuda_and_off_on_cpu_and_true_or_false_force_it():
+    from owl_pipeline.config import ConfigError
+    from owl_pipeline.train.speed import resolve_compile
+
+    assert StageConfig().compile == "auto"
+    assert resolve_compile("auto", "cuda") and not resolve_compile("auto", "cpu")
+    assert resolve_compile(True, "cpu") and not resolve_compile(False, "cuda")
+    with pytest.raises(ConfigError, match="compile must be auto, true or false"):
+        StageConfig(compile="sometimes")
