@@ -234,7 +234,7 @@ def _number_problem(name: str, value) -> str | None:
     if name in _SCORE_COLUMNS:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"{name} is {value!r}, not a number"
-        if not math.isfinite(value) or abs(value) > 1e300:
+        if abs(value) > 1e300 or not math.isfinite(value):  # abs first: a 400-digit integer overflows isfinite
             return f"{name} is {value!r}, not a finite number"
     if name in _SIZE_COLUMNS:
         if isinstance(value, bool) or not isinstance(value, int):

@@ -27,7 +27,8 @@ def test_out_of_range_and_non_finite_numbers_are_bad_metadata_and_the_other_shar
                + raw("overflow", b'{"url": "u2", "similarity": 1e400}')
                + raw("minus", b'{"url": "u3", "punsafe": -Infinity}')
                + raw("nan", b'{"url": "u4", "pwatermark": NaN}')
-               + raw("negative", b'{"url": "u5", "HEIGHT": -3}') + sample("fine"))
+               + raw("negative", b'{"url": "u5", "HEIGHT": -3}')
+               + raw("bigint", b'{"url": "u6", "similarity": 1' + b"0" * 400 + b'}') + sample("fine"))
     write_tar(tmp_path / "00000.tar", hostile)
     write_tar(tmp_path / "00001.tar", sample("other"))
     # a non-finite score in the shard's parquet is caught the same way
@@ -35,7 +36,7 @@ def test_out_of_range_and_non_finite_numbers_are_bad_metadata_and_the_other_shar
     pq.write_table(pa.table({"key": ["sidecar"], "similarity": [float("inf")]}), tmp_path / "00002.parquet")
     shards = sorted(tmp_path.glob("*.tar"))
     report = ingest(shards, tmp_path / "out.lance", log=quiet)
-    assert report.skipped == {"bad_metadata": 6} and not report.failed_shards
+    assert report.skipped == {"bad_metadata": 7} and not report.failed_shards
     assert sorted(keys(tmp_path / "out.lance")) == ["fine", "other"]
     assert any("huge: bad_metadata (WIDTH is 100000000000000000000, outside" in p for p in report.problems)
     assert any("overflow: bad_metadata (similarity is inf, not a finite number)" in p for p in report.problems)
