@@ -706,9 +706,6 @@ class PipelineConfig:
         _require(self.min_curated_rows >= 0, f"min_curated_rows must be >= 0, got {self.min_curated_rows}")
         _require(self.max_image_pixels > 0, f"max_image_pixels must be > 0, got {self.max_image_pixels}")
 
-    def model_config(self) -> OwlConfig:
-        return self.model
-
     @classmethod
     def from_yaml(cls, path: str | Path) -> PipelineConfig:
         return from_mapping(cls, read_yaml(path), "params")

@@ -49,7 +49,7 @@ def asset_for(definition: Step) -> dg.AssetsDefinition:
     name = definition.name
 
     @dg.asset(name=name, deps=list(definition.reads), group_name=definition.group,
-              description=definition.description, compute_kind=definition.compute_kind,
+              description=definition.description, kinds=set(definition.kinds),
               required_resource_keys=_resources(definition), pool=definition.pool,
               code_version=definition.code_digest())
     def _materialize(context: dg.AssetExecutionContext, config: StepRunConfig):

@@ -28,7 +28,7 @@ def lance_version(path) -> int:
 
 @pipeline_step(C.ASSET_RAW_SHARDS, reads=(), params=("raw_shards", "synthetic"), writes=lambda p: p.raw_shards,
                description="Shapes world generated, or your img2dataset shards", group=GROUP_DATA,
-               compute_kind="lance", external=lambda p: [] if p.generated else shard_files(p),
+               kinds=("lance",), external=lambda p: [] if p.generated else shard_files(p),
                code=("data/synthetic.py", "data/scenes.py", "data/image_hash.py"))
 def raw_shards(project: Project, log: Log = print, tracking=None) -> StepResult:
     """Generate shapes world, or check that the configured folder holds shards."""
@@ -54,7 +54,7 @@ def on_ray(project: Project, step: str) -> bool:
 
 @pipeline_step(C.ASSET_RAW_PAIRS, reads=(C.ASSET_RAW_SHARDS,), params=("max_image_pixels",),
                writes=lambda p: p.raw_pairs, description="Every readable pair in one Lance table", group=GROUP_DATA,
-               compute_kind="lance", external=shard_files, metrics=("rows", "rows_added"), pool=INGEST_POOL,
+               kinds=("lance",), external=shard_files, metrics=("rows", "rows_added"), pool=INGEST_POOL,
                code=("data/ingest.py", "data/ray_ingest.py", "data/ray_session.py", "data/images.py",
                      "data/lance_io.py"))
 def raw_pairs(project: Project, log: Log = print, tracking=None) -> StepResult:
@@ -90,7 +90,7 @@ def clip_model_files(project: Project) -> list:
 
 
 @pipeline_step(C.ASSET_CURATED_PAIRS, reads=(C.ASSET_RAW_PAIRS,), params=("filters",), writes=lambda p: p.curated_pairs,
-               description="Pairs that pass the LAION/COYO rules", group=GROUP_DATA, compute_kind="lance",
+               description="Pairs that pass the LAION/COYO rules", group=GROUP_DATA, kinds=("lance",),
                metrics=("rows_in", "rows_out"), external=clip_model_files,
                code=("data/filters.py", "data/ray_filters.py", "data/ray_session.py", "data/image_hash.py",
                      "data/clip_score.py", "data/report_plots.py", "data/lance_io.py"))
@@ -116,7 +116,7 @@ def _instruction_files(project: Project) -> list[Path]:
 
 @pipeline_step(C.ASSET_INSTRUCTIONS, reads=(C.ASSET_RAW_SHARDS,), params=("instructions", "max_image_pixels"),
                writes=lambda p: p.instructions, description="Instruction conversations in Lance", group=GROUP_DATA,
-               compute_kind="lance", external=_instruction_files,
+               kinds=("lance",), external=_instruction_files,
                code=("data/instructions.py", "data/images.py", "data/lance_io.py", "model/processor.py"))
 def instruction_data(project: Project, log: Log = print, tracking=None) -> StepResult:
     report = build_instruction_table(project.instruction_sources(), project.instructions, log=log,

@@ -20,7 +20,7 @@ TRAINING_STEP_NAMES = (C.ASSET_BASE_LLM, C.ASSET_STAGE1, C.ASSET_STAGE2)
 @pipeline_step(C.ASSET_OWLEVAL, reads=(C.ASSET_STAGE2, C.ASSET_RAW_SHARDS),
                params=("owleval_dir", "evaluation", "max_image_pixels"), writes=lambda p: p.owleval,
                description="OwlEval answers in the official format, scored beside the published models (HTML report)",
-               group=GROUP_EVAL, compute_kind="pytorch", external=lambda p: [p.owleval_dir() / "questions.jsonl"],
+               group=GROUP_EVAL, kinds=("pytorch",), external=lambda p: [p.owleval_dir() / "questions.jsonl"],
                metrics=(C.METRIC_ACCURACY, C.METRIC_SIMILARITY, C.METRIC_JUDGE, C.METRIC_HUMAN), code=EVALUATION_CODE)
 def owleval_report(project: Project, log: Log = print, tracking=None) -> StepResult:
     """Answer the eval set with the stage-2 model; score it beside the published answers (eval.report)."""
@@ -60,7 +60,7 @@ def eval_set_digest(project: Project) -> str:
 
 @pipeline_step(C.ASSET_REGISTERED, reads=(C.ASSET_STAGE2, C.ASSET_OWLEVAL), params=("registry",), writes=None,
                description="The stage-2 model in the MLflow registry: alias candidate, champion if it passes the gate",
-               group=GROUP_EVAL, compute_kind="mlflow", tracked=True, metrics=("version", "promoted"),
+               group=GROUP_EVAL, kinds=("mlflow",), tracked=True, metrics=("version", "promoted"),
                code=("registry/registration.py", "registry/pyfunc_model.py", "registry/tracking.py",
                      "data/versions.py"))
 def registered_model(project: Project, log: Log = print, tracking=None) -> StepResult:

@@ -36,7 +36,7 @@ class Step:
     writes: Callable[[Project], Path] | None  # its dataset or folder (DVC's outs); None: it writes no data
     description: str
     group: str
-    compute_kind: str
+    kinds: tuple[str, ...]  # Dagster's kinds (the UI's icons): the tools the step runs on
     trains: bool = False  # a training step: an MLflow run, launched where the launcher says
     tracked: bool = False  # needs the MLflow tracking resource
     external: Callable[[Project], list[Path]] | None = None  # files outside assets/ it reads (their stats count)

@@ -112,7 +112,7 @@ def _pretrained_model_files(project: Project) -> list[Path]:
 @pipeline_step(C.ASSET_BASE_LLM, reads=(C.ASSET_CURATED_PAIRS, C.ASSET_INSTRUCTIONS), params=("model", "base_llm"),
                writes=lambda p: p.base_llm,
                description="The LLM the stages build on (trained here on the embedded default)",
-               group=GROUP_TRAINING, compute_kind="pytorch", trains=True, tracked=True, metrics=("final_loss",),
+               group=GROUP_TRAINING, kinds=("pytorch",), trains=True, tracked=True, metrics=("final_loss",),
                external=_pretrained_model_files, code=(*TRAINING_CODE, "data/text_corpus.py", "model/convert.py"))
 def base_llm(project: Project, log: Log = print, tracking=None) -> StepResult:
     """The LLM every later stage builds on, saved as a whole Owl model (vision and abstractor freshly built).
@@ -277,7 +277,7 @@ def _train_from(previous: Path, name: str, stage: int, dataset_cls, data: Path, 
 
 @pipeline_step(C.ASSET_STAGE1, reads=(C.ASSET_BASE_LLM, C.ASSET_CURATED_PAIRS), params=("model", "stage1"),
                writes=lambda p: p.stage1, description="Stage 1: vision + abstractor trained, LLM frozen",
-               group=GROUP_TRAINING, compute_kind="pytorch", trains=True, tracked=True, metrics=("final_loss",),
+               group=GROUP_TRAINING, kinds=("pytorch",), trains=True, tracked=True, metrics=("final_loss",),
                code=TRAINING_CODE)
 def stage1_model(project: Project, log: Log = print, tracking=None) -> StepResult:
     """Stage 1: vision encoder + abstractor learn to caption curated pairs through the frozen LLM. A released
@@ -295,7 +295,7 @@ def stage1_model(project: Project, log: Log = print, tracking=None) -> StepResul
 
 @pipeline_step(C.ASSET_STAGE2, reads=(C.ASSET_STAGE1, C.ASSET_INSTRUCTIONS), params=("model", "stage2"),
                writes=lambda p: p.stage2, description="Stage 2: LoRA on the LLM with the mixed instructions",
-               group=GROUP_TRAINING, compute_kind="pytorch", trains=True, tracked=True, metrics=("final_loss",),
+               group=GROUP_TRAINING, kinds=("pytorch",), trains=True, tracked=True, metrics=("final_loss",),
                code=TRAINING_CODE)
 def stage2_model(project: Project, log: Log = print, tracking=None) -> StepResult:
     """Stage 2: LoRA on the LLM learns the mixed text-only and multimodal instructions."""

@@ -219,3 +219,13 @@ def test_data_steps_and_training_on_ray_materialize_with_the_usual_metadata(loca
     assert base.metadata["steps"].value == TINY_PARAMS["base_llm"]["train"]["max_steps"]
     assert base.metadata["mlflow_run"].value.startswith("http://127.0.0.1:5000/#/experiments/")
     assert base.tags["dagster/data_version"] == base.metadata["written_dvc_md5"].value
+
+
+def test_assets_declare_kinds_not_the_deprecated_compute_kind():
+    """Issue 25 item 4 (in part): `kinds=` (Dagster >= 1.10), one set per step as the step declares it."""
+    from owl_pipeline.pipeline.graph import step
+
+    for asset in ALL_ASSETS:
+        spec = next(iter(asset.specs))
+        assert spec.kinds == set(step(spec.key.to_user_string()).kinds) != set()
+        assert "dagster/compute_kind" not in (spec.tags or {})

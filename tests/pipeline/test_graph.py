@@ -84,7 +84,7 @@ def test_the_project_paths_are_what_the_steps_declare_they_write(tmp_path):
 
 def test_steps_come_after_what_they_read_and_a_read_nobody_writes_is_refused():
     orphan = Step("orphan", STEPS[0].run, reads=("nowhere",), params=(), writes=None, description="",
-                  group="data", compute_kind="python")
+                  group="data", kinds=("python",))
     order = [s.name for s in in_dependency_order(tuple(reversed(STEPS)))]
     assert sorted(order) == sorted(s.name for s in STEPS)
     assert all(order.index(read) < order.index(s.name) for s in STEPS for read in s.reads)
