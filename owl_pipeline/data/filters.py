@@ -7,12 +7,12 @@ caption_repeats, dup_url_text, dup_image_text, near_duplicate. Each has its docu
 ``metadata_masks`` needs metadata columns only (the fast path, benchmarked on 1M-row parquet): ``row_masks``
 (each row decides alone) and ``set_masks`` (rows compared across the table); ``filter_pairs`` adds what needs
 image bytes or a model (hashes, perceptual hash, language ID, CLIP similarity) and writes the curated Lance
-dataset plus a report. data/ray_filters.py applies the same functions on Ray.
+dataset plus a report. data/ray_filters.py applies the same functions on Ray (set-wide rules are ``SetRule``s:
+a group statistic and a keep test, so the two engines differ only in how they group).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -66,28 +66,33 @@ def _dictionary_indices(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return _numpy(encoded.indices, -1).astype(np.int64)
 
 
-def first_occurrence(*columns: pa.ChunkedArray | pa.Array | np.ndarray) -> np.ndarray:
-    """True where the combination of values is seen for the first time.
+def group_ids(*columns: pa.ChunkedArray | pa.Array | np.ndarray) -> np.ndarray:
+    """A dense group id per row for the combination of values, numbered in order of first appearance.
 
     Each column is dictionary-encoded (or given as its dictionary indices); the index tuples are combined into
-    one integer key. Dictionary indices are assigned in order of first appearance, so a first occurrence is
-    where the running maximum index grows.
+    one integer key, re-densified after each column so the product never overflows.
     """
     key = None
     for column in columns:
         indices = column if isinstance(column, np.ndarray) else _dictionary_indices(column)
         key = indices if key is None else key * (int(indices.max(initial=0)) + 1) + indices
         if len(columns) > 1:
-            key = _dictionary_indices(pa.array(key))  # re-densify so the product never overflows
-    first = np.ones(len(key), dtype=bool)
-    if len(key) > 1:
-        first[1:] = key[1:] > np.maximum.accumulate(key)[:-1]
-    return first
+            key = _dictionary_indices(pa.array(key))
+    return key
 
 
-def occurrence_counts(indices: np.ndarray) -> np.ndarray:
-    """How many rows share each row's value, from the column's dictionary indices."""
-    return np.bincount(indices)[indices]
+def occurrence_counts(ids: np.ndarray) -> np.ndarray:
+    """How many rows share each row's group."""
+    return np.bincount(ids)[ids]
+
+
+def first_rows(ids: np.ndarray) -> np.ndarray:
+    """The first row (in table order) of each row's group. Ids are numbered in order of first appearance, so
+    group g first appears where the running maximum id grows for the g-th time."""
+    first = np.ones(len(ids), dtype=bool)
+    if len(ids) > 1:
+        first[1:] = ids[1:] > np.maximum.accumulate(ids)[:-1]
+    return np.flatnonzero(first)[ids]
 
 
 def row_masks(table: pa.Table, config: FilterConfig) -> dict[str, np.ndarray]:
@@ -122,18 +127,54 @@ def row_masks(table: pa.Table, config: FilterConfig) -> dict[str, np.ndarray]:
     return masks
 
 
+NULL_URL = "\x00null"  # a null URL groups with the other null URLs, apart from the empty string
+
+
+def group_key_columns(table: pa.Table) -> dict[str, pa.ChunkedArray | pa.Array]:
+    """The columns the set-wide rules group rows by, with nulls spelled out (both engines group by these)."""
+    keys = {"caption_key": pc.fill_null(table["caption"], "")}
+    if "url" in table.column_names:
+        keys["url_key"] = pc.fill_null(table["url"], NULL_URL)
+    if "image_sha256" in table.column_names:
+        keys["image_sha256"] = table["image_sha256"]
+    return keys
+
+
+@dataclass(frozen=True)
+class SetRule:
+    """A rule that compares rows: a statistic of each row's group (the rows sharing ``keys``), then a keep test
+    on it. The local path computes the statistic in numpy, the Ray path by a grouped aggregate joined back."""
+
+    name: str
+    keys: tuple[str, ...]  # columns of group_key_columns
+    statistic: str  # "count": rows in the group; "first_row": the group's first row in table order
+    limit: int | None = None  # "count" rules: the most rows a group may hold
+
+    def keep(self, rows: np.ndarray, statistic: np.ndarray) -> np.ndarray:
+        """The keep-mask of rows at positions ``rows`` whose group statistic is ``statistic``."""
+        return statistic <= self.limit if self.statistic == "count" else rows == statistic
+
+
+def set_rules(config: FilterConfig, key_columns) -> list[SetRule]:
+    """The set-wide rules ``config`` turns on whose key columns exist, in RULES order."""
+    candidates = [SetRule("caption_repeats", ("caption_key",), "count", config.max_caption_repeats)
+                  if config.max_caption_repeats is not None else None,
+                  SetRule("dup_url_text", ("url_key", "caption_key"), "first_row") if config.dedup_url_text else None,
+                  SetRule("dup_image_text", ("image_sha256", "caption_key"), "first_row")
+                  if config.dedup_image_text else None]
+    return [rule for rule in candidates if rule is not None and set(rule.keys) <= set(key_columns)]
+
+
 def set_masks(table: pa.Table, config: FilterConfig) -> dict[str, np.ndarray]:
     """Keep-masks of the rules that compare rows: caption repeats, and exact duplicates (the first row of a
     group is kept, in table order, whatever the other rules decide)."""
-    masks: dict[str, np.ndarray] = {}
-    caption_ids = functools.cache(lambda: _dictionary_indices(pc.fill_null(table["caption"], "")))
-    if config.max_caption_repeats is not None:
-        masks["caption_repeats"] = occurrence_counts(caption_ids()) <= config.max_caption_repeats
-    if config.dedup_url_text and "url" in table.column_names:
-        masks["dup_url_text"] = first_occurrence(table["url"], caption_ids())
-    if config.dedup_image_text and "image_sha256" in table.column_names:
-        masks["dup_image_text"] = first_occurrence(table["image_sha256"], caption_ids())
-    return masks
+    keys = group_key_columns(table)
+    rules = set_rules(config, keys)
+    indices = {name: _dictionary_indices(keys[name]) for name in {k for rule in rules for k in rule.keys}}
+    statistic = {"count": occurrence_counts, "first_row": first_rows}
+    rows = np.arange(table.num_rows)
+    return {rule.name: rule.keep(rows, statistic[rule.statistic](group_ids(*(indices[k] for k in rule.keys))))
+            for rule in rules}
 
 
 def metadata_masks(table: pa.Table, config: FilterConfig) -> dict[str, np.ndarray]:

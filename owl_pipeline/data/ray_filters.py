@@ -1,17 +1,16 @@
 """LAION/COYO curation on Ray Data (``engine: {curated_pairs: ray}``): the rules of data/filters.py over a
-dataset too big for one process, keeping the same rows with the same per-rule counts as the local path.
+dataset too big for one process, keeping the same rows with the same per-rule counts as the local path. The
+rules are the local path's own functions; only how rows are grouped differs (shuffles instead of numpy).
 
-- Per-row rules run on Arrow batches in Ray tasks, with the local path's own functions (``row_masks``,
-  ``image_digests``, ``complete_languages``); CLIP scoring, where the similarity column is missing, runs in an
-  actor pool (one model per actor).
-- Set-wide rules shuffle instead of collecting: caption repeats are a count per caption, exact duplicates the
-  first row (in table order) of each (url, caption) and (image sha256, caption) group; each is an aggregate
-  joined back on its key.
-- Near-duplicates: among the rows still kept, rows sharing one perceptual hash collapse onto the first of them
-  (the others are duplicates under any distance); the distinct hashes are banded (``max_distance + 1`` bands,
-  so two hashes that close share one band exactly), grouped by (band, value), and compared within a bucket.
-  The pairs within the distance are the edges, few beside the rows; the driver applies the local path's rule to
-  them: in table order, a row is a duplicate when an edge joins it to an earlier row that was kept.
+- Per-row rules run on Arrow batches in Ray tasks (``row_masks``, ``image_digests``, ``complete_languages``);
+  CLIP scoring, where the similarity column is missing, runs in an actor pool (one model per actor).
+- Set-wide rules (``filters.set_rules``: caption repeats, exact duplicates) group by the same key columns
+  (``group_key_columns``); each group statistic (a count, or the group's first row) is an aggregate joined back,
+  and the rule's own ``keep`` test decides.
+- Near-duplicates (data/image_hash.py): among the rows still kept, rows sharing one perceptual hash collapse onto
+  the first of them; the distinct hashes are banded (``band_values``), grouped by (band, value), and compared
+  within a bucket (``pairs_within``). Those pairs, few beside the rows, reach the driver, where ``first_kept``
+  applies the local path's rule.
 
 Rows are identified by their position in the source dataset (computed from Lance's row address), which is the
 order "first" refers to; kept rows are written in that order with their images taken from the source.
@@ -29,16 +28,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from owl_pipeline.config import FilterConfig, RayConfig
-from owl_pipeline.data.filters import (RULES, FilterReport, RuleCounts, combine, complete_languages, image_digests,
-                                       require_clip_model, row_masks, score_panels)
+from owl_pipeline.data.filters import (RULES, FilterReport, RuleCounts, SetRule, combine, complete_languages,
+                                       group_key_columns, image_digests, require_clip_model, row_masks, score_panels,
+                                       set_rules)
+from owl_pipeline.data.image_hash import band_values, first_kept, near_duplicate_rows, pairs_within
 from owl_pipeline.data.ingest import PAIR_SCHEMA
 from owl_pipeline.data.lance_io import EmptyDatasetError
 from owl_pipeline.data.ray_session import ray_session, shuffle_partitions
 
-NULL_KEY = "\x00null"  # a null URL groups with the other null URLs, apart from the empty string (as locally)
 HISTOGRAM_SAMPLE_ROWS = 200_000  # rows drawn for the filter histograms
 READ_BLOCK_ROWS = 10_000  # rows (with their images) per read task; more blocks than this only add overhead
-BUCKET_CHUNK = 1024  # rows of a bucket compared against the whole bucket at once (bounds memory, not results)
 _METADATA = [f.name for f in PAIR_SCHEMA if f.name != "image"]
 
 
@@ -88,11 +87,13 @@ class ClipSimilarityActor:
 
 
 def _row_rule_batch(batch: pa.Table, config: FilterConfig) -> pa.Table:
-    """The per-row rules' masks, and the keys the set-wide rules group by."""
+    """The per-row rules' masks, and the keys the set-wide rules group by (as the local path groups)."""
     for rule, mask in row_masks(batch, config).items():
         batch = batch.append_column(_mask_column(rule), pa.array(mask))
-    return (batch.append_column("caption_key", pc.fill_null(batch["caption"], ""))
-            .append_column("url_key", pc.fill_null(batch["url"], NULL_KEY)))
+    for name, column in group_key_columns(batch).items():
+        if name not in batch.column_names:
+            batch = batch.append_column(name, column)
+    return batch
 
 
 # --- set-wide rules (shuffles) ----------------------------------------------------------------------------
@@ -102,29 +103,20 @@ def _joined_with(ds, aggregate, keys: tuple[str, ...], partitions: int):
     return ds.join(summary, join_type="left_outer", num_partitions=partitions, on=keys)
 
 
-def _at_most(batch: pa.Table, rule: str, column: str, limit: int) -> pa.Table:
-    keep = pc.less_equal(batch[column], limit).to_numpy(zero_copy_only=False)
-    return batch.drop_columns([column]).append_column(_mask_column(rule), pa.array(keep))
+def _set_rule_batch(batch: pa.Table, rule: SetRule) -> pa.Table:
+    """The rule's keep test on the group statistic joined beside each row."""
+    keep = rule.keep(batch["row"].to_numpy(), batch["statistic"].to_numpy(zero_copy_only=False))
+    return batch.drop_columns(["statistic"]).append_column(_mask_column(rule.name), pa.array(keep))
 
 
-def _is_first(batch: pa.Table, rule: str, column: str) -> pa.Table:
-    keep = pc.equal(batch["row"], batch[column]).to_numpy(zero_copy_only=False)
-    return batch.drop_columns([column]).append_column(_mask_column(rule), pa.array(keep))
-
-
-def _set_rules(ds, config: FilterConfig, partitions: int, with_digests: bool):
+def _set_rules(ds, config: FilterConfig, partitions: int, key_columns: list[str]):
+    """filters.set_rules, each statistic a grouped aggregate (a count, or the first row) joined back."""
     from ray.data.aggregate import Count, Min
 
-    if config.max_caption_repeats is not None:
-        ds = _joined_with(ds, Count(alias_name="repeats"), ("caption_key",), partitions)
-        ds = ds.map_batches(_at_most, batch_format="pyarrow", batch_size=None,
-                            fn_kwargs=dict(rule="caption_repeats", column="repeats", limit=config.max_caption_repeats))
-    for rule, enabled, key in (("dup_url_text", config.dedup_url_text, "url_key"),
-                               ("dup_image_text", config.dedup_image_text and with_digests, "image_sha256")):
-        if enabled:
-            ds = _joined_with(ds, Min("row", alias_name="first_row"), (key, "caption_key"), partitions)
-            ds = ds.map_batches(_is_first, batch_format="pyarrow", batch_size=None,
-                                fn_kwargs=dict(rule=rule, column="first_row"))
+    for rule in set_rules(config, key_columns):
+        statistic = Count(alias_name="statistic") if rule.statistic == "count" else Min("row", alias_name="statistic")
+        ds = _joined_with(ds, statistic, rule.keys, partitions)
+        ds = ds.map_batches(_set_rule_batch, batch_format="pyarrow", batch_size=None, fn_kwargs=dict(rule=rule))
     return ds
 
 
@@ -146,27 +138,17 @@ def _alive_batch(batch: pa.Table) -> pa.Table:
 
 def _band_batch(batch: pa.Table, max_distance: int) -> pa.Table:
     """One row per (distinct hash, band): the band's bits are the bucket key."""
-    bands = max_distance + 1
-    width = 64 // bands
     hashes = batch["phash"].to_numpy().astype(np.uint64)
-    values = [(hashes >> np.uint64(b * width)) & np.uint64((1 << width) - 1) for b in range(bands)]
-    return pa.table({"band": np.repeat(np.arange(bands, dtype=np.int8), len(hashes)),
-                     "band_value": np.concatenate(values), "phash": np.tile(hashes, bands),
-                     "leader": np.tile(batch["leader"].to_numpy(), bands)})
+    values = band_values(hashes, max_distance)
+    return pa.table({"band": np.repeat(np.arange(len(values), dtype=np.int8), len(hashes)),
+                     "band_value": values.ravel(), "phash": np.tile(hashes, len(values)),
+                     "leader": np.tile(batch["leader"].to_numpy(), len(values))})
 
 
 def _bucket_edges(bucket: pa.Table, max_distance: int) -> pa.Table:
-    """Pairs of (leader rows) in one bucket whose hashes lie within ``max_distance`` bits, earlier row first."""
-    hashes, rows = bucket["phash"].to_numpy().astype(np.uint64), bucket["leader"].to_numpy()
-    first, second = [], []
-    for start in range(0, len(hashes), BUCKET_CHUNK):
-        distance = np.bitwise_count(hashes[start:start + BUCKET_CHUNK, None] ^ hashes[None, :])
-        i, j = np.nonzero(distance <= max_distance)
-        i += start
-        pair = i < j
-        first.append(np.minimum(rows[i[pair]], rows[j[pair]]))
-        second.append(np.maximum(rows[i[pair]], rows[j[pair]]))
-    return pa.table({"earlier": np.concatenate(first), "later": np.concatenate(second)})
+    """pairs_within one bucket, as a table."""
+    pairs = pairs_within(bucket["phash"].to_numpy(), bucket["leader"].to_numpy(), max_distance)
+    return pa.table({"earlier": pairs[:, 0], "later": pairs[:, 1]})
 
 
 def near_duplicate_edges(leaders, max_distance: int, partitions: int) -> np.ndarray:
@@ -192,24 +174,11 @@ def near_duplicate_edges(leaders, max_distance: int, partitions: int) -> np.ndar
     return np.stack([table["earlier"].to_numpy(), table["later"].to_numpy()], axis=1)
 
 
-def resolve_near_duplicates(edges: np.ndarray) -> np.ndarray:
-    """The rows that are near-duplicates, by the local path's rule: visiting rows in table order, a row is one
-    when an edge joins it to an earlier row that was kept. Sorted."""
-    earlier_of = defaultdict(list)
-    for earlier, later in edges.tolist():
-        earlier_of[later].append(earlier)
-    duplicates: set[int] = set()
-    for later in sorted(earlier_of):
-        if any(row not in duplicates for row in earlier_of[later]):
-            duplicates.add(later)
-    return np.array(sorted(duplicates), dtype=np.int64)
-
-
 def _near_duplicate_batch(batch: pa.Table, duplicates: np.ndarray) -> pa.Table:
     alive = batch["alive"].to_numpy(zero_copy_only=False)
     rows = batch["row"].to_numpy()
     leader = pc.fill_null(batch["leader"], -1).to_numpy()
-    keep = ~alive | ((rows == leader) & ~np.isin(rows, duplicates))
+    keep = ~alive | ~near_duplicate_rows(rows, leader, duplicates)
     return batch.drop_columns(["alive", "leader"]).append_column(_mask_column("near_duplicate"), pa.array(keep))
 
 
@@ -224,7 +193,7 @@ def _near_duplicate_rule(ds, config: FilterConfig, partitions: int):
     edges = near_duplicate_edges(leaders, config.near_dup_max_distance, partitions)
     ds = ds.join(leaders, join_type="left_outer", num_partitions=partitions, on=("phash",))
     return ds.map_batches(_near_duplicate_batch, batch_format="pyarrow",
-                          fn_kwargs=dict(duplicates=resolve_near_duplicates(edges)))
+                          fn_kwargs=dict(duplicates=first_kept(edges)))
 
 
 # --- counting and writing ---------------------------------------------------------------------------------
@@ -306,7 +275,8 @@ def metadata_rule_masks(ds, config: FilterConfig, partitions: int, with_digests:
     """Every rule's keep-mask (and ``keep``) beside rows of normalized metadata with a ``row`` position and, with
     ``with_digests``, the image sha256 / pHash / byte length columns (materialized)."""
     ds = ds.map_batches(_row_rule_batch, batch_format="pyarrow", fn_kwargs=dict(config=config))
-    ds = _set_rules(ds, config, partitions, with_digests)
+    key_columns = ["caption_key", "url_key"] + (["image_sha256"] if with_digests else [])
+    ds = _set_rules(ds, config, partitions, key_columns)
     if config.near_dup_max_distance is not None and with_digests:
         ds = _near_duplicate_rule(ds, config, partitions)
     return ds.map_batches(_keep_batch, batch_format="pyarrow").materialize()

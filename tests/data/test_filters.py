@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from owl_pipeline.config import FilterConfig
-from owl_pipeline.data.filters import (RULES, _dictionary_indices, combine, filter_pairs, first_occurrence,
+from owl_pipeline.data.filters import (RULES, _dictionary_indices, combine, filter_pairs, first_rows, group_ids,
                                        metadata_masks, occurrence_counts)
 from owl_pipeline.data.image_hash import hamming_distances, near_duplicates
 from owl_pipeline.data.ingest import ingest
@@ -69,7 +69,8 @@ def test_repeats_and_exact_dedup():
     counts = occurrence_counts(_dictionary_indices(pa.array(captions)))
     assert counts.tolist() == [12] * 12 + [2, 1, 2]
     urls = ["u"] * 12 + ["u1", "u2", "u1"]
-    assert first_occurrence(pa.array(urls), pa.array(captions)).tolist() == [True] + [False] * 11 + [True, True, False]
+    first = first_rows(group_ids(pa.array(urls), pa.array(captions))) == np.arange(15)
+    assert first.tolist() == [True] + [False] * 11 + [True, True, False]
     masks = metadata_masks(table(caption=captions, url=urls), FilterConfig(max_caption_repeats=10))
     assert masks["caption_repeats"].tolist() == [False] * 12 + [True] * 3
 
@@ -96,6 +97,24 @@ def test_near_duplicate_banding_finds_what_brute_force_finds():
         earlier_refs = [j for j in range(i) if not expected[j]]
         expected[i] = bool(earlier_refs) and hamming_distances(int(hashes[i]), hashes[earlier_refs]).min() <= 4
     assert found.tolist() == expected.tolist() and found.sum() >= 50
+
+
+@pytest.mark.parametrize("max_distance", [0, 1, 4, 9])
+def test_near_duplicates_follow_the_first_kept_rule_at_every_distance_and_only_among_candidates(max_distance):
+    """Equal hashes, chains of near copies and rows the other rules removed (not candidates): the banded search,
+    its first-kept resolution and the collapse of equal hashes give what a brute-force scan in table order gives."""
+    rng = np.random.default_rng(max_distance)
+    hashes = rng.integers(0, 2**63, size=300, dtype=np.uint64)
+    for i in range(1, 300, 3):  # chains: each a few bits from the row before it, some exactly equal
+        flips = rng.choice(64, size=int(rng.integers(0, max_distance + 2)), replace=False)
+        hashes[i] = np.uint64(int(hashes[i - 1]) ^ sum(1 << int(b) for b in flips))
+    candidates = rng.random(300) < 0.8
+    found = near_duplicates(hashes, candidates, max_distance)
+    expected = np.zeros(300, dtype=bool)
+    for i in np.flatnonzero(candidates):
+        kept = [j for j in range(i) if candidates[j] and not expected[j]]
+        expected[i] = bool(kept) and hamming_distances(int(hashes[i]), hashes[kept]).min() <= max_distance
+    assert found.tolist() == expected.tolist() and 0 < found.sum() < candidates.sum()
 
 
 def test_missing_similarity_is_computed_with_the_configured_clip(tiny_clip, tmp_path):

@@ -14,9 +14,9 @@ import pytest
 
 from owl_pipeline.config import FaultRates, FilterConfig, RayConfig, SyntheticConfig
 from owl_pipeline.data.filters import filter_pairs
-from owl_pipeline.data.image_hash import near_duplicates
+from owl_pipeline.data.image_hash import first_kept, near_duplicates
 from owl_pipeline.data.ingest import find_shards, ingest
-from owl_pipeline.data.ray_filters import filter_pairs_ray, resolve_near_duplicates
+from owl_pipeline.data.ray_filters import filter_pairs_ray
 from owl_pipeline.data.ray_ingest import ingest_ray
 from owl_pipeline.data.synthetic import generate_corpus
 
@@ -122,14 +122,14 @@ def test_missing_similarity_is_scored_by_the_clip_actors_as_locally(local_ray, t
 
 def test_resolving_edges_follows_the_local_first_kept_rule():
     # 0~1, 1~2, 0 !~ 2: 1 is a duplicate of 0; 2's only earlier neighbour was dropped, so 2 stays.
-    assert resolve_near_duplicates(np.array([[0, 1], [1, 2], [5, 7], [3, 7]])).tolist() == [1, 7]
+    assert first_kept(np.array([[0, 1], [1, 2], [5, 7], [3, 7]])).tolist() == [1, 7]
     rng = np.random.default_rng(0)
     hashes = rng.integers(0, 2**63, 300, dtype=np.uint64)
     hashes[100:200] = hashes[:100] ^ (np.uint64(1) << rng.integers(0, 64, 100).astype(np.uint64))
     edges = np.array([(i, j) for i in range(300) for j in range(i + 1, 300)
                       if np.bitwise_count(hashes[i] ^ hashes[j]) <= 4])
     local = np.flatnonzero(near_duplicates(hashes, np.ones(300, dtype=bool), 4))
-    assert resolve_near_duplicates(edges).tolist() == local.tolist() and len(local) >= 100
+    assert first_kept(edges).tolist() == local.tolist() and len(local) >= 100
 
 
 def test_the_data_steps_run_on_ray_when_params_say_so(local_ray, tmp_path):
