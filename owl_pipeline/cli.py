@@ -118,32 +118,30 @@ def cmd_run(args) -> int:
 
 def _print_summary(project, seconds: float) -> None:
     from owl_pipeline import constants as C
-    from owl_pipeline.pipeline.records import StepRecord
+    from owl_pipeline.pipeline.graph import step
 
-    def report(name):
-        record = StepRecord.read(project.record_path(name))
-        return record.metadata if record else {}
+    def last(name):  # the step's typed result (pipeline/*_steps.py), or None if it never ran
+        return step(name).last_result(project)
 
     print(f"\nowl run: {seconds / 60:.1f} min, assets in {project.assets}")
-    curated = report(C.ASSET_CURATED_PAIRS)
-    if curated:
-        print(f"  data: {curated['rows_out']} of {curated['rows_in']} pairs kept; removed: {curated['removed']}")
+    curated = last(C.ASSET_CURATED_PAIRS)
+    if curated and curated.rows_out is not None:
+        print(f"  data: {curated.rows_out} of {curated.rows_in} pairs kept; removed: {curated.removed}")
     for name in (C.ASSET_BASE_LLM, C.ASSET_STAGE1, C.ASSET_STAGE2):
-        meta = report(name)
-        if meta.get("final_loss") is not None:
-            print(f"  {name}: loss {meta['first_loss']:.3f} -> {meta['final_loss']:.3f} in {meta['seconds']} s"
-                  + (f"  {meta['mlflow_run']}" if meta.get("mlflow_run") else ""))
-    evaluation = report(C.ASSET_OWLEVAL)
-    if C.METRIC_ACCURACY in evaluation:
-        by_type = "  ".join(f"{k} {v:.2f}" for k, v in evaluation[C.ACCURACY_BY_TYPE].items())
-        print(f"  accuracy on {evaluation['questions']} held-out questions: {evaluation[C.METRIC_ACCURACY]:.3f} "
-              f"({by_type})")
-    if C.METRIC_SIMILARITY in evaluation:
-        print(f"  similarity to the reference answers: {evaluation[C.METRIC_SIMILARITY]:.3f}; "
+        trained = last(name)
+        if trained and trained.final_loss is not None:
+            print(f"  {name}: loss {trained.first_loss:.3f} -> {trained.final_loss:.3f} in {trained.seconds} s"
+                  + (f"  {trained.mlflow_run}" if trained.mlflow_run else ""))
+    evaluation = last(C.ASSET_OWLEVAL)
+    if evaluation and evaluation.accuracy is not None:
+        by_type = "  ".join(f"{k} {v:.2f}" for k, v in (evaluation.accuracy_by_type or {}).items())
+        print(f"  accuracy on {evaluation.questions} held-out questions: {evaluation.accuracy:.3f} ({by_type})")
+    if evaluation and evaluation.similarity is not None:
+        print(f"  similarity to the reference answers: {evaluation.similarity:.3f}; "
               f"report: {project.owleval / C.OWLEVAL_REPORT_HTML}")
-    registered = report(C.ASSET_REGISTERED)
-    if registered.get("registered"):
-        print(f"  registered {registered['model_uri']} aliases {registered['aliases']}: {registered['gate_reason']}")
+    registered = last(C.ASSET_REGISTERED)
+    if registered and registered.registered:
+        print(f"  registered {registered.model_uri} aliases {registered.aliases}: {registered.gate_reason}")
     print("  look closer: `owl ui` (Dagster on :3000, MLflow on :5000), reports in assets/reports/")
 
 
@@ -167,21 +165,18 @@ def cmd_eval(args) -> int:
     from owl_pipeline import constants as C
     from owl_pipeline.config import EvaluationConfig
     from owl_pipeline.eval.evaluate import evaluate_model
-    from owl_pipeline.eval.report import headline
 
     config = EvaluationConfig(max_new_tokens=args.max_new_tokens, reference_answers=args.reference,
                               judge_model=args.judge, human_ratings=args.ratings)
     files = evaluate_model(args.model, args.owleval, Path(args.out), config, args.model_id, log=_log)
-    for model_summary in files.report["models"]:
-        scores = model_summary["scores"]["all"]
-        print(f"{model_summary['model_id']:<20}" + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()
-                                                           if v is not None))
-    summary = headline(files.report)
+    for model_id, scores in files.report.scores_by_model().items():
+        print(f"{model_id:<20}" + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    summary = files.report.headline()
     if C.ACCURACY_BY_TYPE in summary:
         print("accuracy by type: " + " ".join(f"{k} {v:.3f}" for k, v in summary[C.ACCURACY_BY_TYPE].items()))
     print(f"answers: {files.answers}\nreport: {files.html}\nrating sheet: {files.rating_sheet} "
           f"(fill the grade column, then pass it back with --ratings)")
-    for problem in files.report["problems"]:
+    for problem in files.report.problems:
         print(f"problem: {problem}")
     return 0
 

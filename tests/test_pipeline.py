@@ -102,7 +102,7 @@ def test_a_pretrained_llm_is_loaded_through_the_same_builder(tmp_path, model, to
     tokenizer.save_pretrained(tmp_path / "my-llm")
     config = PipelineConfig(model={"preset": "tiny", "llm": {"pretrained": str(tmp_path / "my-llm")}})
     result = base_llm(Project(config, tmp_path), log=lambda *_: None)
-    assert result.metadata == {"llm": str(tmp_path / "my-llm"), "trained_here": False}
+    assert result.metadata() == {"llm": str(tmp_path / "my-llm"), "trained_here": False}
     loaded, processor = from_pretrained(result.outputs["model"])
     for key, value in model.llm.state_dict().items():
         assert torch.equal(value, loaded.llm.state_dict()[key]), key

@@ -12,14 +12,14 @@ from owl_pipeline.config import EvaluationConfig
 from owl_pipeline.eval.human import export_rating_sheet, import_ratings
 from owl_pipeline.eval.judge import LLMJudge
 from owl_pipeline.eval.owleval import EvalSet, answer_eval_set, load_eval_set, write_answers
-from owl_pipeline.eval.report import Scorers, build_report, write_report_json
+from owl_pipeline.eval.report import OwlEvalReport, Scorers, build_report, write_report_json
 from owl_pipeline.eval.report_html import write_report_html
 from owl_pipeline.eval.similarity import SimilarityScorer
 
 
 @dataclass
 class ReportFiles:
-    report: dict
+    report: OwlEvalReport
     json: Path
     html: Path
     rating_sheet: Path
@@ -43,7 +43,7 @@ def evaluate_answers(eval_set: EvalSet, answers: list[dict], model_id: str, conf
     json_path = write_report_json(report, folder / C.OWLEVAL_REPORT_JSON)
     html_path = write_report_html(report, eval_set.folder / "cases", folder / C.OWLEVAL_REPORT_HTML)
     log(f"owleval: report {html_path} ({len(report['problems'])} problems)")
-    return ReportFiles(report, json_path, html_path, sheet)
+    return ReportFiles(OwlEvalReport(report), json_path, html_path, sheet)
 
 
 def evaluate_model(model_dir: str | Path, owleval_dir: str | Path, folder: Path, config: EvaluationConfig,

@@ -190,5 +190,46 @@ def headline(report: dict) -> dict:
     return summary
 
 
+@dataclass(frozen=True)
+class OwlEvalReport:
+    """The report, read by attribute. ``document`` is the JSON-ready whole (``build_report``) that report.json,
+    the HTML page and the rating sheet are written from."""
+
+    document: dict
+
+    @classmethod
+    def read(cls, path: Path) -> OwlEvalReport:
+        return cls(json.loads(Path(path).read_text()))
+
+    @property
+    def questions(self) -> int:
+        return self.document["questions"]
+
+    @property
+    def eval_set(self) -> str:
+        return self.document["eval_set"]
+
+    @property
+    def problems(self) -> list[str]:
+        return self.document["problems"]
+
+    def scores(self) -> dict[str, float]:
+        """Our model's overall scores that were computed (accuracy where references exist, similarity, ...)."""
+        return {k: v for k, v in our_scores(self.document).items() if v is not None}
+
+    def headline(self) -> dict:
+        return headline(self.document)
+
+    def answered(self) -> int:
+        """Questions our model gave an answer to."""
+        ours = self.document["our_model"]
+        return sum(1 for row in self.document["rows"] if row["answers"].get(ours, {}).get("answer"))
+
+    def scores_by_model(self) -> dict[str, dict[str, float]]:
+        """Every model's overall scores (ours and the published answer files'), the unscored left out."""
+        return {m["model_id"]: {k: v for k, v in m["scores"]["all"].items() if v is not None}
+                for m in self.document["models"]}
+
+
 def write_report_json(report: dict, path: Path) -> Path:
     return atomic_write_text(path, json.dumps(report, indent=1, ensure_ascii=False))  # a reader never sees a part

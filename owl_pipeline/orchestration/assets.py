@@ -14,7 +14,7 @@ import dagster as dg
 from owl_pipeline.orchestration.metadata import materialization
 from owl_pipeline.pipeline.graph import STEPS, Step
 from owl_pipeline.pipeline.project import Project
-from owl_pipeline.pipeline.records import REUSED, StepResult
+from owl_pipeline.pipeline.records import StepResult
 from owl_pipeline.pipeline.runner import run_step
 
 def _table_schema(value: dict) -> dg.MetadataValue:
@@ -33,7 +33,7 @@ def materialized(project: Project, result: StepResult) -> dg.MaterializeResult:
     entries, version = materialization(project, result)
     return dg.MaterializeResult(metadata={key: _METADATA_VALUE[kind](value) for key, (kind, value) in entries.items()},
                                 data_version=dg.DataVersion(version) if version else None,
-                                tags={"owl/reused": "true"} if result.metadata.get(REUSED) else None)
+                                tags={"owl/reused": "true"} if result.reused else None)
 
 
 class StepRunConfig(dg.Config):

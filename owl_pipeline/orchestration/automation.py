@@ -18,7 +18,7 @@ import dagster as dg
 from owl_pipeline import constants as C
 from owl_pipeline.data.ingest import find_shards
 from owl_pipeline.orchestration.resources import ProjectResource
-from owl_pipeline.pipeline.records import ROWS_OUT, StepRecord
+from owl_pipeline.pipeline.graph import step
 
 retrain_job = dg.define_asset_job("retrain", selection=dg.AssetSelection.all(),
                                   description="The whole pipeline, from shards to the evaluated model")
@@ -62,10 +62,10 @@ def new_shards_sensor(context: dg.SensorEvaluationContext, project: ProjectResou
            default_status=_default_sensor_status())
 def curated_growth_sensor(context: dg.SensorEvaluationContext, project: ProjectResource):
     owl_project = project.project()
-    record = StepRecord.read(owl_project.record_path(C.ASSET_CURATED_PAIRS), warn=context.log.warning)
-    if record is None:
+    curated = step(C.ASSET_CURATED_PAIRS).last_result(owl_project, warn=context.log.warning)
+    if curated is None or curated.rows_out is None:
         return dg.SkipReason("curated_pairs has not been materialized yet")
-    rows = int(record.metadata[ROWS_OUT])
+    rows = int(curated.rows_out)
     trained_on = int(context.cursor) if context.cursor else 0
     needed = int(os.environ.get("OWL_RETRAIN_MIN_NEW_ROWS", "1000"))
     if rows - trained_on < needed:

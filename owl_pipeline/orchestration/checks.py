@@ -1,8 +1,6 @@
 """Asset checks. Blocking ones stop a run before training on bad data or registering an unscored model."""
 
 
-import json
-
 import dagster as dg
 import lance
 
@@ -47,23 +45,22 @@ def instruction_data_ready(project: ProjectResource) -> dg.AssetCheckResult:
 @dg.asset_check(asset=C.ASSET_OWLEVAL, blocking=True,
                 description="Evaluation finished: questions answered, scores present (accuracy where references exist)")
 def owleval_scored(project: ProjectResource) -> dg.AssetCheckResult:
-    from owl_pipeline.eval.report import GROUND_TRUTH_FILE, our_scores
+    from owl_pipeline.eval.report import GROUND_TRUTH_FILE, OwlEvalReport
 
     owl_project = project.project()
     report_path = owl_project.owleval_report_json
     if not report_path.is_file():
         return dg.AssetCheckResult(passed=False, metadata={"problem": f"{report_path} missing"})
-    report = json.loads(report_path.read_text())
-    scores = {k: v for k, v in our_scores(report).items() if v is not None}
-    answered = sum(1 for row in report["rows"] if row["answers"].get(report["our_model"], {}).get("answer"))
+    report = OwlEvalReport.read(report_path)
+    scores, answered = report.scores(), report.answered()
     has_references = (owl_project.owleval_dir() / "answer" / GROUND_TRUTH_FILE).is_file()
     metric = owl_project.config.registry.metric
     problems = [text for failed, text in (
-        (report["questions"] == 0, "no questions"), (answered == 0, "no question got an answer"),
+        (report.questions == 0, "no questions"), (answered == 0, "no question got an answer"),
         (has_references and C.METRIC_ACCURACY not in scores, "references exist but no accuracy"),
         (metric not in scores, f"no {metric!r} score for the registration gate")) if failed]
     return dg.AssetCheckResult(passed=not problems, metadata={
-        "questions": report["questions"], "answered": answered, "scores": dg.MetadataValue.json(scores),
+        "questions": report.questions, "answered": answered, "scores": dg.MetadataValue.json(scores),
         "problems": dg.MetadataValue.json(problems)})
 
 

@@ -22,7 +22,7 @@ from owl_pipeline.eval.owleval import ABILITIES
 from owl_pipeline.pipeline.graph import step
 from owl_pipeline.pipeline.lineage import step_lineage
 from owl_pipeline.pipeline.project import Project
-from owl_pipeline.pipeline.records import REUSED, StepResult
+from owl_pipeline.pipeline.records import StepResult
 from owl_pipeline.train.loop import LOSS_CURVE
 
 # Figures of one run that a reuse must not repeat as if they were fresh.
@@ -73,8 +73,8 @@ def _named_abilities(scores: dict[str, float]) -> dict[str, float]:
 
 
 def step_entries(result: StepResult) -> Entries:
-    metadata = dict(result.metadata)
-    if metadata.get(REUSED):
+    metadata = result.metadata()
+    if result.reused:
         metadata = {k: v for k, v in metadata.items() if k not in _RUN_FIGURES}
     if C.ACCURACY_BY_ABILITY in metadata:
         metadata[C.ACCURACY_BY_ABILITY] = _named_abilities(metadata[C.ACCURACY_BY_ABILITY])

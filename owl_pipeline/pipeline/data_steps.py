@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import lance
@@ -26,21 +27,67 @@ def lance_version(path) -> int:
     return lance.dataset(str(path)).version
 
 
+@dataclass(kw_only=True)
+class RawShardsResult(StepResult):
+    pairs: int | None = None  # shapes world: caption pairs generated
+    shards: int | None = None
+    injected_faults: dict[str, int] | None = None  # shapes world: rows per injected fault
+    megabytes: float | None = None  # your shards: their size on disk
+
+
+@dataclass(kw_only=True)
+class RawPairsResult(StepResult):
+    rows: int | None = None  # in the table now
+    rows_added: int | None = None  # by this run
+    mode: str | None = None  # create | append | overwrite
+    shards_read: int | None = None
+    shards_already_ingested: int | None = None
+    skipped: dict[str, int] | None = None  # samples skipped, by reason
+    failed_shards: dict[str, str] | None = None
+    problems: list[str] | None = None  # examples, escaped for printing
+    lance_version: int | None = None
+    images_per_s: int | None = None
+    engine: str | None = None  # local | ray
+
+
+@dataclass(kw_only=True)
+class CuratedPairsResult(StepResult):
+    rows_in: int | None = None
+    rows_out: int | None = None
+    removed: dict[str, int] | None = None  # by the first rule that removes a row
+    failed: dict[str, int] | None = None  # rows each rule alone would remove
+    seconds: float | None = None
+    lance_version: int | None = None
+    computed: dict[str, int] | None = None  # rows whose score was computed, per column
+    source_version: int | None = None  # the raw_pairs version filtered
+    engine: str | None = None
+
+
+@dataclass(kw_only=True)
+class InstructionDataResult(StepResult):
+    rows_written: int | None = None
+    rows_by_format: dict[str, int] | None = None
+    skipped: dict[str, int] | None = None
+    seconds: float | None = None
+    lance_version: int | None = None
+
+
 @pipeline_step(C.ASSET_RAW_SHARDS, reads=(), params=("raw_shards", "synthetic"), writes=lambda p: p.raw_shards,
                description="Shapes world generated, or your img2dataset shards", group=GROUP_DATA,
                kinds=("lance",), external=lambda p: [] if p.generated else shard_files(p),
-               code=("data/synthetic.py", "data/scenes.py", "data/image_hash.py"))
-def raw_shards(project: Project, log: Log = print, tracking=None) -> StepResult:
+               code=("data/synthetic.py", "data/scenes.py", "data/image_hash.py"), result=RawShardsResult)
+def raw_shards(project: Project, log: Log = print, tracking=None) -> RawShardsResult:
     """Generate shapes world, or check that the configured folder holds shards."""
+    outputs = {"folder": str(project.raw_shards)}
     if project.generated:
         manifest = generate_corpus(project.raw_shards, project.config.synthetic, log=log)
-        metadata = {"pairs": len(manifest.faults), "shards": len(manifest.shards), "injected_faults": manifest.counts}
-    else:
-        shards = find_shards(project.shard_folder())
-        if not shards:
-            raise FileNotFoundError(f"no .tar or .parquet shards in {project.shard_folder()} (raw_shards in params)")
-        metadata = {"shards": len(shards), "megabytes": round(sum(p.stat().st_size for p in shards) / 1e6, 1)}
-    return StepResult(C.ASSET_RAW_SHARDS, {"folder": str(project.raw_shards)}, metadata)
+        return RawShardsResult(name=C.ASSET_RAW_SHARDS, outputs=outputs, pairs=len(manifest.faults),
+                               shards=len(manifest.shards), injected_faults=manifest.counts)
+    shards = find_shards(project.shard_folder())
+    if not shards:
+        raise FileNotFoundError(f"no .tar or .parquet shards in {project.shard_folder()} (raw_shards in params)")
+    return RawShardsResult(name=C.ASSET_RAW_SHARDS, outputs=outputs, shards=len(shards),
+                           megabytes=round(sum(p.stat().st_size for p in shards) / 1e6, 1))
 
 
 def shard_files(project: Project) -> list:
@@ -56,8 +103,8 @@ def on_ray(project: Project, step: str) -> bool:
                writes=lambda p: p.raw_pairs, description="Every readable pair in one Lance table", group=GROUP_DATA,
                kinds=("lance",), external=shard_files, metrics=("rows", "rows_added"), pool=INGEST_POOL,
                code=("data/ingest.py", "data/ray_ingest.py", "data/ray_session.py", "data/images.py",
-                     "data/lance_io.py"))
-def raw_pairs(project: Project, log: Log = print, tracking=None) -> StepResult:
+                     "data/lance_io.py"), result=RawPairsResult)
+def raw_pairs(project: Project, log: Log = print, tracking=None) -> RawPairsResult:
     write_shards = None
     if on_ray(project, C.ASSET_RAW_PAIRS):
         from owl_pipeline.data.ray_ingest import write_shards_ray
@@ -65,14 +112,14 @@ def raw_pairs(project: Project, log: Log = print, tracking=None) -> StepResult:
         write_shards = write_shards_ray(project.config.ray)
     report = ingest(shard_files(project), project.raw_pairs, log=log, max_pixels=project.config.max_image_pixels,
                     write_shards=write_shards)
-    metadata = {"rows": lance.dataset(str(project.raw_pairs)).count_rows(), "rows_added": report.rows_written,
-                "mode": report.mode, "shards_read": report.shards,
-                "shards_already_ingested": report.shards_already_ingested, "skipped": dict(report.skipped),
-                "failed_shards": report.failed_shards, "problems": report.problems,
-                "lance_version": report.lance_version,
-                "images_per_s": round(report.rows_written / report.seconds) if report.seconds else None,
-                "engine": project.config.engine[C.ASSET_RAW_PAIRS]}
-    return StepResult(C.ASSET_RAW_PAIRS, {"lance": str(project.raw_pairs)}, metadata)
+    return RawPairsResult(
+        name=C.ASSET_RAW_PAIRS, outputs={"lance": str(project.raw_pairs)},
+        rows=lance.dataset(str(project.raw_pairs)).count_rows(), rows_added=report.rows_written, mode=report.mode,
+        shards_read=report.shards, shards_already_ingested=report.shards_already_ingested,
+        skipped=dict(report.skipped), failed_shards=report.failed_shards, problems=report.problems,
+        lance_version=report.lance_version,
+        images_per_s=round(report.rows_written / report.seconds) if report.seconds else None,
+        engine=project.config.engine[C.ASSET_RAW_PAIRS])
 
 
 def filter_config(project: Project) -> FilterConfig:
@@ -93,8 +140,8 @@ def clip_model_files(project: Project) -> list:
                description="Pairs that pass the LAION/COYO rules", group=GROUP_DATA, kinds=("lance",),
                metrics=("rows_in", "rows_out"), external=clip_model_files,
                code=("data/filters.py", "data/ray_filters.py", "data/ray_session.py", "data/image_hash.py",
-                     "data/clip_score.py", "data/report_plots.py", "data/lance_io.py"))
-def curated_pairs(project: Project, log: Log = print, tracking=None) -> StepResult:
+                     "data/clip_score.py", "data/report_plots.py", "data/lance_io.py"), result=CuratedPairsResult)
+def curated_pairs(project: Project, log: Log = print, tracking=None) -> CuratedPairsResult:
     config = filter_config(project)
     if on_ray(project, C.ASSET_CURATED_PAIRS):
         from owl_pipeline.data.ray_filters import filter_pairs_ray
@@ -104,10 +151,10 @@ def curated_pairs(project: Project, log: Log = print, tracking=None) -> StepResu
     else:
         report = filter_pairs(project.raw_pairs, project.curated_pairs, config, log=log,
                               histogram_path=project.filter_histograms)
-    data = {**report.to_dict(), "source_version": lance_version(project.raw_pairs),
-            "engine": project.config.engine[C.ASSET_CURATED_PAIRS]}
-    return StepResult(C.ASSET_CURATED_PAIRS, {"lance": str(project.curated_pairs),
-                                              "histogram": str(project.filter_histograms)}, data)
+    return CuratedPairsResult(name=C.ASSET_CURATED_PAIRS, outputs={"lance": str(project.curated_pairs),
+                                                                   "histogram": str(project.filter_histograms)},
+                              **report.to_dict(), source_version=lance_version(project.raw_pairs),
+                              engine=project.config.engine[C.ASSET_CURATED_PAIRS])
 
 
 def _instruction_files(project: Project) -> list[Path]:
@@ -117,8 +164,10 @@ def _instruction_files(project: Project) -> list[Path]:
 @pipeline_step(C.ASSET_INSTRUCTIONS, reads=(C.ASSET_RAW_SHARDS,), params=("instructions", "max_image_pixels"),
                writes=lambda p: p.instructions, description="Instruction conversations in Lance", group=GROUP_DATA,
                kinds=("lance",), external=_instruction_files,
-               code=("data/instructions.py", "data/images.py", "data/lance_io.py", "model/processor.py"))
-def instruction_data(project: Project, log: Log = print, tracking=None) -> StepResult:
+               code=("data/instructions.py", "data/images.py", "data/lance_io.py", "model/processor.py"),
+               result=InstructionDataResult)
+def instruction_data(project: Project, log: Log = print, tracking=None) -> InstructionDataResult:
     report = build_instruction_table(project.instruction_sources(), project.instructions, log=log,
                                      max_pixels=project.config.max_image_pixels)
-    return StepResult(C.ASSET_INSTRUCTIONS, {"lance": str(project.instructions)}, report.to_dict())
+    return InstructionDataResult(name=C.ASSET_INSTRUCTIONS, outputs={"lance": str(project.instructions)},
+                                 **report.to_dict())

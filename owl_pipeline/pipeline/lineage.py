@@ -15,7 +15,7 @@ import lance
 from owl_pipeline.data.versions import data_version
 from owl_pipeline.files import atomic_write_json, read_json_or_none
 from owl_pipeline.pipeline.project import Project
-from owl_pipeline.pipeline.records import REUSED, StepResult
+from owl_pipeline.pipeline.records import StepResult
 
 
 def config_hash(data: Any) -> str:
@@ -67,7 +67,7 @@ def step_lineage(project: Project, result: StepResult, reads: tuple[str, ...]) -
     """(version of what the step wrote, {asset read: its version}); the first is empty for a step that
     writes no data (registered_model)."""
     paths = project.asset_paths()
-    rerun = not result.metadata.get(REUSED, False)
+    rerun = not result.reused
     written = recorded_version(project, result.name, recompute=rerun) if result.name in paths else {}
     read = {asset: recorded_version(project, asset, recompute=False) for asset in reads if asset in paths}
     return written, read

@@ -17,6 +17,7 @@ from owl_pipeline.data.ray_session import ray_session
 from owl_pipeline.files import atomic_write_json, read_json_or_none
 from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.records import StepResult
+from owl_pipeline.pipeline.steps import registered_step
 
 RAY_TRAIN_DIR = ".ray_train"  # under assets/: Ray Train's run folders and the steps' results
 
@@ -43,7 +44,7 @@ def train_worker(config: dict) -> None:
         tracking = tracking_for(project.root, config["tracking_uri"], config["ui_url"])
     result = step(config["step"]).run(project, log=_print if rank0 else (lambda _: None), tracking=tracking)
     if rank0:
-        atomic_write_json(Path(config["result_file"]), {"outputs": result.outputs, "metadata": result.metadata})
+        atomic_write_json(Path(config["result_file"]), {"outputs": result.outputs, "metadata": result.metadata()})
 
 
 def train_on_ray(name: str, project: Project, tracking=None, log=print,
@@ -68,5 +69,5 @@ def train_on_ray(name: str, project: Project, tracking=None, log=print,
     data = read_json_or_none(output, warn=log)
     if not isinstance(data, dict):
         raise RuntimeError(f"{name}: Ray Train finished but rank 0 left no result in {output}")
-    return StepResult(name, data["outputs"], {**data["metadata"], "launcher": "ray",
-                                              "ray_train_workers": settings.train_workers})
+    metadata = {**data["metadata"], "launcher": "ray", "ray_train_workers": settings.train_workers}
+    return registered_step(name).result.from_metadata(name, metadata, data["outputs"], reused=False)

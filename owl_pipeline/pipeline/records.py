@@ -3,25 +3,45 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from owl_pipeline.files import atomic_write_json, read_json_or_none
 
-# Metadata keys read across rooms (run summary, Dagster checks and sensors, the registry).
+# Metadata keys of the step records that readers outside Python use (the tests of dvc repro, DVC metrics).
 REUSED = "reused"  # set on a result that was reused, not recomputed
 MLFLOW_RUN = "mlflow_run"  # the training run's URL
-MLFLOW_RUN_ID = "mlflow_run_id"  # the training run's id
-ROWS_OUT = "rows_out"  # curated_pairs: rows kept
-REGISTERED = "registered"  # registered_model: whether a version was registered (False: tracking was off)
+_ENVELOPE = {"name", "outputs", "reused"}  # StepResult's own fields; the rest of a subclass's are its figures
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StepResult:
+    """What a step returns: what it wrote, by role ({"model": ..., "lance": ...}), and its figures as the typed
+    fields of a subclass, one per step, declared beside the step. Read them by attribute; ``metadata()`` flattens
+    them for the edges only (the Dagster materialization, the step record, DVC metrics)."""
+
     name: str
-    outputs: dict[str, str]  # what the step wrote, by role: {"model": ..., "lance": ..., "report": ...}
-    metadata: dict[str, Any] = field(default_factory=dict)  # what a user wants to see (Dagster, the summary)
+    outputs: dict[str, str] = field(default_factory=dict)
+    reused: bool = False  # the last run's result, returned again because nothing it depends on changed
+
+    def metadata(self) -> dict[str, Any]:
+        """The figures by field name, the unset ones left out; ``reused: True`` on a reused result."""
+        figures = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _ENVELOPE}
+        figures = {key: value for key, value in figures.items() if value is not None}
+        return {**figures, REUSED: True} if self.reused else figures
+
+    @classmethod
+    def from_metadata(cls, name: str, metadata: dict[str, Any], outputs: dict[str, str],
+                      reused: bool = True) -> StepResult:
+        """The result a record (or a worker's result file) holds; keys the class does not know are dropped."""
+        known = {f.name for f in fields(cls)} - _ENVELOPE
+        return cls(name=name, outputs=dict(outputs), reused=reused,
+                   **{key: value for key, value in metadata.items() if key in known})
+
+    def worth_reusing(self) -> bool:
+        """False for a result that should be recomputed even when nothing changed (a skipped registration)."""
+        return True
 
 
 @dataclass
@@ -46,6 +66,3 @@ class StepRecord:
 
     def write(self, path: Path) -> Path:
         return atomic_write_json(path, asdict(self))
-
-    def result(self, name: str) -> StepResult:
-        return StepResult(name, dict(self.outputs), {**self.metadata, REUSED: True})

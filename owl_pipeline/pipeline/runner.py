@@ -21,7 +21,7 @@ from owl_pipeline.pipeline.graph import Step, params_of, step
 from owl_pipeline.pipeline.lineage import config_hash
 from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.ranks import is_main_process
-from owl_pipeline.pipeline.records import REGISTERED, StepRecord, StepResult
+from owl_pipeline.pipeline.records import StepRecord, StepResult
 from owl_pipeline.train.loop import MODEL_DIR
 
 Log = Callable[[str], None]
@@ -52,12 +52,14 @@ def inputs_digest(definition: Step, project: Project) -> str:
                         "external": _file_stats(external)})
 
 
-def _reusable(definition: Step, project: Project, record: StepRecord | None, digest: str) -> bool:
+def _reusable(definition: Step, project: Project, record: StepRecord | None, digest: str) -> StepResult | None:
+    """The recorded result, if it can stand for a run now: same inputs digest, outputs still there."""
     if record is None or record.inputs_digest != digest:
-        return False
+        return None
     if definition.writes is not None and not definition.writes(project).exists():
-        return False
-    return bool(record.metadata.get(REGISTERED, True))  # a registration skipped (no tracking) is retried
+        return None
+    result = definition.result.from_metadata(definition.name, record.metadata, record.outputs)
+    return result if result.worth_reusing() else None
 
 
 def run_step(name: str, project: Project, tracking=None, log: Log = print, force: bool = False) -> StepResult:
@@ -74,9 +76,10 @@ def _run_or_reuse(definition: Step, project: Project, tracking, log: Log, force:
     name = definition.name
     digest = inputs_digest(definition, project)
     record = StepRecord.read(project.record_path(name), warn=log)
-    if not force and _reusable(definition, project, record, digest):
+    reusable = None if force else _reusable(definition, project, record, digest)
+    if reusable is not None:
         log(f"{name}: inputs and settings unchanged since the last run; reusing its result")
-        return record.result(name)
+        return reusable
     tracking = tracking if definition.tracked else None
     if definition.trains and project.config.launcher == "ray":
         from owl_pipeline.pipeline.ray_train import train_on_ray
@@ -85,6 +88,6 @@ def _run_or_reuse(definition: Step, project: Project, tracking, log: Log, force:
     else:
         result = definition.run(project, log=log, tracking=tracking)
     if is_main_process():
-        StepRecord(result.metadata, result.outputs, digest).write(project.record_path(name))
+        StepRecord(result.metadata(), result.outputs, digest).write(project.record_path(name))
         record_stage(project.root, name, log)  # dvc.lock agrees: `dvc repro` now skips this stage
     return result

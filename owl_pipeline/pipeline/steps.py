@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from owl_pipeline.pipeline.project import Project
-from owl_pipeline.pipeline.records import StepResult
+from owl_pipeline.pipeline.records import StepRecord, StepResult
 
 GROUP_DATA, GROUP_TRAINING, GROUP_EVAL = "data", "training", "evaluation"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +43,7 @@ class Step:
     metrics: tuple[str, ...] = ()  # metadata keys that are the step's results (DVC metrics: its record file)
     pool: str | None = None  # a Dagster concurrency pool: runs of the step across Dagster runs, one at a time
     code: tuple[str, ...] = ()  # the library modules it runs, besides its own (paths under owl_pipeline/)
+    result: type[StepResult] = StepResult  # what it returns: its own dataclass, declared beside it
 
     def code_files(self, package_root: Path = PACKAGE_ROOT) -> list[Path]:
         own = Path(inspect.getsourcefile(self.run)).resolve().relative_to(PACKAGE_ROOT)
@@ -59,6 +60,12 @@ class Step:
         return digest.hexdigest()[:16]
 
 
+    def last_result(self, project: Project, warn: Callable[[str], None] = print) -> StepResult | None:
+        """The step's last result as its record in ``assets/reports/`` holds it (typed); None if it never ran."""
+        record = StepRecord.read(project.record_path(self.name), warn=warn)
+        return None if record is None else self.result.from_metadata(self.name, record.metadata, record.outputs)
+
+
 _REGISTERED: dict[str, Step] = {}
 
 
@@ -72,6 +79,13 @@ def pipeline_step(name: str, **declaration) -> Callable[[Callable[..., StepResul
         return run
 
     return register
+
+
+def registered_step(name: str) -> Step:
+    """The step declared as ``name`` (a step module may read another step's result without importing it)."""
+    if name not in _REGISTERED:
+        raise KeyError(f"no step named {name!r}; the steps: {list(_REGISTERED)}")
+    return _REGISTERED[name]
 
 
 def registered_steps() -> tuple[Step, ...]:

@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,47 @@ from owl_pipeline.model.tokenizer import prepare_tokenizer, train_bpe_tokenizer
 from owl_pipeline.pipeline.lineage import config_hash, dataset_inputs, lineage_tags
 from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.ranks import is_main_process, wait_for_everyone
-from owl_pipeline.pipeline.records import MLFLOW_RUN, MLFLOW_RUN_ID, StepResult
+from owl_pipeline.pipeline.records import StepResult
 from owl_pipeline.pipeline.steps import GROUP_TRAINING, TRAINING_CODE, pipeline_step
 from owl_pipeline.train.loop import CHECKPOINT_DIR, MODEL_DIR, StageResult, Tracker, train_stage
 
 Log = Callable[[str], None]
 FINGERPRINT_FILE = "fingerprint.json"
+
+
+@dataclass(kw_only=True)
+class TrainingResult(StepResult):
+    """What a training step (base_llm, stage1_model, stage2_model) reports; unset fields do not apply to it."""
+
+    steps: int | None = None
+    first_loss: float | None = None
+    final_loss: float | None = None
+    eval_loss: float | None = None
+    seconds: float | None = None
+    resumed_from_step: int | None = None
+    samples_per_s: float | None = None  # means over the last 20 steps (the first include start-up)
+    model_tflops_per_s: float | None = None
+    data_wait_share: float | None = None
+    mfu: float | None = None  # only where the card's bf16 peak is known
+    mlflow_run: str | None = None  # the training run's URL
+    mlflow_run_id: str | None = None  # what the registration logs the model into
+    passed_through: str | None = None  # max_steps 0, or a released checkpoint: the model passed on untrained
+    launcher: str | None = None  # "ray": trained on Ray Train
+    ray_train_workers: int | None = None
+    # base_llm: where the LLM (and vision tower) came from
+    trained_here: bool | None = None
+    llm: str | None = None
+    vocab_size: int | None = None
+    text_rows: int | None = None
+    manifest_sha256: str | None = None  # a shipped LLM's manifest, checked
+    text_lookup: dict | None = None
+    pretraining_seconds: float | None = None
+    converted_from: str | None = None  # a released mPLUG-Owl checkpoint
+    source_sha256: str | None = None
+    vision: str | None = None
+    vision_manifest_sha256: str | None = None
+    vision_held_out: dict | None = None
+    vision_pretraining_seconds: float | None = None
 
 
 def _recent_mean(history: list[dict], key: str, digits: int) -> float | None:
@@ -45,20 +81,19 @@ def _recent_mean(history: list[dict], key: str, digits: int) -> float | None:
     return round(sum(values) / len(values), digits) if values else None
 
 
-def _stage_metadata(result: StageResult, run_url: str | None) -> dict[str, Any]:
-    first = result.history[0]["loss"] if result.history else None
-    metadata = {"steps": result.steps, "first_loss": first, "final_loss": result.final_loss,
-                "eval_loss": result.eval_loss, "seconds": round(result.seconds, 1),
-                "resumed_from_step": result.resumed_from_step,
-                "samples_per_s": _recent_mean(result.history, "samples_per_s", 1),
-                "model_tflops_per_s": _recent_mean(result.history, "model_tflops_per_s", 4),
-                "data_wait_share": _recent_mean(result.history, "data_wait_share", 3), MLFLOW_RUN: run_url}
-    mfu = _recent_mean(result.history, "mfu", 3)  # only where the card's peak is known (not on a CPU)
-    return metadata if mfu is None else {**metadata, "mfu": mfu}
+def _stage_figures(result: StageResult, run_url: str | None) -> dict[str, Any]:
+    """TrainingResult's fields for a run of the loop."""
+    return dict(steps=result.steps, first_loss=result.history[0]["loss"] if result.history else None,
+                final_loss=result.final_loss, eval_loss=result.eval_loss, seconds=round(result.seconds, 1),
+                resumed_from_step=result.resumed_from_step,
+                samples_per_s=_recent_mean(result.history, "samples_per_s", 1),
+                model_tflops_per_s=_recent_mean(result.history, "model_tflops_per_s", 4),
+                data_wait_share=_recent_mean(result.history, "data_wait_share", 3),
+                mfu=_recent_mean(result.history, "mfu", 3), mlflow_run=run_url)
 
 
 def _in_mlflow_run(name: str, project: Project, tracking, inputs: tuple[str, ...],
-                   train: Callable[[Tracker | None, str | None], StepResult]) -> StepResult:
+                   train: Callable[[Tracker | None, str | None], TrainingResult]) -> TrainingResult:
     """``train(tracker, run_url)`` inside an MLflow run with the config as params, lineage tags and the input
     datasets, the model folder logged as an artifact; without tracking, just ``train(None, None)``."""
     if tracking is None:
@@ -69,7 +104,7 @@ def _in_mlflow_run(name: str, project: Project, tracking, inputs: tuple[str, ...
                       inputs=dataset_inputs(project, inputs)) as run:
         run.log_dict(params, "config.json")
         result = train(run, run.url)
-        result.metadata[MLFLOW_RUN_ID] = run.run_id  # what the registration logs the model into
+        result.mlflow_run_id = run.run_id
         run.set_tags({"output": result.outputs.get("model", ""), "seconds": round(time.perf_counter() - started, 1)})
         run.log_artifact(Path(result.outputs["model"]), "model")
     return result
@@ -113,8 +148,9 @@ def _pretrained_model_files(project: Project) -> list[Path]:
                writes=lambda p: p.base_llm,
                description="The LLM the stages build on (trained here on the embedded default)",
                group=GROUP_TRAINING, kinds=("pytorch",), trains=True, tracked=True, metrics=("final_loss",),
-               external=_pretrained_model_files, code=(*TRAINING_CODE, "data/text_corpus.py", "model/convert.py"))
-def base_llm(project: Project, log: Log = print, tracking=None) -> StepResult:
+               external=_pretrained_model_files, code=(*TRAINING_CODE, "data/text_corpus.py", "model/convert.py"),
+               result=TrainingResult)
+def base_llm(project: Project, log: Log = print, tracking=None) -> TrainingResult:
     """The LLM every later stage builds on, saved as a whole Owl model (vision and abstractor freshly built).
 
     With ``model.llm.pretrained`` set: that LLM and its tokenizer, loaded as they are. Otherwise (the embedded
@@ -159,7 +195,7 @@ def _with_real_sizes(model) -> None:
         model.config.llm = LLMConfig.from_hf_dict(model.llm.config.to_dict(), model.config.llm.pretrained)
 
 
-def _pretrained_base_llm(project: Project) -> StepResult:
+def _pretrained_base_llm(project: Project) -> TrainingResult:
     """The LLM named by ``model.llm.pretrained`` (a folder, a bundled one such as the embedded default's
     ``shapes-world-llm``, or a hub id), loaded as it is; a folder with a manifest is checked against it."""
     from transformers import AutoTokenizer
@@ -174,11 +210,11 @@ def _pretrained_base_llm(project: Project) -> StepResult:
     if is_main_process():
         save_pretrained(model, processor, project.base_llm / MODEL_DIR)
     wait_for_everyone()
-    metadata = {"llm": config.llm.pretrained, "trained_here": False, **vision_metadata}
+    figures = {"llm": config.llm.pretrained, "trained_here": False, **vision_metadata}
     if checked:
-        metadata.update(manifest_sha256=sha256_of(Path(config.llm.pretrained) / MANIFEST_FILE),
-                        text_lookup=checked.get("text_lookup"), pretraining_seconds=checked.get("seconds"))
-    return StepResult(C.ASSET_BASE_LLM, {"model": str(project.base_llm / MODEL_DIR)}, metadata)
+        figures.update(manifest_sha256=sha256_of(Path(config.llm.pretrained) / MANIFEST_FILE),
+                       text_lookup=checked.get("text_lookup"), pretraining_seconds=checked.get("seconds"))
+    return TrainingResult(name=C.ASSET_BASE_LLM, outputs={"model": str(project.base_llm / MODEL_DIR)}, **figures)
 
 
 OFFICIAL_RECORD = "official.json"
@@ -193,7 +229,7 @@ def content_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def _official_base(project: Project, log: Log) -> StepResult:
+def _official_base(project: Project, log: Log) -> TrainingResult:
     """A released mPLUG-Owl checkpoint, converted into our layout once per content (model/convert.py)."""
     from owl_pipeline.model.convert import official_to_owl
 
@@ -211,8 +247,8 @@ def _official_base(project: Project, log: Log) -> StepResult:
         official_to_owl(source, output, log=log, settings=project.config.model)
         record.write_text(json.dumps({"source": str(source), "sha256": digest}))
     wait_for_everyone()
-    metadata = {"converted_from": str(source), "source_sha256": digest, "trained_here": False}
-    return StepResult(C.ASSET_BASE_LLM, {"model": str(output)}, metadata)
+    return TrainingResult(name=C.ASSET_BASE_LLM, outputs={"model": str(output)}, converted_from=str(source),
+                          source_sha256=digest, trained_here=False)
 
 
 def pass_through(source: Path, output: Path) -> Path:
@@ -229,7 +265,7 @@ def pass_through(source: Path, output: Path) -> Path:
     return output
 
 
-def _train_base_llm(project: Project, log: Log, tracker: Tracker | None, run_url: str | None) -> StepResult:
+def _train_base_llm(project: Project, log: Log, tracker: Tracker | None, run_url: str | None) -> TrainingResult:
     (config, vision_metadata), settings = _model_config(project), project.config.base_llm
     torch.manual_seed(settings.train.seed)
     if is_main_process():
@@ -247,21 +283,22 @@ def _train_base_llm(project: Project, log: Log, tracker: Tracker | None, run_url
                                                "model": config.to_dict()}, log)
     result = train_stage(model, processor, C.STAGE_BASE_LLM, dataset, settings.train, project.base_llm,
                          tracker=tracker, log=log)
-    metadata = {**_stage_metadata(result, run_url), "vocab_size": len(tokenizer), "text_rows": rows,
-                "trained_here": True, **vision_metadata}
-    return StepResult(C.ASSET_BASE_LLM, {"model": str(result.model_dir)}, metadata)
+    return TrainingResult(name=C.ASSET_BASE_LLM, outputs={"model": str(result.model_dir)},
+                          **_stage_figures(result, run_url), vocab_size=len(tokenizer), text_rows=rows,
+                          trained_here=True, **vision_metadata)
 
 
 # --- stages 1 and 2 -----------------------------------------------------------------------------------------
 def _train_from(previous: Path, name: str, stage: int, dataset_cls, data: Path, config: StageConfig,
                 output: Path, project: Project, log: Log, tracker: Tracker | None,
-                run_url: str | None) -> StepResult:
+                run_url: str | None) -> TrainingResult:
     """Train ``stage`` starting from the model saved in ``previous``; report it as asset ``name``. With
     ``max_steps: 0`` the model is passed on untrained (e.g. to evaluate a released checkpoint as it is)."""
     if config.max_steps == 0:
         log(f"{name}: max_steps is 0; passing on {previous / MODEL_DIR} untrained")
         model_dir = pass_through(previous / MODEL_DIR, output / MODEL_DIR)
-        return StepResult(name, {"model": str(model_dir)}, {"steps": 0, "passed_through": str(previous / MODEL_DIR)})
+        return TrainingResult(name=name, outputs={"model": str(model_dir)}, steps=0,
+                              passed_through=str(previous / MODEL_DIR))
     source = previous / MODEL_DIR / C.OWL_CONFIG_FILE
     model, processor = from_pretrained(previous / MODEL_DIR)
     train = dataset_cls(data, processor, train=True, seed=config.seed)
@@ -272,20 +309,21 @@ def _train_from(previous: Path, name: str, stage: int, dataset_cls, data: Path, 
                             log)
     result = train_stage(model, processor, stage, train, config, output, eval_data=evaluation, tracker=tracker,
                          log=log)
-    return StepResult(name, {"model": str(result.model_dir)}, _stage_metadata(result, run_url))
+    return TrainingResult(name=name, outputs={"model": str(result.model_dir)}, **_stage_figures(result, run_url))
 
 
 @pipeline_step(C.ASSET_STAGE1, reads=(C.ASSET_BASE_LLM, C.ASSET_CURATED_PAIRS), params=("model", "stage1"),
                writes=lambda p: p.stage1, description="Stage 1: vision + abstractor trained, LLM frozen",
                group=GROUP_TRAINING, kinds=("pytorch",), trains=True, tracked=True, metrics=("final_loss",),
-               code=TRAINING_CODE)
-def stage1_model(project: Project, log: Log = print, tracking=None) -> StepResult:
+               code=TRAINING_CODE, result=TrainingResult)
+def stage1_model(project: Project, log: Log = print, tracking=None) -> TrainingResult:
     """Stage 1: vision encoder + abstractor learn to caption curated pairs through the frozen LLM. A released
     mPLUG-Owl checkpoint (``model.pretrained_official``) has been through it already: passed on as it is."""
     if project.config.model.pretrained_official:
         log("stage1_model: the released checkpoint is pretrained already; passing it on")
         model_dir = pass_through(project.base_llm / MODEL_DIR, project.stage1 / MODEL_DIR)
-        return StepResult(C.ASSET_STAGE1, {"model": str(model_dir)}, {"steps": 0, "passed_through": "official"})
+        return TrainingResult(name=C.ASSET_STAGE1, outputs={"model": str(model_dir)}, steps=0,
+                              passed_through="official")
     return _in_mlflow_run(C.ASSET_STAGE1, project, tracking, (C.ASSET_CURATED_PAIRS,),
                           lambda tracker, url: _train_from(
                               project.base_llm, C.ASSET_STAGE1, C.STAGE_PRETRAIN, CaptionPairDataset,
@@ -296,8 +334,8 @@ def stage1_model(project: Project, log: Log = print, tracking=None) -> StepResul
 @pipeline_step(C.ASSET_STAGE2, reads=(C.ASSET_STAGE1, C.ASSET_INSTRUCTIONS), params=("model", "stage2"),
                writes=lambda p: p.stage2, description="Stage 2: LoRA on the LLM with the mixed instructions",
                group=GROUP_TRAINING, kinds=("pytorch",), trains=True, tracked=True, metrics=("final_loss",),
-               code=TRAINING_CODE)
-def stage2_model(project: Project, log: Log = print, tracking=None) -> StepResult:
+               code=TRAINING_CODE, result=TrainingResult)
+def stage2_model(project: Project, log: Log = print, tracking=None) -> TrainingResult:
     """Stage 2: LoRA on the LLM learns the mixed text-only and multimodal instructions."""
     return _in_mlflow_run(C.ASSET_STAGE2, project, tracking, (C.ASSET_INSTRUCTIONS,),
                           lambda tracker, url: _train_from(

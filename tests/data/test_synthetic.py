@@ -117,7 +117,7 @@ def test_without_similarity_scores_the_shipped_clip_scores_them_and_the_threshol
         result = run_step(step, project, log=quiet)
     assert lance.dataset(str(project.raw_pairs)).to_table(columns=["similarity"])["similarity"].null_count == \
         lance.dataset(str(project.raw_pairs)).count_rows()
-    assert result.metadata["computed"]["similarity"] > 0
+    assert result.computed["similarity"] > 0
     manifest = CorpusManifest.load(project.raw_shards)
     kept = set(lance.dataset(str(project.curated_pairs)).to_table(columns=["key"])["key"].to_pylist())
     mismatched, clean = manifest.keys_with("mismatched_caption"), manifest.keys_with(CLEAN)

@@ -52,7 +52,7 @@ def real_report(real_answers, similarity, judge_says_b, tmp_path_factory):
 
 @needs_real_owleval
 def test_real_owleval_report_with_published_models(real_report):
-    report = real_report.report
+    report = real_report.report.document
     assert len(report["rows"]) == 82 and {m["model_id"] for m in report["models"]} == PUBLISHED | {"owl-tiny"}
     for model in report["models"]:  # every answer judged: B from the judge, D for an empty answer
         assert model["judge_grades"].get("B", 0) + model["judge_grades"].get("D", 0) == 82
@@ -62,7 +62,7 @@ def test_real_owleval_report_with_published_models(real_report):
 
 @needs_real_owleval
 def test_similarity_scores_every_model_against_the_reference(real_report):
-    report = real_report.report
+    report = real_report.report.document
     scores = {m["model_id"]: m["scores"]["all"]["similarity"] for m in report["models"]}
     assert report["similarity_reference"] == "mPLUG_Owl_7b_answer"
     assert scores["mPLUG_Owl_7b:v1"] == pytest.approx(1.0, abs=1e-3)  # the reference against itself
@@ -114,7 +114,7 @@ def test_bad_input_is_reported_not_raised(tmp_path, owl_tiny, similarity, red_im
         '{"question_id": 1, "answer": "", "model_id": "other"}\nnot json\n')
     eval_set = load_eval_set(folder)
     answers = answer_eval_set(*owl_tiny, eval_set, "owl-tiny", max_new_tokens=4)
-    report = evaluate_answers(eval_set, answers, "owl-tiny", EvaluationConfig(), tmp_path / "out").report
+    report = evaluate_answers(eval_set, answers, "owl-tiny", EvaluationConfig(), tmp_path / "out").report.document
     problems = "\n".join(report["problems"])
     for expected in ("unknown ability code(s) ['q']", "line 3: malformed", "gone.jpg not found",
                      "other_answer.jsonl line 2: malformed", "other: empty answer to question 1",
@@ -157,8 +157,8 @@ def test_on_the_generated_eval_set_the_report_ratings_and_page_cover_every_answe
     answers = answer_eval_set(*owl_tiny, eval_set, "owl-tiny", max_new_tokens=4)
     files = evaluate_answers(eval_set, answers, "owl-tiny", EvaluationConfig(), tmp_path / "report", log=print)
     count = len(eval_set.questions)
-    scores = {m["model_id"]: m["scores"]["all"] for m in files.report["models"]}
-    assert set(scores) == {"other", "owl-tiny"} and len(files.report["rows"]) == count
+    scores = {m["model_id"]: m["scores"]["all"] for m in files.report.document["models"]}
+    assert set(scores) == {"other", "owl-tiny"} and len(files.report.document["rows"]) == count
     assert scores["other"]["accuracy"] == 1.0 and scores["other"]["similarity"] == pytest.approx(1.0, abs=1e-3)
     assert scores["owl-tiny"]["similarity"] < scores["other"]["similarity"]
 

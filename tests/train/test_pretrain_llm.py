@@ -50,7 +50,7 @@ def test_the_pipeline_loads_a_pretrained_llm_by_name_checks_it_and_reruns_when_i
     shutil.copytree(small_llm.folder, tmp_path / "shipped-llm")
     project = Project(PipelineConfig(model={"preset": "tiny", "llm": {"pretrained": "shipped-llm"}}), tmp_path)
     first = run_step("base_llm", project, log=lambda *_: None)
-    assert first.metadata["trained_here"] is False and set(first.metadata["text_lookup"]) == {
+    assert first.trained_here is False and set(first.text_lookup) == {
         "color", "count", "position", "shape"}
     messages = []
     run_step("base_llm", project, log=messages.append)

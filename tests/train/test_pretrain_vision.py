@@ -75,7 +75,7 @@ def test_the_pipeline_builds_on_the_shipped_tower_by_name_and_refuses_a_damaged_
              "abstractor": {"hidden_size": 64, "num_heads": 2}}
     project = Project(PipelineConfig(model=model), tmp_path)
     result = run_step("base_llm", project, log=quiet)
-    assert result.metadata["vision_held_out"] == small_clip.scores
+    assert result.vision_held_out == small_clip.scores
     loaded, _ = from_pretrained(tmp_path / "assets/base_llm/model")
     shipped = CLIPVisionModel.from_pretrained(tmp_path / "shipped-clip").state_dict()
     assert all(torch.equal(value, shipped[name]) for name, value in loaded.vision.clip.state_dict().items())

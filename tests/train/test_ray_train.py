@@ -77,5 +77,5 @@ def test_a_killed_worker_is_restarted_and_the_stage_resumes_from_its_checkpoint(
     prepared_project(tmp_path, {**STAGE1, "max_steps": 30, "save_every": 2, "batch_size": 4}, launcher="ray", ray=RAY)
     result = train_on_ray("stage1_model", load_project(tmp_path), log=print, worker=worker_killed_once)
     assert (tmp_path / "killed-once").exists()
-    assert result.metadata["resumed_from_step"] and 0 < result.metadata["resumed_from_step"] < 30
+    assert result.resumed_from_step and 0 < result.resumed_from_step < 30 and result.launcher == "ray"
     assert [h["step"] for h in stage1_state(tmp_path)["history"]] == list(range(1, 31))
