@@ -1,11 +1,13 @@
 """Small state files written so that a crash never leaves half of one, and read so that a damaged one never
-stops a run: JSON records (step reports, the ingested-shards record, lineage records); and the sha256 of a file."""
+stops a run: JSON records (step reports, the ingested-shards record, lineage records); the sha256 of a file; and a
+folder copied by hard links."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +25,18 @@ def sha256_of(path: str | Path) -> str:
     digest = hashlib.sha256()
     update_with_file(digest, path)
     return digest.hexdigest()
+
+
+def link_or_copy_tree(source: Path, output: Path) -> Path:
+    """``output`` becomes a copy of the folder ``source``: hard links (no second copy of the bytes), or a copy
+    where the two folders are on different file systems. What was at ``output`` is removed first."""
+    shutil.rmtree(output, ignore_errors=True)
+    try:
+        shutil.copytree(source, output, copy_function=os.link)
+    except OSError:
+        shutil.rmtree(output, ignore_errors=True)
+        shutil.copytree(source, output)
+    return output
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -12,7 +12,7 @@ from typing import Any
 
 import lance
 
-from owl_pipeline.data.versions import data_version
+from owl_pipeline.data.versions import data_version, dvc_md5
 from owl_pipeline.files import atomic_write_json, read_json_or_none
 from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.records import StepResult
@@ -61,6 +61,14 @@ def recorded_version(project: Project, asset: str, recompute: bool) -> dict:
     version = data_version(project.asset_paths()[asset])
     atomic_write_json(record, version)
     return version
+
+
+def folder_hash(path: Path) -> str:
+    """The one content hash of a folder (or file) the pipeline uses: DVC's md5, as ``dvc.lock`` records it."""
+    digest = dvc_md5(path)
+    if digest is None:
+        raise FileNotFoundError(f"{path} does not exist")
+    return digest
 
 
 def step_lineage(project: Project, result: StepResult, reads: tuple[str, ...]) -> tuple[dict, dict[str, dict]]:

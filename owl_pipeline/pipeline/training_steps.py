@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
+import functools
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -23,12 +22,12 @@ from owl_pipeline import constants as C
 from owl_pipeline.config import LLMConfig, OwlConfig, StageConfig, VisionConfig
 from owl_pipeline.data.loader import CaptionPairDataset, ConversationDataset
 from owl_pipeline.data.text_corpus import build_text_corpus, tokenizer_texts
-from owl_pipeline.files import atomic_write_json, read_json_or_none, sha256_of, update_with_file
+from owl_pipeline.files import atomic_write_json, link_or_copy_tree, read_json_or_none, sha256_of
 from owl_pipeline.manifest import MANIFEST_FILE, verify_manifest
 from owl_pipeline.model.builders import build_model, from_pretrained, processor_config_for, save_pretrained
 from owl_pipeline.model.processor import OwlProcessor
 from owl_pipeline.model.tokenizer import prepare_tokenizer, train_bpe_tokenizer
-from owl_pipeline.pipeline.lineage import config_hash, dataset_inputs, lineage_tags
+from owl_pipeline.pipeline.lineage import config_hash, dataset_inputs, folder_hash, lineage_tags
 from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.ranks import is_main_process, wait_for_everyone
 from owl_pipeline.pipeline.records import StepResult
@@ -67,7 +66,7 @@ class TrainingResult(StepResult):
     text_lookup: dict | None = None
     pretraining_seconds: float | None = None
     converted_from: str | None = None  # a released mPLUG-Owl checkpoint
-    source_sha256: str | None = None
+    source_md5: str | None = None  # its folder's DVC md5: converted again only when it changes
     vision: str | None = None
     vision_manifest_sha256: str | None = None
     vision_held_out: dict | None = None
@@ -162,7 +161,7 @@ def base_llm(project: Project, log: Log = print, tracking=None) -> TrainingResul
     if project.config.model.llm.pretrained:
         return _in_mlflow_run(C.ASSET_BASE_LLM, project, tracking, inputs, lambda *_: _pretrained_base_llm(project))
     return _in_mlflow_run(C.ASSET_BASE_LLM, project, tracking, inputs,
-                          lambda tracker, url: _train_base_llm(project, log, tracker, url))
+                          functools.partial(_train_base_llm, project, log))
 
 
 def _checked_pretrained(project: Project, name: str, remake: str) -> tuple[str, dict | None]:
@@ -220,15 +219,6 @@ def _pretrained_base_llm(project: Project) -> TrainingResult:
 OFFICIAL_RECORD = "official.json"
 
 
-def content_digest(folder: Path) -> str:
-    """sha256 over every file's relative name and bytes: what identifies a checkpoint folder's content."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode() + b"\0")
-        update_with_file(digest, path)
-    return digest.hexdigest()
-
-
 def _official_base(project: Project, log: Log) -> TrainingResult:
     """A released mPLUG-Owl checkpoint, converted into our layout once per content (model/convert.py)."""
     from owl_pipeline.model.convert import official_to_owl
@@ -237,30 +227,24 @@ def _official_base(project: Project, log: Log) -> TrainingResult:
     if not source.is_dir():
         raise FileNotFoundError(f"model.pretrained_official: {source} is not a folder (an official mPLUG-Owl "
                                 "checkpoint: config.json, weights, tokenizer)")
-    digest, output = content_digest(source), project.base_llm / MODEL_DIR
+    digest, output = folder_hash(source), project.base_llm / MODEL_DIR
     record = project.base_llm / OFFICIAL_RECORD
     known = json.loads(record.read_text()) if record.is_file() else {}
-    if known.get("sha256") == digest and (output / C.OWL_CONFIG_FILE).is_file():
-        log(f"base_llm: {source} is already converted (sha256 {digest[:12]})")
+    if known.get("dvc_md5") == digest and (output / C.OWL_CONFIG_FILE).is_file():
+        log(f"base_llm: {source} is already converted (md5 {digest[:12]})")
     elif is_main_process():
         shutil.rmtree(output, ignore_errors=True)
         official_to_owl(source, output, log=log, settings=project.config.model)
-        record.write_text(json.dumps({"source": str(source), "sha256": digest}))
+        record.write_text(json.dumps({"source": str(source), "dvc_md5": digest}))
     wait_for_everyone()
     return TrainingResult(name=C.ASSET_BASE_LLM, outputs={"model": str(output)}, converted_from=str(source),
-                          source_sha256=digest, trained_here=False)
+                          source_md5=digest, trained_here=False)
 
 
 def pass_through(source: Path, output: Path) -> Path:
-    """``output`` becomes the model in ``source`` without training: hard links (no second copy of the bytes),
-    or a copy where the two folders are on different file systems."""
+    """``output`` becomes the model in ``source`` without training (hard links where it can)."""
     if is_main_process():
-        shutil.rmtree(output, ignore_errors=True)
-        try:
-            shutil.copytree(source, output, copy_function=os.link)
-        except OSError:
-            shutil.rmtree(output, ignore_errors=True)
-            shutil.copytree(source, output)
+        link_or_copy_tree(source, output)
     wait_for_everyone()
     return output
 
@@ -289,27 +273,48 @@ def _train_base_llm(project: Project, log: Log, tracker: Tracker | None, run_url
 
 
 # --- stages 1 and 2 -----------------------------------------------------------------------------------------
-def _train_from(previous: Path, name: str, stage: int, dataset_cls, data: Path, config: StageConfig,
-                output: Path, project: Project, log: Log, tracker: Tracker | None,
+@dataclass(frozen=True)
+class StageRun:
+    """Stage 1 or 2 as a step runs it: train ``stage`` from the model saved under ``previous`` on ``data``, with
+    ``config``, into ``output``; reported as asset ``name``."""
+
+    name: str
+    stage: int
+    dataset_cls: type[CaptionPairDataset] | type[ConversationDataset]
+    data: Path
+    config: StageConfig
+    previous: Path
+    output: Path
+
+
+def _stage_run(project: Project, stage: int) -> StageRun:
+    if stage == C.STAGE_PRETRAIN:
+        return StageRun(C.ASSET_STAGE1, stage, CaptionPairDataset, project.curated_pairs, project.config.stage1,
+                        project.base_llm, project.stage1)
+    return StageRun(C.ASSET_STAGE2, stage, ConversationDataset, project.instructions, project.config.stage2,
+                    project.stage1, project.stage2)
+
+
+def _train_from(run: StageRun, project: Project, log: Log, tracker: Tracker | None,
                 run_url: str | None) -> TrainingResult:
-    """Train ``stage`` starting from the model saved in ``previous``; report it as asset ``name``. With
-    ``max_steps: 0`` the model is passed on untrained (e.g. to evaluate a released checkpoint as it is)."""
+    """Train the stage; with ``max_steps: 0`` the model is passed on untrained (e.g. to evaluate a released
+    checkpoint as it is)."""
+    previous, config = run.previous / MODEL_DIR, run.config
     if config.max_steps == 0:
-        log(f"{name}: max_steps is 0; passing on {previous / MODEL_DIR} untrained")
-        model_dir = pass_through(previous / MODEL_DIR, output / MODEL_DIR)
-        return TrainingResult(name=name, outputs={"model": str(model_dir)}, steps=0,
-                              passed_through=str(previous / MODEL_DIR))
-    source = previous / MODEL_DIR / C.OWL_CONFIG_FILE
-    model, processor = from_pretrained(previous / MODEL_DIR)
-    train = dataset_cls(data, processor, train=True, seed=config.seed)
-    evaluation = dataset_cls(data, processor, train=False, seed=config.seed) if config.eval_every else None
-    _start_fresh_if_changed(output, {"input": str(source), "input_mtime": source.stat().st_mtime_ns,
-                                     "data_version": lance.dataset(str(data)).version,
-                                     "stage": dataclasses.asdict(config), "model": project.config.model.to_dict()},
-                            log)
-    result = train_stage(model, processor, stage, train, config, output, eval_data=evaluation, tracker=tracker,
-                         log=log)
-    return TrainingResult(name=name, outputs={"model": str(result.model_dir)}, **_stage_figures(result, run_url))
+        log(f"{run.name}: max_steps is 0; passing on {previous} untrained")
+        model_dir = pass_through(previous, run.output / MODEL_DIR)
+        return TrainingResult(name=run.name, outputs={"model": str(model_dir)}, steps=0, passed_through=str(previous))
+    source = previous / C.OWL_CONFIG_FILE
+    model, processor = from_pretrained(previous)
+    train = run.dataset_cls(run.data, processor, train=True, seed=config.seed)
+    evaluation = run.dataset_cls(run.data, processor, train=False, seed=config.seed) if config.eval_every else None
+    _start_fresh_if_changed(run.output, {"input": str(source), "input_mtime": source.stat().st_mtime_ns,
+                                         "data_version": lance.dataset(str(run.data)).version,
+                                         "stage": dataclasses.asdict(config),
+                                         "model": project.config.model.to_dict()}, log)
+    result = train_stage(model, processor, run.stage, train, config, run.output, eval_data=evaluation,
+                         tracker=tracker, log=log)
+    return TrainingResult(name=run.name, outputs={"model": str(result.model_dir)}, **_stage_figures(result, run_url))
 
 
 @pipeline_step(C.ASSET_STAGE1, reads=(C.ASSET_BASE_LLM, C.ASSET_CURATED_PAIRS), params=("model", "stage1"),
@@ -325,10 +330,7 @@ def stage1_model(project: Project, log: Log = print, tracking=None) -> TrainingR
         return TrainingResult(name=C.ASSET_STAGE1, outputs={"model": str(model_dir)}, steps=0,
                               passed_through="official")
     return _in_mlflow_run(C.ASSET_STAGE1, project, tracking, (C.ASSET_CURATED_PAIRS,),
-                          lambda tracker, url: _train_from(
-                              project.base_llm, C.ASSET_STAGE1, C.STAGE_PRETRAIN, CaptionPairDataset,
-                              project.curated_pairs, project.config.stage1, project.stage1, project, log, tracker,
-                              url))
+                          functools.partial(_train_from, _stage_run(project, C.STAGE_PRETRAIN), project, log))
 
 
 @pipeline_step(C.ASSET_STAGE2, reads=(C.ASSET_STAGE1, C.ASSET_INSTRUCTIONS), params=("model", "stage2"),
@@ -338,7 +340,4 @@ def stage1_model(project: Project, log: Log = print, tracking=None) -> TrainingR
 def stage2_model(project: Project, log: Log = print, tracking=None) -> TrainingResult:
     """Stage 2: LoRA on the LLM learns the mixed text-only and multimodal instructions."""
     return _in_mlflow_run(C.ASSET_STAGE2, project, tracking, (C.ASSET_INSTRUCTIONS,),
-                          lambda tracker, url: _train_from(
-                              project.stage1, C.ASSET_STAGE2, C.STAGE_INSTRUCT, ConversationDataset,
-                              project.instructions, project.config.stage2, project.stage2, project, log, tracker,
-                              url))
+                          functools.partial(_train_from, _stage_run(project, C.STAGE_INSTRUCT), project, log))
