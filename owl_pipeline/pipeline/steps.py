@@ -21,8 +21,8 @@ INGEST_POOL = "owl_ingest"  # dagster_home/dagster.yaml limits every pool to one
 LOADER_CODE = ("data/loader.py", "data/images.py")
 MODEL_CODE = ("model/owl.py", "model/vision.py", "model/abstractor.py", "model/processor.py", "model/builders.py",
               "model/tokenizer.py")
-TRAINING_CODE = ("train/loop.py", "train/optim.py", "train/checkpoint.py", "train/speed.py", *MODEL_CODE,
-                 *LOADER_CODE)
+TRAINING_CODE = ("pipeline/training_runs.py", "train/loop.py", "train/optim.py", "train/checkpoint.py",
+                 "train/speed.py", *MODEL_CODE, *LOADER_CODE)
 EVALUATION_CODE = ("eval/evaluate.py", "eval/owleval.py", "eval/report.py", "eval/report_html.py",
                    "eval/similarity.py", "eval/judge.py", "eval/human.py", *MODEL_CODE, "data/images.py")
 

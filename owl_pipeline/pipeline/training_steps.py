@@ -9,7 +9,6 @@ import dataclasses
 import functools
 import json
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,109 +21,19 @@ from owl_pipeline import constants as C
 from owl_pipeline.config import LLMConfig, OwlConfig, StageConfig, VisionConfig
 from owl_pipeline.data.loader import CaptionPairDataset, ConversationDataset
 from owl_pipeline.data.text_corpus import build_text_corpus, tokenizer_texts
-from owl_pipeline.files import atomic_write_json, link_or_copy_tree, read_json_or_none, sha256_of
+from owl_pipeline.files import link_or_copy_tree, sha256_of
 from owl_pipeline.manifest import MANIFEST_FILE, verify_manifest
 from owl_pipeline.model.builders import build_model, from_pretrained, processor_config_for, save_pretrained
 from owl_pipeline.model.processor import OwlProcessor
 from owl_pipeline.model.tokenizer import prepare_tokenizer, train_bpe_tokenizer
-from owl_pipeline.pipeline.lineage import config_hash, dataset_inputs, folder_hash, lineage_tags
+from owl_pipeline.pipeline.lineage import folder_hash
 from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.ranks import is_main_process, wait_for_everyone
-from owl_pipeline.pipeline.records import StepResult
 from owl_pipeline.pipeline.steps import GROUP_TRAINING, TRAINING_CODE, pipeline_step
-from owl_pipeline.train.loop import CHECKPOINT_DIR, MODEL_DIR, StageResult, Tracker, train_stage
+from owl_pipeline.pipeline.training_runs import TrainingResult, in_mlflow_run, start_fresh_if_changed, stage_figures
+from owl_pipeline.train.loop import MODEL_DIR, Tracker, train_stage
 
 Log = Callable[[str], None]
-FINGERPRINT_FILE = "fingerprint.json"
-
-
-@dataclass(kw_only=True)
-class TrainingResult(StepResult):
-    """What a training step (base_llm, stage1_model, stage2_model) reports; unset fields do not apply to it."""
-
-    steps: int | None = None
-    first_loss: float | None = None
-    final_loss: float | None = None
-    eval_loss: float | None = None
-    seconds: float | None = None
-    resumed_from_step: int | None = None
-    samples_per_s: float | None = None  # means over the last 20 steps (the first include start-up)
-    model_tflops_per_s: float | None = None
-    data_wait_share: float | None = None
-    mfu: float | None = None  # only where the card's bf16 peak is known
-    mlflow_run: str | None = None  # the training run's URL
-    mlflow_run_id: str | None = None  # what the registration logs the model into
-    passed_through: str | None = None  # max_steps 0, or a released checkpoint: the model passed on untrained
-    launcher: str | None = None  # "ray": trained on Ray Train
-    ray_train_workers: int | None = None
-    # base_llm: where the LLM (and vision tower) came from
-    trained_here: bool | None = None
-    llm: str | None = None
-    vocab_size: int | None = None
-    text_rows: int | None = None
-    manifest_sha256: str | None = None  # a shipped LLM's manifest, checked
-    text_lookup: dict | None = None
-    pretraining_seconds: float | None = None
-    converted_from: str | None = None  # a released mPLUG-Owl checkpoint
-    source_md5: str | None = None  # its folder's DVC md5: converted again only when it changes
-    vision: str | None = None
-    vision_manifest_sha256: str | None = None
-    vision_held_out: dict | None = None
-    vision_pretraining_seconds: float | None = None
-
-
-def _recent_mean(history: list[dict], key: str, digits: int) -> float | None:
-    """Mean of ``key`` over the last 20 steps (the first steps include start-up); steps resumed from a
-    checkpoint of an older version may lack it."""
-    values = [h[key] for h in history[-20:] if key in h]
-    return round(sum(values) / len(values), digits) if values else None
-
-
-def _stage_figures(result: StageResult, run_url: str | None) -> dict[str, Any]:
-    """TrainingResult's fields for a run of the loop."""
-    return dict(steps=result.steps, first_loss=result.history[0]["loss"] if result.history else None,
-                final_loss=result.final_loss, eval_loss=result.eval_loss, seconds=round(result.seconds, 1),
-                resumed_from_step=result.resumed_from_step,
-                samples_per_s=_recent_mean(result.history, "samples_per_s", 1),
-                model_tflops_per_s=_recent_mean(result.history, "model_tflops_per_s", 4),
-                data_wait_share=_recent_mean(result.history, "data_wait_share", 3),
-                mfu=_recent_mean(result.history, "mfu", 3), mlflow_run=run_url)
-
-
-def _in_mlflow_run(name: str, project: Project, tracking, inputs: tuple[str, ...],
-                   train: Callable[[Tracker | None, str | None], TrainingResult]) -> TrainingResult:
-    """``train(tracker, run_url)`` inside an MLflow run with the config as params, lineage tags and the input
-    datasets, the model folder logged as an artifact; without tracking, just ``train(None, None)``."""
-    if tracking is None:
-        return train(None, None)
-    params = project.config.to_dict()
-    started = time.perf_counter()
-    with tracking.run(name, params=params, tags=lineage_tags(project, inputs),
-                      inputs=dataset_inputs(project, inputs)) as run:
-        run.log_dict(params, "config.json")
-        result = train(run, run.url)
-        result.mlflow_run_id = run.run_id
-        run.set_tags({"output": result.outputs.get("model", ""), "seconds": round(time.perf_counter() - started, 1)})
-        run.log_artifact(Path(result.outputs["model"]), "model")
-    return result
-
-
-def _start_fresh_if_changed(output: Path, fingerprint: dict, log: Log) -> None:
-    """Checkpoints in ``output`` from a run with other inputs or settings are moved aside (kept under a dated
-    name, never deleted), so a resume only ever continues the same run; the fingerprint of this run is
-    recorded. Called once everything the run needs is built: a run that cannot start moves nothing."""
-    if is_main_process():
-        digest = config_hash(fingerprint)
-        marker = output / FINGERPRINT_FILE
-        known = read_json_or_none(marker, warn=log)
-        checkpoints = output / CHECKPOINT_DIR
-        if checkpoints.is_dir() and (not isinstance(known, dict) or known.get("fingerprint") != digest):
-            aside = output / f"{CHECKPOINT_DIR}.superseded-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-            checkpoints.rename(aside)
-            log(f"{output.name}: inputs or settings changed since the last run; starting over "
-                f"(its checkpoints are kept in {aside.name}; delete it when no longer needed)")
-        atomic_write_json(marker, {"fingerprint": digest, **fingerprint})
-    wait_for_everyone()
 
 
 def _augmentation(project: Project) -> dict:
@@ -157,10 +66,10 @@ def base_llm(project: Project, log: Log = print, tracking=None) -> TrainingResul
     """
     inputs = (C.ASSET_CURATED_PAIRS, C.ASSET_INSTRUCTIONS)
     if project.config.model.pretrained_official:
-        return _in_mlflow_run(C.ASSET_BASE_LLM, project, tracking, inputs, lambda *_: _official_base(project, log))
+        return in_mlflow_run(C.ASSET_BASE_LLM, project, tracking, inputs, lambda *_: _official_base(project, log))
     if project.config.model.llm.pretrained:
-        return _in_mlflow_run(C.ASSET_BASE_LLM, project, tracking, inputs, lambda *_: _pretrained_base_llm(project))
-    return _in_mlflow_run(C.ASSET_BASE_LLM, project, tracking, inputs,
+        return in_mlflow_run(C.ASSET_BASE_LLM, project, tracking, inputs, lambda *_: _pretrained_base_llm(project))
+    return in_mlflow_run(C.ASSET_BASE_LLM, project, tracking, inputs,
                           functools.partial(_train_base_llm, project, log))
 
 
@@ -262,13 +171,13 @@ def _train_base_llm(project: Project, log: Log, tracker: Tracker | None, run_url
     _with_real_sizes(model)
     log(f"base_llm: tokenizer of {len(tokenizer)} tokens; training a {config.name} LLM on {rows} conversations")
     dataset = ConversationDataset(project.text_corpus, processor, train=True, seed=settings.train.seed)
-    _start_fresh_if_changed(project.base_llm, {"data_version": lance.dataset(str(project.text_corpus)).version,
+    start_fresh_if_changed(project.base_llm, {"data_version": lance.dataset(str(project.text_corpus)).version,
                                                "base_llm": dataclasses.asdict(settings),
                                                "model": config.to_dict()}, log)
     result = train_stage(model, processor, C.STAGE_BASE_LLM, dataset, settings.train, project.base_llm,
                          tracker=tracker, log=log)
     return TrainingResult(name=C.ASSET_BASE_LLM, outputs={"model": str(result.model_dir)},
-                          **_stage_figures(result, run_url), vocab_size=len(tokenizer), text_rows=rows,
+                          **stage_figures(result, run_url), vocab_size=len(tokenizer), text_rows=rows,
                           trained_here=True, **vision_metadata)
 
 
@@ -308,13 +217,13 @@ def _train_from(run: StageRun, project: Project, log: Log, tracker: Tracker | No
     model, processor = from_pretrained(previous)
     train = run.dataset_cls(run.data, processor, train=True, seed=config.seed)
     evaluation = run.dataset_cls(run.data, processor, train=False, seed=config.seed) if config.eval_every else None
-    _start_fresh_if_changed(run.output, {"input": str(source), "input_mtime": source.stat().st_mtime_ns,
+    start_fresh_if_changed(run.output, {"input": str(source), "input_mtime": source.stat().st_mtime_ns,
                                          "data_version": lance.dataset(str(run.data)).version,
                                          "stage": dataclasses.asdict(config),
                                          "model": project.config.model.to_dict()}, log)
     result = train_stage(model, processor, run.stage, train, config, run.output, eval_data=evaluation,
                          tracker=tracker, log=log)
-    return TrainingResult(name=run.name, outputs={"model": str(result.model_dir)}, **_stage_figures(result, run_url))
+    return TrainingResult(name=run.name, outputs={"model": str(result.model_dir)}, **stage_figures(result, run_url))
 
 
 @pipeline_step(C.ASSET_STAGE1, reads=(C.ASSET_BASE_LLM, C.ASSET_CURATED_PAIRS), params=("model", "stage1"),
@@ -329,7 +238,7 @@ def stage1_model(project: Project, log: Log = print, tracking=None) -> TrainingR
         model_dir = pass_through(project.base_llm / MODEL_DIR, project.stage1 / MODEL_DIR)
         return TrainingResult(name=C.ASSET_STAGE1, outputs={"model": str(model_dir)}, steps=0,
                               passed_through="official")
-    return _in_mlflow_run(C.ASSET_STAGE1, project, tracking, (C.ASSET_CURATED_PAIRS,),
+    return in_mlflow_run(C.ASSET_STAGE1, project, tracking, (C.ASSET_CURATED_PAIRS,),
                           functools.partial(_train_from, _stage_run(project, C.STAGE_PRETRAIN), project, log))
 
 
@@ -339,5 +248,5 @@ def stage1_model(project: Project, log: Log = print, tracking=None) -> TrainingR
                code=TRAINING_CODE, result=TrainingResult)
 def stage2_model(project: Project, log: Log = print, tracking=None) -> TrainingResult:
     """Stage 2: LoRA on the LLM learns the mixed text-only and multimodal instructions."""
-    return _in_mlflow_run(C.ASSET_STAGE2, project, tracking, (C.ASSET_INSTRUCTIONS,),
+    return in_mlflow_run(C.ASSET_STAGE2, project, tracking, (C.ASSET_INSTRUCTIONS,),
                           functools.partial(_train_from, _stage_run(project, C.STAGE_INSTRUCT), project, log))

@@ -1,0 +1,109 @@
+"""What the three training steps share: their result type, the MLflow run around a training, and the fingerprint
+that keeps a resume to the same run (checkpoints of a run with other inputs are moved aside, never continued)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from owl_pipeline.files import atomic_write_json, read_json_or_none
+from owl_pipeline.pipeline.lineage import config_hash, dataset_inputs, lineage_tags
+from owl_pipeline.pipeline.project import Project
+from owl_pipeline.pipeline.ranks import is_main_process, wait_for_everyone
+from owl_pipeline.pipeline.records import StepResult
+from owl_pipeline.train.loop import CHECKPOINT_DIR, StageResult, Tracker
+
+Log = Callable[[str], None]
+FINGERPRINT_FILE = "fingerprint.json"
+
+
+@dataclass(kw_only=True)
+class TrainingResult(StepResult):
+    """What a training step (base_llm, stage1_model, stage2_model) reports; unset fields do not apply to it."""
+
+    steps: int | None = None
+    first_loss: float | None = None
+    final_loss: float | None = None
+    eval_loss: float | None = None
+    seconds: float | None = None
+    resumed_from_step: int | None = None
+    samples_per_s: float | None = None  # means over the last 20 steps (the first include start-up)
+    model_tflops_per_s: float | None = None
+    data_wait_share: float | None = None
+    mfu: float | None = None  # only where the card's bf16 peak is known
+    mlflow_run: str | None = None  # the training run's URL
+    mlflow_run_id: str | None = None  # what the registration logs the model into
+    passed_through: str | None = None  # max_steps 0, or a released checkpoint: the model passed on untrained
+    launcher: str | None = None  # "ray": trained on Ray Train
+    ray_train_workers: int | None = None
+    # base_llm: where the LLM (and vision tower) came from
+    trained_here: bool | None = None
+    llm: str | None = None
+    vocab_size: int | None = None
+    text_rows: int | None = None
+    manifest_sha256: str | None = None  # a shipped LLM's manifest, checked
+    text_lookup: dict | None = None
+    pretraining_seconds: float | None = None
+    converted_from: str | None = None  # a released mPLUG-Owl checkpoint
+    source_md5: str | None = None  # its folder's DVC md5: converted again only when it changes
+    vision: str | None = None
+    vision_manifest_sha256: str | None = None
+    vision_held_out: dict | None = None
+    vision_pretraining_seconds: float | None = None
+
+
+def _recent_mean(history: list[dict], key: str, digits: int) -> float | None:
+    """Mean of ``key`` over the last 20 steps (the first steps include start-up); steps resumed from a
+    checkpoint of an older version may lack it."""
+    values = [h[key] for h in history[-20:] if key in h]
+    return round(sum(values) / len(values), digits) if values else None
+
+
+def stage_figures(result: StageResult, run_url: str | None) -> dict[str, Any]:
+    """TrainingResult's fields for a run of the loop."""
+    return dict(steps=result.steps, first_loss=result.history[0]["loss"] if result.history else None,
+                final_loss=result.final_loss, eval_loss=result.eval_loss, seconds=round(result.seconds, 1),
+                resumed_from_step=result.resumed_from_step,
+                samples_per_s=_recent_mean(result.history, "samples_per_s", 1),
+                model_tflops_per_s=_recent_mean(result.history, "model_tflops_per_s", 4),
+                data_wait_share=_recent_mean(result.history, "data_wait_share", 3),
+                mfu=_recent_mean(result.history, "mfu", 3), mlflow_run=run_url)
+
+
+def in_mlflow_run(name: str, project: Project, tracking, inputs: tuple[str, ...],
+                   train: Callable[[Tracker | None, str | None], TrainingResult]) -> TrainingResult:
+    """``train(tracker, run_url)`` inside an MLflow run with the config as params, lineage tags and the input
+    datasets, the model folder logged as an artifact; without tracking, just ``train(None, None)``."""
+    if tracking is None:
+        return train(None, None)
+    params = project.config.to_dict()
+    started = time.perf_counter()
+    with tracking.run(name, params=params, tags=lineage_tags(project, inputs),
+                      inputs=dataset_inputs(project, inputs)) as run:
+        run.log_dict(params, "config.json")
+        result = train(run, run.url)
+        result.mlflow_run_id = run.run_id
+        run.set_tags({"output": result.outputs.get("model", ""), "seconds": round(time.perf_counter() - started, 1)})
+        run.log_artifact(Path(result.outputs["model"]), "model")
+    return result
+
+
+def start_fresh_if_changed(output: Path, fingerprint: dict, log: Log) -> None:
+    """Checkpoints in ``output`` from a run with other inputs or settings are moved aside (kept under a dated
+    name, never deleted), so a resume only ever continues the same run; the fingerprint of this run is
+    recorded. Called once everything the run needs is built: a run that cannot start moves nothing."""
+    if is_main_process():
+        digest = config_hash(fingerprint)
+        marker = output / FINGERPRINT_FILE
+        known = read_json_or_none(marker, warn=log)
+        checkpoints = output / CHECKPOINT_DIR
+        if checkpoints.is_dir() and (not isinstance(known, dict) or known.get("fingerprint") != digest):
+            aside = output / f"{CHECKPOINT_DIR}.superseded-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            checkpoints.rename(aside)
+            log(f"{output.name}: inputs or settings changed since the last run; starting over "
+                f"(its checkpoints are kept in {aside.name}; delete it when no longer needed)")
+        atomic_write_json(marker, {"fingerprint": digest, **fingerprint})
+    wait_for_everyone()
