@@ -12,6 +12,10 @@ Promises:
   ``bad_caption_encoding``, ``incomplete_sample``, ``duplicate_key`` (the first one is kept),
   ``unsafe_member_name`` (absolute, ``..``, or a link), ``not_a_file`` (a directory entry), ``truncated_shard``,
   ``member_too_large`` (over MAX_MEMBER_BYTES for its kind, or past MAX_SHARD_BYTES in its shard).
+- A tar shard is complete only when it ends with the end-of-archive marker and holds every sample its
+  ``.parquet`` sidecar lists as downloaded; otherwise ``incomplete_shard`` (one per shard, named with the reason:
+  cut short, or still being copied). Its readable samples are ingested, the ingested-shards record lists it
+  as incomplete, and it is read again when the file changes (then every shard is re-read, as for any change).
 - A shard is a regular file: a FIFO, a device, a dangling link or a link out of its folder named as a shard is
   ``not_a_regular_file`` (counted and named, never opened).
 - Names and captions are stored as given and shown escaped (safe_text.printable) in logs and problems.
@@ -135,6 +139,7 @@ class IngestReport:
     rows_written: int = 0
     skipped: Counter = field(default_factory=Counter)
     failed_shards: dict[str, str] = field(default_factory=dict)
+    incomplete_shards: dict[str, str] = field(default_factory=dict)  # shard name -> why it is not complete
     seconds: float = 0.0
     lance_version: int | None = None
     mode: str = "full"  # "full": every shard (re)read; "append": only new shards, added as a new version
@@ -177,9 +182,20 @@ def _member_too_large(member: tarfile.TarInfo, read_so_far: int) -> bool:
 TOO_LARGE = "__too_large"  # a part standing for a member that was not read (the sample is skipped whole)
 
 
-def iter_tar_samples(path: Path, skipped: Counter) -> Iterator[tuple[str, dict[str, bytes]]]:
+@dataclass
+class TarEnding:
+    """How a tar shard ended, as ``iter_tar_samples`` found it."""
+
+    marker: bool = False  # the end-of-archive marker (a zero block) followed the last member
+    keys: set[str] = field(default_factory=set)  # every sample key found
+
+
+def iter_tar_samples(path: Path, skipped: Counter,
+                     ending: TarEnding | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {suffix: bytes}) per webdataset sample, streaming; members are read, never extracted. A member
-    larger than its kind's cap (or past the shard's) is passed over unread and marks its sample ``TOO_LARGE``."""
+    larger than its kind's cap (or past the shard's) is passed over unread and marks its sample ``TOO_LARGE``.
+    ``ending`` learns whether the archive ended with its end-of-archive marker, and the keys it held."""
+    ending = ending if ending is not None else TarEnding()
     key, parts, read = None, {}, 0
     try:
         with tarfile.open(path, "r|*") as tar:
@@ -195,11 +211,15 @@ def iter_tar_samples(path: Path, skipped: Counter) -> Iterator[tuple[str, dict[s
                     yield key, parts
                     parts = {}
                 key = stem
+                ending.keys.add(key)
                 if _member_too_large(member, read):
                     parts[TOO_LARGE] = b""
                     continue
                 read += member.size
                 parts[suffix.lower()] = tar.extractfile(member).read()
+            # The header read that ended the loop began at tar.offset: a whole zero block there is the marker;
+            # nothing (a file cut at a member boundary) or part of a block is a shard cut short.
+            ending.marker = tar.fileobj.tell() >= tar.offset + tarfile.BLOCKSIZE
     except (tarfile.ReadError, EOFError, OSError):
         if key is None:
             raise  # nothing readable at all: the caller records the shard as failed
@@ -209,20 +229,35 @@ def iter_tar_samples(path: Path, skipped: Counter) -> Iterator[tuple[str, dict[s
         yield key, parts
 
 
-def _sidecar_metadata(tar_path: Path, report: IngestReport) -> dict[str, dict]:
-    """The shard's ``.parquet`` (img2dataset writes one beside each tar) as key -> row, image columns left out."""
+def _sidecar_metadata(tar_path: Path, report: IngestReport) -> tuple[dict[str, dict], set[str]]:
+    """The shard's ``.parquet`` (img2dataset writes one beside each tar) as key -> row, image columns left out,
+    and the keys it lists as downloaded (``status`` success, or every key where there is no status column): the
+    samples the tar must hold."""
     path = tar_path.with_suffix(".parquet")
     if not path.is_file():
-        return {}
+        return {}, set()
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as error:
         report.problems.append(f"{path.name}: unreadable, samples keep their .json metadata only ({error})")
-        return {}
+        return {}, set()
     if "key" not in table.column_names:
-        return {}
+        return {}, set()
+    keys = [str(k) for k in table["key"].to_pylist()]
+    statuses = table["status"].to_pylist() if "status" in table.column_names else ["success"] * len(keys)
+    downloaded = {k for k, status in zip(keys, statuses) if status == "success"}
     table = table.select([c for c in table.column_names if c in _KNOWN_COLUMNS | {"key"}])
-    return {str(row.pop("key")): row for row in table.to_pylist()}
+    return {str(row.pop("key")): row for row in table.to_pylist()}, downloaded
+
+
+def _incomplete_because(ending: TarEnding, downloaded: set[str]) -> str | None:
+    """Why a tar shard is not complete, or None."""
+    if not ending.marker:
+        return "no end-of-archive marker: cut short, or still being copied"
+    missing = downloaded - ending.keys
+    if missing:
+        return f"{len(missing)} samples its .parquet lists as downloaded are not in it, e.g. {min(missing)}"
+    return None
 
 
 MAX_DECLARED_SIDE = 2**31 - 1  # a declared width or height is stored as int32
@@ -263,9 +298,9 @@ def metadata_problem(meta) -> str | None:
 def _tar_records(path: Path, report: IngestReport, shard: str | None = None) -> Iterator[list[dict]]:
     """The shard's samples as records, ``RECORDS_PER_CHUNK`` at a time."""
     shard = shard or path.name
-    sidecar = _sidecar_metadata(path, report)
-    records = []
-    for key, parts in iter_tar_samples(path, report.skipped):
+    sidecar, downloaded = _sidecar_metadata(path, report)
+    ending, records = TarEnding(), []
+    for key, parts in iter_tar_samples(path, report.skipped, ending):
         if len(records) == RECORDS_PER_CHUNK:
             yield records
             records = []
@@ -296,6 +331,10 @@ def _tar_records(path: Path, report: IngestReport, shard: str | None = None) -> 
             report.skip("bad_metadata", shard, key, problem)
             continue
         records.append({**joined, "key": key, "__image": image})
+    incomplete = _incomplete_because(ending, downloaded) if ending.keys else None
+    if incomplete:
+        report.incomplete_shards[path.name] = incomplete
+        report.skip("incomplete_shard", shard, detail=incomplete)
     yield records
 
 
@@ -462,7 +501,10 @@ def _ingest_locked(shards: list[Path], output: Path, log, incremental: bool, max
             raise
         version = report.lance_version = lance.dataset(str(output)).version  # new shards all unreadable: counted
         log(f"ingest: no readable rows in the {len(todo)} new shards; {output} stays at version {version}")
-    atomic_write_json(output / INGESTED_SHARDS_FILE, {"version": version, "shards": stats})
+    for name, why in report.incomplete_shards.items():
+        log(f"ingest: shard {printable(name)} is incomplete ({why}); it is read again when the file changes")
+    atomic_write_json(output / INGESTED_SHARDS_FILE, {"version": version, "shards": stats,
+                                                      "incomplete": report.incomplete_shards})
     return report
 
 

@@ -37,6 +37,7 @@ def _read_shard_task(path: str, shard: str, order: int, max_pixels: int) -> tupl
 def _merge(total: IngestReport, part: IngestReport) -> None:
     total.skipped.update(part.skipped)
     total.failed_shards.update(part.failed_shards)
+    total.incomplete_shards.update(part.incomplete_shards)
     total.problems.extend(part.problems[:MAX_PROBLEM_EXAMPLES - len(total.problems)])
 
 

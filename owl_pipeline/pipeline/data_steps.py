@@ -44,6 +44,7 @@ class RawPairsResult(StepResult):
     shards_already_ingested: int | None = None
     skipped: dict[str, int] | None = None  # samples skipped, by reason
     failed_shards: dict[str, str] | None = None
+    incomplete_shards: dict[str, str] | None = None  # read again when the file changes
     problems: list[str] | None = None  # examples, escaped for printing
     lance_version: int | None = None
     images_per_s: int | None = None
@@ -116,7 +117,8 @@ def raw_pairs(project: Project, log: Log = print, tracking=None) -> RawPairsResu
         name=C.ASSET_RAW_PAIRS, outputs={"lance": str(project.raw_pairs)},
         rows=lance.dataset(str(project.raw_pairs)).count_rows(), rows_added=report.rows_written, mode=report.mode,
         shards_read=report.shards, shards_already_ingested=report.shards_already_ingested,
-        skipped=dict(report.skipped), failed_shards=report.failed_shards, problems=report.problems,
+        skipped=dict(report.skipped), failed_shards=report.failed_shards,
+        incomplete_shards=report.incomplete_shards, problems=report.problems,
         lance_version=report.lance_version,
         images_per_s=round(report.rows_written / report.seconds) if report.seconds else None,
         engine=project.config.engine[C.ASSET_RAW_PAIRS])

@@ -49,7 +49,9 @@ def test_the_default_corpus_lands_in_lance(corpus, raw_pairs):
     lost = manifest.keys_with("corrupt_jpeg") | manifest.keys_with("truncated_member")
     keys = set(dataset.to_table(columns=["key"])["key"].to_pylist())
     assert keys == set(manifest.faults) - lost
-    assert report.skipped == {"corrupt_image": len(manifest.keys_with("corrupt_jpeg")), "truncated_shard": 1}
+    # the last shard is cut inside a member: its sample is lost, and the shard is incomplete (read again later)
+    assert report.skipped == {"corrupt_image": len(manifest.keys_with("corrupt_jpeg")), "truncated_shard": 1,
+                              "incomplete_shard": 1}
     row = dataset.take([0], columns=["source", "shard", "width", "height", "language"]).to_pylist()[0]
     assert row == {"source": "laion", "shard": "00000.tar", "width": 64, "height": 64, "language": None}
 

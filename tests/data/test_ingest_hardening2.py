@@ -106,3 +106,40 @@ def test_members_over_their_kinds_cap_are_passed_over_unread_and_shards_stream_i
     report = ingest([tmp_path / "00000.tar"], tmp_path / "out.lance", log=quiet)
     assert report.skipped["member_too_large"] == 2 and report.rows_written == 3
     assert sorted(keys(tmp_path / "out.lance")) == ["a", "b", "c"]
+
+
+# --- 3: incomplete shards ------------------------------------------------------------------------------------
+def test_a_shard_cut_at_a_member_boundary_is_incomplete_and_read_again_once_it_is_whole(tmp_path):
+    import tarfile
+
+    from owl_pipeline.data.ingest import INGESTED_SHARDS_FILE
+
+    whole = write_tar(tmp_path / "whole.tar", sample("a") + sample("b") + sample("c"))
+    with tarfile.open(whole) as tar:
+        cut = next(m.offset for m in tar.getmembers() if m.name.startswith("c."))
+    shard = tmp_path / "shards" / "00000.tar"
+    shard.parent.mkdir()
+    shard.write_bytes(whole.read_bytes()[:cut])  # as a copy still under way leaves it: no error reading it
+    report = ingest([shard], tmp_path / "out.lance", log=quiet)
+    assert sorted(keys(tmp_path / "out.lance")) == ["a", "b"] and report.skipped == {"incomplete_shard": 1}
+    assert "end-of-archive marker" in report.incomplete_shards["00000.tar"]
+    assert any("00000.tar : incomplete_shard" in p for p in report.problems)
+    recorded = json.loads((tmp_path / "out.lance" / INGESTED_SHARDS_FILE).read_text())
+    assert set(recorded["incomplete"]) == {"00000.tar"}
+    shard.write_bytes(whole.read_bytes())  # the copy finishes
+    report = ingest([shard], tmp_path / "out.lance", log=quiet)
+    assert sorted(keys(tmp_path / "out.lance")) == ["a", "b", "c"] and not report.skipped
+    assert json.loads((tmp_path / "out.lance" / INGESTED_SHARDS_FILE).read_text())["incomplete"] == {}
+
+
+def test_a_shard_missing_samples_its_parquet_lists_as_downloaded_is_incomplete(tmp_path):
+    write_tar(tmp_path / "00000.tar", sample("a") + sample("b"))
+    pq.write_table(pa.table({"key": ["a", "b", "c", "d"],
+                             "status": ["success", "success", "success", "failed_to_download"]}),
+                   tmp_path / "00000.parquet")
+    write_tar(tmp_path / "00001.tar", sample("e"))
+    pq.write_table(pa.table({"key": ["e", "f"], "status": ["success", "failed_to_download"]}),
+                   tmp_path / "00001.parquet")
+    report = ingest(sorted(tmp_path.glob("*.tar")), tmp_path / "out.lance", log=quiet)
+    assert report.incomplete_shards == {"00000.tar": "1 samples its .parquet lists as downloaded are not in it, e.g. c"}
+    assert report.skipped == {"incomplete_shard": 1} and sorted(keys(tmp_path / "out.lance")) == ["a", "b", "e"]
