@@ -1,7 +1,8 @@
 """Jobs, the retraining schedule, and the sensors that react to new data.
 
 - ``retrain``: the whole graph; on a weekly schedule (``OWL_RETRAIN_CRON`` overrides the cron string).
-- ``ingest_new_shards``: ingestion and filtering; the inbox sensor starts it when shards land in ``inbox/``.
+- ``ingest_new_shards``: ingestion and filtering; the inbox sensor starts it when shards land in ``inbox/``
+  (once each is whole: unchanged across two ticks, or a ``.done`` marker beside it).
 - the growth sensor starts ``retrain`` once the curated set grew by ``OWL_RETRAIN_MIN_NEW_ROWS`` rows.
 
 The schedule and sensors start stopped (Dagster's default: nothing runs on its own until you say so); turn
@@ -43,18 +44,46 @@ weekly_retrain = dg.ScheduleDefinition(name="weekly_retrain", job=retrain_job,
                                        execution_timezone="UTC", default_status=_default_schedule_status())
 
 
-@dg.sensor(job=ingest_job, minimum_interval_seconds=60, description="New shards in the project's inbox/",
+DONE_SUFFIX = ".done"  # "<shard>.done" beside a shard: its writer says it is whole, act on it at once
+
+
+def _inbox_stats(inbox) -> dict[str, list[int]]:
+    """name -> [size, mtime_ns] of every shard in the inbox."""
+    if not inbox.is_dir():
+        return {}
+    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in find_shards(inbox)}
+
+
+def _read_cursor(cursor: str | None, current: dict[str, list[int]]) -> tuple[dict, dict]:
+    """(seen, last tick's stats) from the cursor; a cursor of the old form (a list of names) counts those names
+    as seen as they are now."""
+    data = json.loads(cursor) if cursor else {}
+    if isinstance(data, list):
+        return {name: current[name] for name in data if name in current}, {}
+    return data.get("seen", {}), data.get("last_tick", {})
+
+
+@dg.sensor(job=ingest_job, minimum_interval_seconds=60, description="New or replaced shards in the project's inbox/",
            default_status=_default_sensor_status())
 def new_shards_sensor(context: dg.SensorEvaluationContext, project: ProjectResource):
-    """One run per new set of shard files in ``inbox/``; the cursor remembers the files already seen."""
+    """One run per batch of new or replaced shard files in ``inbox/``. A file is acted on once it is whole: its
+    size and modification time the same on two ticks in a row (a copy under way keeps changing them), or a
+    ``<name>.done`` marker beside it. The cursor keys what was seen by name, size and time, so a shard replaced
+    under the same name is seen again."""
     inbox = project.project().inbox
-    current = sorted(p.name for p in find_shards(inbox)) if inbox.is_dir() else []
-    seen = set(json.loads(context.cursor)) if context.cursor else set()
-    new = [name for name in current if name not in seen]
+    current = _inbox_stats(inbox)
+    seen, last_tick = _read_cursor(context.cursor, current)
+    whole = {name for name, stat in current.items()
+             if last_tick.get(name) == stat or (inbox / f"{name}{DONE_SUFFIX}").is_file()}
+    new = sorted(name for name in whole if seen.get(name) != current[name])
+    settling = sorted(name for name in current if name not in whole and seen.get(name) != current[name])
+    seen.update({name: current[name] for name in new})
+    context.update_cursor(json.dumps({"seen": seen, "last_tick": current}))
     if not new:
-        return dg.SkipReason(f"no new shards in {inbox}")
-    context.update_cursor(json.dumps(sorted(seen | set(current))))
-    return dg.RunRequest(run_key=f"shards:{','.join(new)}", tags={"owl/new_shards": ",".join(new)})
+        return dg.SkipReason(f"{len(settling)} shards in {inbox} still changing (acted on once their size and time "
+                             f"hold for a tick): {settling}" if settling else f"no new shards in {inbox}")
+    key = ",".join(f"{name}@{current[name][0]}:{current[name][1]}" for name in new)
+    return dg.RunRequest(run_key=f"shards:{key}", tags={"owl/new_shards": ",".join(new)})
 
 
 @dg.sensor(job=retrain_job, minimum_interval_seconds=300,

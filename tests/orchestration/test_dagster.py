@@ -86,14 +86,32 @@ def test_a_failed_blocking_check_stops_training(tmp_path):
 
 
 def test_the_inbox_sensor_asks_for_one_ingestion_per_new_batch_of_shards(tmp_path):
+    """A file still being copied is left alone; a whole one (unchanged for a tick, or marked .done) runs once; a
+    shard replaced under the same name runs again."""
+    import os
+
     resources = {"project": ProjectResource(root=str(tmp_path))}
+    shard = tmp_path / "inbox/00042.tar"
     with dg.build_sensor_context(resources=resources) as context:
         assert isinstance(new_shards_sensor(context), dg.SkipReason)
-        (tmp_path / "inbox").mkdir()
-        (tmp_path / "inbox/00042.tar").write_bytes(b"")
-        request = new_shards_sensor(context)
-        assert isinstance(request, dg.RunRequest) and request.run_key == "shards:00042.tar"
+        shard.parent.mkdir()
+        shard.write_bytes(b"x" * 100)  # a copy under way: it grows between ticks
+        assert "still changing" in new_shards_sensor(context).skip_message
+        with shard.open("ab") as grows:
+            grows.write(b"x" * 100)
+        assert "still changing" in new_shards_sensor(context).skip_message
+        request = new_shards_sensor(context)  # unchanged since the last tick: whole
+        stat = shard.stat()
+        assert isinstance(request, dg.RunRequest)
+        assert request.run_key == f"shards:00042.tar@200:{stat.st_mtime_ns}"
         assert isinstance(new_shards_sensor(context), dg.SkipReason)  # seen already
+        shard.write_bytes(b"y" * 300)  # replaced under the same name
+        os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+        assert isinstance(new_shards_sensor(context), dg.SkipReason)
+        assert new_shards_sensor(context).run_key.startswith("shards:00042.tar@300:")
+        (tmp_path / "inbox/00043.tar").write_bytes(b"z")
+        (tmp_path / "inbox/00043.tar.done").write_bytes(b"")  # its writer says it is whole: no waiting
+        assert new_shards_sensor(context).tags == {"owl/new_shards": "00043.tar"}
 
 
 def test_the_growth_sensor_retrains_after_enough_new_rows(tmp_path, monkeypatch):
