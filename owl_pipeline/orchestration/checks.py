@@ -64,4 +64,17 @@ def owleval_scored(project: ProjectResource) -> dg.AssetCheckResult:
         "problems": dg.MetadataValue.json(problems)})
 
 
-ALL_CHECKS = [curated_pairs_ready, instruction_data_ready, owleval_scored]
+@dg.asset_check(asset=C.ASSET_REGISTERED, blocking=True,
+                description="The candidate serves: models:/NAME@candidate loaded and answered its logged serving "
+                            "example before the gate could move champion")
+def candidate_serves(project: ProjectResource) -> dg.AssetCheckResult:
+    from owl_pipeline.pipeline.graph import step
+
+    registered = step(C.ASSET_REGISTERED).last_result(project.project())
+    if registered is None or not registered.registered:
+        return dg.AssetCheckResult(passed=True, metadata={"registered": False})  # tracking off: nothing to serve
+    return dg.AssetCheckResult(passed=bool(registered.serves), metadata={
+        "version": registered.version, "gate_reason": registered.gate_reason})
+
+
+ALL_CHECKS = [curated_pairs_ready, instruction_data_ready, owleval_scored, candidate_serves]

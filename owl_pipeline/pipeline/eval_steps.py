@@ -35,6 +35,7 @@ class RegistrationResult(StepResult):
     version: str | None = None
     aliases: list[str] | None = None
     promoted: bool | None = None  # took the champion alias
+    serves: bool | None = None  # models:/NAME@candidate loaded and answered its logged serving example
     gate_reason: str | None = None
     gate_metric: str | None = None
     score: float | None = None
@@ -115,6 +116,7 @@ def registered_model(project: Project, log: Log = print, tracking=None) -> Regis
         name=C.ASSET_REGISTERED, outputs={"model_uri": registration.model_uri}, registered=True,
         model_uri=registration.model_uri, version=registration.version,
         aliases=["candidate", "champion"] if registration.promoted else ["candidate"],
-        promoted=registration.promoted, gate_reason=registration.reason, gate_metric=settings.metric,
+        promoted=registration.promoted, serves=registration.serves, gate_reason=registration.reason,
+        gate_metric=settings.metric,
         score=scores.get(settings.metric),
         mlflow_run=f"{tracking.ui_url.rstrip('/')}/#/experiments/{tracking.experiment_id}/runs/{registration.run_id}")

@@ -1,6 +1,7 @@
 """Registration in the MLflow model registry, and the promotion gate.
 
-Every new version gets the alias ``candidate``. It also gets ``champion`` only if it passes the gate: its score
+Every new version gets the alias ``candidate``. It also gets ``champion`` only if it serves
+(``models:/<name>@candidate`` loads and answers the serving example logged with it) and passes the gate: its score
 is at least the current champion's plus ``min_delta`` (0: never worse, so the bar never slides), measured on the
 same eval set (the same digest), and at least an absolute floor. A champion scored on another eval set, or
 without the metric, is not beaten by default: the version is refused with the reason. The decision and its
@@ -16,6 +17,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import os
 import tempfile
 import time
@@ -163,6 +165,31 @@ class Registration:
     reason: str
     run_id: str
     model_uri: str  # models:/<name>/<version>
+    serves: bool = True  # the candidate loaded and answered its logged serving example
+
+
+def serving_problem(name: str) -> str | None:
+    """None if ``models:/<name>@candidate`` loads as a pyfunc and answers the serving input example logged with
+    it, parsed as `mlflow models serve` parses a request (``mlflow.models.predict``, in this environment); else
+    what failed. Call with MLflow's fluent API pointed at the registry (``_fluent_api_on``)."""
+    from mlflow.models import predict
+    from mlflow.models.utils import load_serving_example
+
+    uri = f"models:/{name}@{CANDIDATE}"
+    with tempfile.TemporaryDirectory() as scratch:
+        request, output = Path(scratch) / "request.json", Path(scratch) / "predictions.json"
+        try:
+            example = load_serving_example(uri)
+            if example is None:
+                return f"{uri} was logged without a serving input example"
+            request.write_text(example if isinstance(example, str) else json.dumps(example))
+            predict(uri, input_path=str(request), content_type="json", output_path=str(output), env_manager="local")
+            answers = json.loads(output.read_text()).get("predictions")
+        except Exception as error:  # any failure to load or answer is the finding, reported on the version
+            return f"{uri} does not serve: {type(error).__name__}: {str(error)[:500]}"
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+        return f"{uri} answered its serving example with {answers!r}, not a list of texts"
+    return None
 
 
 def current_champion(tracking: MlflowTracking, name: str, metric: str) -> Champion | None:
@@ -233,8 +260,13 @@ def _create_version(tracking: MlflowTracking, name: str, source: str, run_id: st
     champion_version = champion.version if champion else None
     version = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id)
     try:
-        decision = gate(score, champion, min_delta, floor, eval_set_digest)
         client.set_registered_model_alias(name, CANDIDATE, version.version)
+        with _fluent_api_on(tracking):
+            problem = serving_problem(name)
+        decision = gate(score, champion, min_delta, floor, eval_set_digest)
+        client.set_model_version_tag(name, version.version, "serving.check", problem or "passed")
+        if problem:
+            decision = GateDecision(False, f"the candidate does not serve, not promoted: {problem}")
         if decision.promoted:
             client.set_registered_model_alias(name, CHAMPION, version.version)
         against = f" (champion was version {champion_version})" if champion_version else ""
@@ -248,4 +280,4 @@ def _create_version(tracking: MlflowTracking, name: str, source: str, run_id: st
     log(f"registered {name} version {version.version} ({CANDIDATE}); gate on {metric}: "
         f"{'promoted to ' + CHAMPION if decision.promoted else 'not promoted'}: {decision.reason}")
     return Registration(name, str(version.version), decision.promoted, decision.reason, run_id,
-                        f"models:/{name}/{version.version}")
+                        f"models:/{name}/{version.version}", serves=problem is None)

@@ -54,7 +54,8 @@ def test_the_whole_graph_materializes_with_ui_metadata(materialized):
     assert events["stage1_model"].metadata["mlflow_run"].value.startswith("http://127.0.0.1:5000/#/experiments/")
     assert "accuracy per question type" in events["owleval_report"].metadata
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks == {"curated_pairs_ready": True, "instruction_data_ready": True, "owleval_scored": True}
+    assert checks == {"curated_pairs_ready": True, "instruction_data_ready": True, "owleval_scored": True,
+                      "candidate_serves": True}
 
 
 def test_materializations_record_the_dvc_hash_and_lance_version(materialized, tmp_path):

@@ -233,3 +233,22 @@ def test_the_served_requirements_are_valid_pep_440_and_met_here():
         if requirement.specifier:
             assert requirement.specifier.contains(version(requirement.name), prereleases=True), line
     assert any(line.startswith("torch>=") and "+" not in line for line in served_requirements())
+
+
+def test_a_candidate_that_does_not_serve_never_becomes_champion(tmp_path, two_models):
+    """``models:/NAME@candidate`` must load and answer its logged serving example before the gate may promote it:
+    a version whose weights are damaged is registered as candidate, refused, and says why."""
+    (_, folder), _ = two_models
+    tracking = MlflowTracking(f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=tmp_path / "artifacts")
+    good = register_model(tracking, folder, "serves", {"accuracy": 0.5}, "accuracy", 0.0, 0.0, log=print)
+    assert good.promoted and good.serves
+    assert tracking.client.get_model_version("serves", good.version).tags["serving.check"] == "passed"
+    damaged = tmp_path / "damaged"
+    shutil.copytree(folder, damaged)
+    (damaged / "abstractor.safetensors").write_bytes(b"not a safetensors file")
+    bad = register_model(tracking, damaged, "serves", {"accuracy": 0.9}, "accuracy", 0.0, 0.0, log=print)
+    assert not bad.promoted and not bad.serves and "does not serve" in bad.reason
+    version = tracking.client.get_model_version("serves", bad.version)
+    assert version.tags["gate.decision"] == "refused" and "@candidate does not serve" in version.tags["serving.check"]
+    assert str(tracking.client.get_model_version_by_alias("serves", CHAMPION).version) == good.version
+    assert str(tracking.client.get_model_version_by_alias("serves", CANDIDATE).version) == bad.version
