@@ -23,7 +23,8 @@ class LockHeldError(RuntimeError):
     """Another live process holds the lock; the message names it."""
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -80,7 +81,7 @@ class StepLock:
                 return
             holder = {}
         pid, host = holder.get("pid"), holder.get("host")
-        if host == self.holder["host"] and isinstance(pid, int) and not _alive(pid):
+        if host == self.holder["host"] and isinstance(pid, int) and not process_alive(pid):
             self.warn(f"warning: {self.path} was left by process {pid}, which is gone; taking it over")
             self.path.unlink(missing_ok=True)
             return

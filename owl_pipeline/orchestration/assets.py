@@ -6,13 +6,18 @@
 A step whose inputs and settings are unchanged reuses its last result; in the UI's Launchpad, run config
 ``ops: {<asset>: {config: {force: true}}}`` recomputes it anyway. Each asset's code_version is a hash of its
 step's code (its module and the library modules it runs: ``Step.code``), so Dagster marks it stale
-when the code that computes it changes.
+when the code that computes it changes. The data steps retry transient I/O (a flaky network mount, a storage
+timeout) with backoff; any other error fails the step at once, as trying again would change nothing. The training
+steps share the ``owl_training`` pool: a second launch waits for the first instead of failing on its lock.
 """
+
+import errno
 
 import dagster as dg
 
 from owl_pipeline.orchestration.metadata import materialization
 from owl_pipeline.pipeline.graph import STEPS, Step
+from owl_pipeline.pipeline.steps import GROUP_DATA
 from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.records import StepResult
 from owl_pipeline.pipeline.runner import run_step
@@ -40,26 +45,52 @@ class StepRunConfig(dg.Config):
     force: bool = False  # recompute even when inputs and settings are unchanged since the last run
 
 
+DATA_STEP_RETRIES = dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL)
+TRANSIENT_ERRNOS = {errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ESTALE, errno.ECONNRESET, errno.ECONNREFUSED,
+                    errno.EHOSTUNREACH, errno.ENETUNREACH}
+
+
+def is_transient(error: BaseException) -> bool:
+    """I/O that may well succeed when tried again; a missing file or a bad row will not."""
+    if isinstance(error, (TimeoutError, ConnectionError)):
+        return True
+    return isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS
+
+
 def _resources(definition: Step) -> set[str]:
     return {"project"} | ({"mlflow"} if definition.tracked else set()) | ({"launcher"} if definition.trains else set())
 
 
-def asset_for(definition: Step) -> dg.AssetsDefinition:
+def _run_retrying_only_transient_errors(definition: Step, run):
+    """``run()``; a data step's non-transient error becomes a Failure its RetryPolicy does not retry."""
+    if definition.group != GROUP_DATA:
+        return run()
+    try:
+        return run()
+    except Exception as error:
+        if is_transient(error):
+            raise
+        raise dg.Failure(f"{definition.name}: {type(error).__name__}: {error}", allow_retries=False) from error
+
+
+def asset_for(definition: Step, data_retries: dg.RetryPolicy = DATA_STEP_RETRIES) -> dg.AssetsDefinition:
     """The asset of one step: run it (or reuse its result) and report it; training goes through the launcher."""
     name = definition.name
 
     @dg.asset(name=name, deps=list(definition.reads), group_name=definition.group,
               description=definition.description, kinds=set(definition.kinds),
               required_resource_keys=_resources(definition), pool=definition.pool,
-              code_version=definition.code_digest())
+              code_version=definition.code_digest(),
+              retry_policy=data_retries if definition.group == GROUP_DATA else None)
     def _materialize(context: dg.AssetExecutionContext, config: StepRunConfig):
         owl_project = context.resources.project.project()
         if definition.trains and context.resources.launcher.mode == "pipes":
             return context.resources.launcher.launch(context, name, context.resources.project,
                                                      context.resources.mlflow, force=config.force)
         tracking = context.resources.mlflow.tracking(owl_project) if definition.tracked else None
-        return materialized(owl_project, run_step(name, owl_project, tracking, log=context.log.info,
-                                                  force=config.force))
+        result = _run_retrying_only_transient_errors(definition, lambda: run_step(
+            name, owl_project, tracking, log=context.log.info, force=config.force))
+        return materialized(owl_project, result)
 
     return _materialize
 

@@ -16,6 +16,7 @@ from owl_pipeline.pipeline.records import StepRecord, StepResult
 GROUP_DATA, GROUP_TRAINING, GROUP_EVAL = "data", "training", "evaluation"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 INGEST_POOL = "owl_ingest"  # dagster_home/dagster.yaml limits every pool to one at a time
+TRAINING_POOL = "owl_training"  # a second launch of a training step waits for the first (one trainer a machine)
 
 # The library modules steps run (paths under owl_pipeline/), named once for the steps that share them.
 LOADER_CODE = ("data/loader.py", "data/images.py")

@@ -29,7 +29,7 @@ from owl_pipeline.model.tokenizer import prepare_tokenizer, train_bpe_tokenizer
 from owl_pipeline.pipeline.lineage import folder_hash
 from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.ranks import is_main_process, wait_for_everyone
-from owl_pipeline.pipeline.steps import GROUP_TRAINING, TRAINING_CODE, pipeline_step
+from owl_pipeline.pipeline.steps import GROUP_TRAINING, TRAINING_CODE, TRAINING_POOL, pipeline_step
 from owl_pipeline.pipeline.training_runs import TrainingResult, in_mlflow_run, start_fresh_if_changed, stage_figures
 from owl_pipeline.train.loop import MODEL_DIR, Tracker, train_stage
 
@@ -55,7 +55,8 @@ def _pretrained_model_files(project: Project) -> list[Path]:
 @pipeline_step(C.ASSET_BASE_LLM, reads=(C.ASSET_CURATED_PAIRS, C.ASSET_INSTRUCTIONS), params=("model", "base_llm"),
                writes=lambda p: p.base_llm,
                description="The LLM the stages build on (trained here on the embedded default)",
-               group=GROUP_TRAINING, kinds=("pytorch",), trains=True, tracked=True, metrics=("final_loss",),
+               group=GROUP_TRAINING, kinds=("pytorch",), trains=True, tracked=True, pool=TRAINING_POOL,
+               metrics=("final_loss",),
                external=_pretrained_model_files, code=(*TRAINING_CODE, "data/text_corpus.py", "model/convert.py"),
                result=TrainingResult)
 def base_llm(project: Project, log: Log = print, tracking=None) -> TrainingResult:
@@ -229,7 +230,7 @@ def _train_from(run: StageRun, project: Project, log: Log, tracker: Tracker | No
 @pipeline_step(C.ASSET_STAGE1, reads=(C.ASSET_BASE_LLM, C.ASSET_CURATED_PAIRS), params=("model", "stage1"),
                writes=lambda p: p.stage1, description="Stage 1: vision + abstractor trained, LLM frozen",
                group=GROUP_TRAINING, kinds=("pytorch",), trains=True, tracked=True, metrics=("final_loss",),
-               code=TRAINING_CODE, result=TrainingResult)
+               pool=TRAINING_POOL, code=TRAINING_CODE, result=TrainingResult)
 def stage1_model(project: Project, log: Log = print, tracking=None) -> TrainingResult:
     """Stage 1: vision encoder + abstractor learn to caption curated pairs through the frozen LLM. A released
     mPLUG-Owl checkpoint (``model.pretrained_official``) has been through it already: passed on as it is."""
@@ -245,7 +246,7 @@ def stage1_model(project: Project, log: Log = print, tracking=None) -> TrainingR
 @pipeline_step(C.ASSET_STAGE2, reads=(C.ASSET_STAGE1, C.ASSET_INSTRUCTIONS), params=("model", "stage2"),
                writes=lambda p: p.stage2, description="Stage 2: LoRA on the LLM with the mixed instructions",
                group=GROUP_TRAINING, kinds=("pytorch",), trains=True, tracked=True, metrics=("final_loss",),
-               code=TRAINING_CODE, result=TrainingResult)
+               pool=TRAINING_POOL, code=TRAINING_CODE, result=TrainingResult)
 def stage2_model(project: Project, log: Log = print, tracking=None) -> TrainingResult:
     """Stage 2: LoRA on the LLM learns the mixed text-only and multimodal instructions."""
     return in_mlflow_run(C.ASSET_STAGE2, project, tracking, (C.ASSET_INSTRUCTIONS,),
