@@ -40,6 +40,8 @@ class RegistryConfig:
     metric: str = "accuracy"  # a score of the evaluation report: accuracy | similarity | judge | human
     min_delta: float = 0.0  # promoted when metric >= champion's metric + min_delta (0: never worse) ...
     floor: float = 0.3  # ... and metric >= floor
+    # false: every version is a candidate only, champion never moves (so is every run under `dvc exp run`)
+    promote: bool = True
     # What the served model accepts (registry/pyfunc_model.py ServingLimits), fixed when it is registered:
     serve_image_root: str | None = None  # image paths under this folder are accepted; None: base64 images only
     serve_max_rows: int = 16  # rows per request

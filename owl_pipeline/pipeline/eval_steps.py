@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -78,6 +79,15 @@ def _parent_runs(project: Project) -> dict[str, str]:
 STAGE2_PARENT = f"parent_run.{C.ASSET_STAGE2}"
 
 
+def promotion_off(project: Project) -> str | None:
+    """Why this registration may not move champion, or None: ``registry.promote: false``, or a run under
+    `dvc exp run` (DVC sets DVC_EXP_NAME): an experiment is compared, never promoted."""
+    experiment = os.environ.get("DVC_EXP_NAME")
+    if experiment:
+        return f"DVC experiment {experiment} (DVC_EXP_NAME)"
+    return None if project.config.registry.promote else "registry.promote is false"
+
+
 def eval_set_digest(project: Project) -> str:
     """The DVC md5 of the eval set folder (questions, pictures, reference answers): what the gate compares on."""
     from owl_pipeline.data.versions import data_version
@@ -89,7 +99,7 @@ def eval_set_digest(project: Project) -> str:
                description="The stage-2 model in the MLflow registry: alias candidate, champion if it passes the gate",
                group=GROUP_EVAL, kinds=("mlflow",), tracked=True, metrics=("version", "promoted"),
                code=("registry/registration.py", "registry/pyfunc_model.py", "registry/tracking.py",
-                     "data/versions.py"), result=RegistrationResult)
+                     "data/versions.py"), result=RegistrationResult, environment=("DVC_EXP_NAME",))
 def registered_model(project: Project, log: Log = print, tracking=None) -> RegistrationResult:
     """Register the stage-2 model in the MLflow registry: alias ``candidate``, ``champion`` if the gate passes."""
     from owl_pipeline.eval.report import OwlEvalReport
@@ -111,7 +121,8 @@ def registered_model(project: Project, log: Log = print, tracking=None) -> Regis
     registration = register_model(tracking, project.stage2 / MODEL_DIR, settings.model_name, scores,
                                   settings.metric, settings.min_delta, settings.floor, tags=tags, log=log,
                                   limits=limits, run_id=tags.get(STAGE2_PARENT),
-                                  eval_set_digest=eval_set_digest(project))
+                                  eval_set_digest=eval_set_digest(project),
+                                  promotion_off=promotion_off(project))
     return RegistrationResult(
         name=C.ASSET_REGISTERED, outputs={"model_uri": registration.model_uri}, registered=True,
         model_uri=registration.model_uri, version=registration.version,

@@ -6,6 +6,7 @@ naming the holder (a lock in ``assets/.locks/``; a stale one from a dead process
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,9 @@ def inputs_digest(definition: Step, project: Project) -> str:
     external = definition.external(project) if definition.external else []
     return config_hash({"params": params_of(project, definition.name), "code": definition.code_digest(),
                         "reads": {name: asset_stamp(project, name) for name in definition.reads},
-                        "external": _file_stats(external)})
+                        "external": _file_stats(external),
+                        **({"environment": {k: os.environ.get(k) for k in definition.environment}}
+                           if definition.environment else {})})
 
 
 def _reusable(definition: Step, project: Project, record: StepRecord | None, digest: str) -> StepResult | None:

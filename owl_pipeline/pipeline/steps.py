@@ -45,6 +45,7 @@ class Step:
     pool: str | None = None  # a Dagster concurrency pool: runs of the step across Dagster runs, one at a time
     code: tuple[str, ...] = ()  # the library modules it runs, besides its own (paths under owl_pipeline/)
     result: type[StepResult] = StepResult  # what it returns: its own dataclass, declared beside it
+    environment: tuple[str, ...] = ()  # environment variables its result depends on (part of its inputs digest)
 
     def code_files(self, package_root: Path = PACKAGE_ROOT) -> list[Path]:
         own = Path(inspect.getsourcefile(self.run)).resolve().relative_to(PACKAGE_ROOT)

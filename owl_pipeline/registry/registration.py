@@ -213,18 +213,20 @@ def check_registry(tracking: MlflowTracking) -> None:
 def register_model(tracking: MlflowTracking, model_dir: Path, name: str, scores: dict[str, float | None],
                    metric: str, min_delta: float, floor: float, tags: dict[str, str] | None = None,
                    log: Callable[[str], None] = print, limits: pyfunc_model.ServingLimits | None = None,
-                   run_id: str | None = None, eval_set_digest: str | None = None) -> Registration:
+                   run_id: str | None = None, eval_set_digest: str | None = None,
+                   promotion_off: str | None = None) -> Registration:
     """Register ``model_dir`` as a new version of ``name``, alias it ``candidate``, and ``champion`` if it
     passes the gate on ``scores[metric]``. With ``run_id`` (the training run that made it), the model is logged
     into that run as a LoggedModel with the scores as its metrics and registered from it, so the registry
     links back to the run's params, metrics and datasets; without, a run of its own holds it. The scores were
     measured on the eval set ``eval_set_digest`` names (its DVC md5): only a champion measured on the same set is
-    compared against."""
+    compared against. ``promotion_off`` (a reason, e.g. a DVC experiment) keeps champion where it is: the gate's
+    verdict is still recorded."""
     check_registry(tracking)
     version_tags = {**(tags or {}), **{SCORE_TAG_PREFIX + k: str(v) for k, v in scores.items()},
                     **({EVAL_SET_DIGEST_TAG: eval_set_digest} if eval_set_digest else {})}
     gate_on = dict(score=scores.get(metric), metric=metric, min_delta=min_delta, floor=floor,
-                   eval_set_digest=eval_set_digest)
+                   eval_set_digest=eval_set_digest, promotion_off=promotion_off)
     if run_id is not None:
         with _fluent_api_on(tracking):  # the store resolves a models:/ source through MLflow's global URI
             source, model_id = log_model_in_run(tracking, run_id, Path(model_dir), limits)
@@ -250,7 +252,8 @@ def _now_ms() -> int:
 
 def _create_version(tracking: MlflowTracking, name: str, source: str, run_id: str, tags: dict[str, str],
                     score: float | None, metric: str, min_delta: float, floor: float, eval_set_digest: str | None,
-                    log: Callable[[str], None], model_id: str | None = None) -> Registration:
+                    log: Callable[[str], None], model_id: str | None = None,
+                    promotion_off: str | None = None) -> Registration:
     client = tracking.client
     try:
         client.get_registered_model(name)
@@ -267,6 +270,9 @@ def _create_version(tracking: MlflowTracking, name: str, source: str, run_id: st
         client.set_model_version_tag(name, version.version, "serving.check", problem or "passed")
         if problem:
             decision = GateDecision(False, f"the candidate does not serve, not promoted: {problem}")
+        elif promotion_off:
+            verdict = "would pass" if decision.promoted else "would not pass"
+            decision = GateDecision(False, f"{promotion_off}: candidate only ({verdict}: {decision.reason})")
         if decision.promoted:
             client.set_registered_model_alias(name, CHAMPION, version.version)
         against = f" (champion was version {champion_version})" if champion_version else ""

@@ -90,3 +90,25 @@ def test_steps_come_after_what_they_read_and_a_read_nobody_writes_is_refused():
     assert all(order.index(read) < order.index(s.name) for s in STEPS for read in s.reads)
     with pytest.raises(ValueError, match="read assets that no step writes"):
         in_dependency_order((*STEPS, orphan))
+
+
+def test_registration_under_a_dvc_experiment_is_its_own_run_and_never_promotes(tmp_path, monkeypatch):
+    """DVC sets DVC_EXP_NAME under `dvc exp run`: the registration step's inputs digest includes it (an
+    experiment's candidate-only registration is not reused by the main line), and promotion is off."""
+    from owl_pipeline.pipeline.eval_steps import promotion_off
+    from owl_pipeline.pipeline.graph import step
+    from owl_pipeline.pipeline.runner import inputs_digest
+
+    project = Project(from_mapping(PipelineConfig, {"synthetic": SMALL}, "params"), tmp_path)
+    import dataclasses
+
+    registration = dataclasses.replace(step("registered_model"), reads=())  # nothing materialized here
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    main_line = inputs_digest(registration, project)
+    assert promotion_off(project) is None
+    monkeypatch.setenv("DVC_EXP_NAME", "lr-sweep")
+    assert inputs_digest(registration, project) != main_line
+    assert promotion_off(project) == "DVC experiment lr-sweep (DVC_EXP_NAME)"
+    monkeypatch.delenv("DVC_EXP_NAME")
+    off = Project(from_mapping(PipelineConfig, {"synthetic": SMALL, "registry": {"promote": False}}, "params"), tmp_path)
+    assert promotion_off(off) == "registry.promote is false"

@@ -252,3 +252,16 @@ def test_a_candidate_that_does_not_serve_never_becomes_champion(tmp_path, two_mo
     assert version.tags["gate.decision"] == "refused" and "@candidate does not serve" in version.tags["serving.check"]
     assert str(tracking.client.get_model_version_by_alias("serves", CHAMPION).version) == good.version
     assert str(tracking.client.get_model_version_by_alias("serves", CANDIDATE).version) == bad.version
+
+
+def test_an_experiment_registers_a_candidate_and_never_moves_champion(tmp_path, two_models):
+    (_, folder), _ = two_models
+    tracking = MlflowTracking(f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=tmp_path / "artifacts")
+    tried = register_model(tracking, folder, "exp", {"accuracy": 0.9}, "accuracy", 0.0, 0.0, log=print,
+                           promotion_off="DVC experiment lr-sweep (DVC_EXP_NAME)")
+    assert not tried.promoted and "DVC experiment lr-sweep (DVC_EXP_NAME): candidate only (would pass" in tried.reason
+    assert str(tracking.client.get_model_version_by_alias("exp", CANDIDATE).version) == tried.version
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        tracking.client.get_model_version_by_alias("exp", CHAMPION)
+    main_line = register_model(tracking, folder, "exp", {"accuracy": 0.9}, "accuracy", 0.0, 0.0, log=print)
+    assert main_line.promoted
