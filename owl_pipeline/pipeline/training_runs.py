@@ -82,7 +82,7 @@ def in_mlflow_run(name: str, project: Project, tracking, inputs: tuple[str, ...]
     params = project.config.to_dict()
     started = time.perf_counter()
     with tracking.run(name, params=params, tags=lineage_tags(project, inputs),
-                      inputs=dataset_inputs(project, inputs)) as run:
+                      inputs=dataset_inputs(project, inputs), system_metrics=True) as run:
         run.log_dict(params, "config.json")
         result = train(run, run.url)
         result.mlflow_run_id = run.run_id

@@ -123,18 +123,22 @@ def save_pyfunc(model_dir: Path, out: Path, max_new_tokens: int = 64,
 
 @contextlib.contextmanager
 def _fluent_api_on(tracking: MlflowTracking) -> Iterator[None]:
-    """MLflow's fluent API (which logging a LoggedModel needs) pointed at ``tracking``'s store for a while;
-    then exactly as before (unset stays unset, so later clients still default to their own URIs). MLflow also
-    exports the URI as MLFLOW_TRACKING_URI, which every later run in this process and every child process
-    (a training launch, `dvc repro`) would inherit: restored too."""
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    previous, previous_env = tracking_utils._tracking_uri, os.environ.get(_TRACKING_URI_ENV)
-    mlflow.set_tracking_uri(tracking.tracking_uri)
+    """MLflow's fluent API (which logging a LoggedModel and resolving ``models:/`` need) pointed at ``tracking``'s
+    store for a while, then exactly as before. Through the MLFLOW_TRACKING_URI variable, restored after: MLflow's
+    own setting stays unset (``mlflow.set_tracking_uri`` would also export the variable, and every later run in this
+    process and every child process, a training launch or `dvc repro`, would inherit it). Only where this process
+    set a URI explicitly, which outranks the variable, is it set and put back with ``mlflow.set_tracking_uri``."""
+    previous_env = os.environ.get(_TRACKING_URI_ENV)
+    os.environ[_TRACKING_URI_ENV] = tracking.tracking_uri
+    explicit = mlflow.get_tracking_uri() != tracking.tracking_uri
+    previous = mlflow.get_tracking_uri() if explicit else None
+    if explicit:
+        mlflow.set_tracking_uri(tracking.tracking_uri)
     try:
         yield
     finally:
-        tracking_utils._tracking_uri = previous
+        if explicit:
+            mlflow.set_tracking_uri(previous)
         if previous_env is None:
             os.environ.pop(_TRACKING_URI_ENV, None)
         else:

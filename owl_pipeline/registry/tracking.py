@@ -29,6 +29,7 @@ from mlflow.tracking.context.registry import resolve_tags
 DEFAULT_EXPERIMENT = "owl-pipeline"
 EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
 _PARAM_VALUE_LIMIT = 500  # MLflow's limit on a param value's length
+SYSTEM_METRICS_SECONDS = 10.0  # MLflow's default sampling interval
 
 
 class TrackingUnavailableError(ConnectionError):
@@ -136,17 +137,20 @@ class MlflowTracking:
 
     @contextlib.contextmanager
     def run(self, name: str, params: dict[str, Any] | None = None, tags: dict[str, Any] | None = None,
-            inputs: Sequence[DatasetRef] = ()) -> Iterator[MlflowRun]:
-        """A run that ends FINISHED; FAILED if the body raises, KILLED if it was interrupted (Ctrl-C, SIGTERM)."""
+            inputs: Sequence[DatasetRef] = (), system_metrics: bool = False) -> Iterator[MlflowRun]:
+        """A run that ends FINISHED; FAILED if the body raises, KILLED if it was interrupted (Ctrl-C, SIGTERM).
+        ``system_metrics``: CPU, memory, disk and network (and GPU, where pynvml finds one) sampled every
+        SYSTEM_METRICS_SECONDS into the run's ``system/...`` metrics by MLflow's own monitor."""
         run_tags = resolve_tags({k: str(v) for k, v in {**system_tags(), **(tags or {})}.items()})
         info = self.client.create_run(self.experiment_id, run_name=name, tags=run_tags)
         run = MlflowRun(self.client, info.info.run_id, self.experiment_id, self.ui_url)
         try:
-            if params:
-                run.log_params(params)
-            if inputs:
-                self.client.log_inputs(run.run_id, datasets=[ref.as_input() for ref in inputs])
-            yield run
+            with self._system_monitor(run.run_id) if system_metrics else contextlib.nullcontext():
+                if params:
+                    run.log_params(params)
+                if inputs:
+                    self.client.log_inputs(run.run_id, datasets=[ref.as_input() for ref in inputs])
+                yield run
             run.flush()
             self.client.set_terminated(run.run_id, "FINISHED")
         except BaseException as error:
@@ -154,6 +158,18 @@ class MlflowTracking:
             interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
             self.client.set_terminated(run.run_id, "KILLED" if interrupted else "FAILED")
             raise
+
+    @contextlib.contextmanager
+    def _system_monitor(self, run_id: str) -> Iterator[None]:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_SECONDS,
+                                       tracking_uri=self.tracking_uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()  # the last samples are logged before the run ends
 
 
 def tracking_for(project_root: Path, tracking_uri: str | None = None,

@@ -265,3 +265,28 @@ def test_an_experiment_registers_a_candidate_and_never_moves_champion(tmp_path, 
         tracking.client.get_model_version_by_alias("exp", CHAMPION)
     main_line = register_model(tracking, folder, "exp", {"accuracy": 0.9}, "accuracy", 0.0, 0.0, log=print)
     assert main_line.promoted
+
+
+def test_an_explicitly_set_tracking_uri_is_put_back_after_registering(tmp_path, two_models, monkeypatch):
+    (score, folder), _ = two_models
+    tracking = MlflowTracking(f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=tmp_path / "artifacts")
+    run_id = tracking.client.create_run(tracking.client.create_experiment("training")).info.run_id
+    mine = f"sqlite:///{tmp_path / 'mine.db'}"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri(mine)  # this process chose its own store: registering must not change that
+    try:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        register_model(tracking, folder, NAME, {"similarity": score}, "similarity", 0.0, 0.0, log=print,
+                       run_id=run_id)
+        assert mlflow.get_tracking_uri() == mine
+    finally:
+        mlflow.set_tracking_uri(None)  # unset again (None unsets the setting and its variable)
+
+
+def test_the_registry_room_touches_no_private_mlflow_name():
+    import re
+
+    registry = Path(__file__).resolve().parents[2] / "owl_pipeline" / "registry"
+    private = re.compile(r"mlflow(\.\w+)*\._\w+|from mlflow[\w.]*\._|from mlflow[\w.]* import _")
+    hits = [f"{p.name}: {m.group(0)}" for p in registry.glob("*.py") for m in private.finditer(p.read_text())]
+    assert not hits, hits
