@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,7 +58,7 @@ def test_the_run_registers_the_model_as_champion(project, capsys):
     assert stage2.info.run_name == "stage2_model"
 
 
-def test_every_training_step_is_an_mlflow_run_with_params_metrics_and_the_model(project):
+def test_every_training_step_is_an_mlflow_run_with_params_metrics_and_the_model(project, tmp_path):
     client = MlflowClient(local_tracking_uri(project))
     experiment = client.get_experiment_by_name("owl-pipeline")
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
@@ -69,8 +70,18 @@ def test_every_training_step_is_an_mlflow_run_with_params_metrics_and_the_model(
         assert {"samples_per_s", "tokens_per_s", "data_wait_share", "grad_norm", "lr"} <= set(run.data.metrics)
         assert run.data.tags["git_commit"] and run.data.tags["config_hash"]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"model", "loss_curve.png", "config.json"} <= artifacts, name
+        # the run's model is a reference to the DVC-versioned folder, not a second copy of the weights
+        assert {"model_reference.json", "loss_curve.png", "config.json"} <= artifacts and "model" not in artifacts
+        (tmp_path / name).mkdir()
+        reference = client.download_artifacts(run.info.run_id, "model_reference.json", str(tmp_path / name))
+        reference = json.loads(Path(reference).read_text())
+        assert reference["owl_config"]["config"]["llm"] and reference["path"].endswith(f"{name}/model"), name
     assert runs["stage1_model"].data.tags["input.curated_pairs.lance_version"] == "1"
+    # MLflow stores the weights once, in the registered version's LoggedModel, with only the code it runs
+    stored = project / "mlruns" / "artifacts"
+    stage2_weights = sorted(p.name for p in (project / "assets/stage2_model/model").rglob("*.safetensors"))
+    assert sorted(p.name for p in stored.rglob("*.safetensors")) == stage2_weights
+    assert not list(stored.rglob("bundled")) and list(stored.rglob("pyfunc_model.py"))
 
 
 def test_a_second_run_reuses_what_did_not_change(project, capfd):

@@ -3,12 +3,15 @@ that keeps a resume to the same run (checkpoints of a run with other inputs are 
 
 from __future__ import annotations
 
+import json
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from owl_pipeline import constants as C
 from owl_pipeline.files import atomic_write_json, read_json_or_none
 from owl_pipeline.pipeline.lineage import config_hash, dataset_inputs, lineage_tags
 from owl_pipeline.pipeline.project import Project
@@ -17,6 +20,7 @@ from owl_pipeline.pipeline.records import StepResult
 from owl_pipeline.train.loop import CHECKPOINT_DIR, StageResult, Tracker
 
 Log = Callable[[str], None]
+MODEL_REFERENCE_FILE = "model_reference.json"
 FINGERPRINT_FILE = "fingerprint.json"
 
 
@@ -87,8 +91,21 @@ def in_mlflow_run(name: str, project: Project, tracking, inputs: tuple[str, ...]
         result = train(run, run.url)
         result.mlflow_run_id = run.run_id
         run.set_tags({"output": result.outputs.get("model", ""), "seconds": round(time.perf_counter() - started, 1)})
-        run.log_artifact(Path(result.outputs["model"]), "model")
+        log_model_reference(run, Path(result.outputs["model"]))
     return result
+
+
+def log_model_reference(run, model_dir: Path) -> None:
+    """The run's ``model_reference.json``: where the model is (its folder, versioned by DVC) and its
+    owl_config.json, not a copy of the weights. The registered version holds the one copy MLflow stores."""
+    config = model_dir / C.OWL_CONFIG_FILE
+    reference = {"path": str(model_dir.resolve()), "versioned_by": "DVC: this step's outs in dvc.lock",
+                 "load": "owl_pipeline.model.builders.from_pretrained(path)",
+                 "owl_config": json.loads(config.read_text()) if config.is_file() else None}
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / MODEL_REFERENCE_FILE
+        path.write_text(json.dumps(reference, indent=1))
+        run.log_artifact(path)
 
 
 def start_fresh_if_changed(output: Path, fingerprint: dict, log: Log) -> None:

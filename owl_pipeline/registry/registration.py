@@ -19,6 +19,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -90,7 +91,18 @@ def _example_image() -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _pyfunc_arguments(model_dir: Path, limits: pyfunc_model.ServingLimits | None,
+@contextlib.contextmanager
+def _package_code() -> Iterator[Path]:
+    """A copy of the owl_pipeline package as the served model needs it: its code, without the bundled shapes-world
+    models (the pyfunc loads its weights from its own artifact) and without caches."""
+    package = Path(pyfunc_model.__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as scratch:
+        code = Path(scratch) / package.name
+        shutil.copytree(package, code, ignore=shutil.ignore_patterns("bundled", "__pycache__", "*.pyc"))
+        yield code
+
+
+def _pyfunc_arguments(model_dir: Path, limits: pyfunc_model.ServingLimits | None, code: Path,
                       max_new_tokens: int = 64) -> dict:
     """What saving or logging the Owl folder as a pyfunc (models from code) takes: signature, input example,
     and the limits of what it accepts when served (pyfunc_model.ServingLimits; default: base64 images only)."""
@@ -99,12 +111,11 @@ def _pyfunc_arguments(model_dir: Path, limits: pyfunc_model.ServingLimits | None
     inferred = infer_signature(example, ["an answer"], params={pyfunc_model.MAX_NEW_TOKENS_PARAM: max_new_tokens})
     inputs = Schema([ColSpec("string", "image"), ColSpec("string", "question"),
                      ColSpec("string", "history", required=False)])  # history only for follow-up turns
-    package = Path(pyfunc_model.__file__).resolve().parents[1]
     return dict(python_model=str(Path(pyfunc_model.__file__).resolve()),
                 artifacts={pyfunc_model.OWL_ARTIFACT: str(model_dir)},
                 signature=ModelSignature(inputs=inputs, outputs=inferred.outputs, params=inferred.params),
                 input_example=example, model_config=(limits or pyfunc_model.ServingLimits()).to_config(),
-                code_paths=[str(package)],  # the model carries the owl_pipeline code it runs
+                code_paths=[str(code)],  # the model carries the owl_pipeline code it runs
                 pip_requirements=served_requirements())
 
 
@@ -117,7 +128,8 @@ def served_requirements() -> list[str]:
 def save_pyfunc(model_dir: Path, out: Path, max_new_tokens: int = 64,
                 limits: pyfunc_model.ServingLimits | None = None) -> Path:
     """The Owl folder as an MLflow pyfunc in ``out`` (see _pyfunc_arguments)."""
-    mlflow.pyfunc.save_model(path=str(out), **_pyfunc_arguments(Path(model_dir), limits, max_new_tokens))
+    with _package_code() as code:
+        mlflow.pyfunc.save_model(path=str(out), **_pyfunc_arguments(Path(model_dir), limits, code, max_new_tokens))
     return out
 
 
@@ -148,8 +160,8 @@ def _fluent_api_on(tracking: MlflowTracking) -> Iterator[None]:
 def log_model_in_run(tracking: MlflowTracking, run_id: str, model_dir: Path,
                      limits: pyfunc_model.ServingLimits | None) -> tuple[str, str]:
     """The pyfunc logged into the (training) run ``run_id`` as an MLflow LoggedModel: (its models:/ URI, id)."""
-    with _fluent_api_on(tracking), mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(name="model", **_pyfunc_arguments(Path(model_dir), limits))
+    with _package_code() as code, _fluent_api_on(tracking), mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(name="model", **_pyfunc_arguments(Path(model_dir), limits, code))
     return info.model_uri, info.model_id
 
 
