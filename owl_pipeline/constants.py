@@ -55,3 +55,4 @@ OWLEVAL_ANSWERS, OWLEVAL_RATING_SHEET, OWLEVAL_JUDGE_CACHE = "answers.jsonl", "r
 METRIC_ACCURACY, METRIC_SIMILARITY, METRIC_JUDGE, METRIC_HUMAN = "accuracy", "similarity", "judge", "human"
 SCORE_METRICS = (METRIC_ACCURACY, METRIC_SIMILARITY, METRIC_JUDGE, METRIC_HUMAN)
 ACCURACY_BY_TYPE, ACCURACY_BY_ABILITY = "accuracy_by_type", "accuracy_by_ability"
+METRICS_DIR = "metrics"  # per-step metrics and loss histories, small and tracked by git (dvc metrics/plots)

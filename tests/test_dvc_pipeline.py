@@ -33,7 +33,9 @@ def test_each_stage_reads_writes_and_depends_on_what_the_table_says(tmp_path):
         expected = [str(step.writes(project))] if step.writes else []
         assert [str(tmp_path / o) for o in data_outs] == expected, step.name
         metrics = [next(iter(m)) if isinstance(m, dict) else m for m in stage.get("metrics", [])]
-        assert all(str(tmp_path / m) == str(project.record_path(step.name)) for m in metrics), step.name
+        assert [tmp_path / m for m in metrics] == ([project.metrics_path(step.name)] if step.metrics else []), step.name
+        plots = [next(iter(p)) for p in stage.get("plots", [])]
+        assert [tmp_path / p for p in plots] == ([project.history_path(step.name)] if step.trains else []), step.name
 
 
 def test_dvc_and_dagster_draw_the_same_graph():

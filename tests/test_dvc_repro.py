@@ -66,6 +66,32 @@ def test_second_repro_skips_and_a_param_change_reruns_downstream_only(repo):
     assert rerun == {"stage2_model", "owleval_report", "registered_model"}
 
 
+def git(repo: Path, *args: str) -> str:
+    identity = ["-c", "user.name=owl test", "-c", "user.email=owl@example.invalid"]  # CI may have none
+    return subprocess.run(["git", *identity, *args], cwd=repo, check=True, capture_output=True, text=True).stdout
+
+
+def test_experiments_compare_their_metrics_and_loss_curves_and_never_promote(repo):
+    """`dvc exp run -S` then `dvc exp show --only-changed` and `dvc plots diff`: each stage's small metrics file and
+    the training stages' loss history are what DVC compares; the experiment's registration is a candidate only."""
+    path, _ = repo
+    metrics = json.loads((path / "metrics/stage2_model.json").read_text())
+    assert set(metrics) == {"final_loss"} and set(json.loads((path / "metrics/curated_pairs.json").read_text())) == {
+        "rows_in", "rows_out"}
+    assert (path / "metrics/stage1_model_history.csv").read_text().startswith("step,loss,lr\n1,")
+    git(path, "add", "-A")
+    git(path, "commit", "-qm", "baseline")
+    dvc(path, "exp", "run", "-S", "stage2.lr=0.003", "-n", "lr3")
+    shown = dvc(path, "exp", "show", "--only-changed", "--md")
+    print(shown)  # the closing note's table
+    assert "lr3" in shown and "stage2.lr" in shown and "metrics/stage2_model.json:final_loss" in shown, shown
+    registered = json.loads((path / "metrics/registered_model.json").read_text())
+    assert registered["promoted"] is False  # DVC_EXP_NAME: a candidate, never the champion
+    dvc(path, "plots", "diff", "HEAD", "-o", "plots")
+    page = (path / "plots" / "index.html").read_text()
+    assert "stage2_model_history.csv" in page and "stage1_model_history.csv" in page
+
+
 @pytest.fixture(scope="module")
 def after_owl_run(tmp_path_factory):
     """A fresh git + DVC repository where `owl run` (not `dvc repro`) made every asset."""

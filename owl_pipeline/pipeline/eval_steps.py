@@ -50,7 +50,8 @@ class RegistrationResult(StepResult):
                params=("owleval_dir", "evaluation", "max_image_pixels"), writes=lambda p: p.owleval,
                description="OwlEval answers in the official format, scored beside the published models (HTML report)",
                group=GROUP_EVAL, kinds=("pytorch",), external=lambda p: [p.owleval_dir() / "questions.jsonl"],
-               metrics=(C.METRIC_ACCURACY, C.METRIC_SIMILARITY, C.METRIC_JUDGE, C.METRIC_HUMAN), code=EVALUATION_CODE,
+               metrics=(C.METRIC_ACCURACY, C.METRIC_SIMILARITY, C.METRIC_JUDGE, C.METRIC_HUMAN, C.ACCURACY_BY_TYPE),
+               code=EVALUATION_CODE,
                result=OwlEvalResult)
 def owleval_report(project: Project, log: Log = print, tracking=None) -> OwlEvalResult:
     """Answer the eval set with the stage-2 model; score it beside the published answers (eval.report)."""

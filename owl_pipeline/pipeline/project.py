@@ -43,8 +43,16 @@ class Project:
 
     # --- the paths other rooms read -------------------------------------------------------------------
     def record_path(self, step: str) -> Path:
-        """The step's last run: its metadata, outputs and inputs digest (also DVC's metrics file)."""
+        """The step's last run: its metadata, outputs and inputs digest."""
         return self.reports / f"{step}.json"
+
+    def metrics_path(self, step: str) -> Path:
+        """The step's metrics alone (DVC's ``metrics:``; tracked by git, so experiments can be compared)."""
+        return self.root / C.METRICS_DIR / f"{step}.json"
+
+    def history_path(self, step: str) -> Path:
+        """A training step's loss and learning rate per step (DVC's ``plots:``, x: step)."""
+        return self.root / C.METRICS_DIR / f"{step}_history.csv"
 
     def lock_path(self, step: str) -> Path:
         return self.assets / ".locks" / f"{step}.lock"

@@ -16,6 +16,7 @@ import lance
 from owl_pipeline import constants as C
 from owl_pipeline.data.ingest import find_shards
 from owl_pipeline.data.synthetic import MANIFEST_FILE
+from owl_pipeline.files import atomic_write_json
 from owl_pipeline.locks import StepLock
 from owl_pipeline.pipeline.dvc_sync import record_stage
 from owl_pipeline.pipeline.graph import Step, params_of, step
@@ -23,6 +24,7 @@ from owl_pipeline.pipeline.lineage import config_hash
 from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.ranks import is_main_process
 from owl_pipeline.pipeline.records import StepRecord, StepResult
+from owl_pipeline.pipeline.training_runs import write_history
 from owl_pipeline.train.loop import MODEL_DIR
 
 Log = Callable[[str], None]
@@ -65,6 +67,24 @@ def _reusable(definition: Step, project: Project, record: StepRecord | None, dig
     return result if result.worth_reusing() else None
 
 
+def write_metrics(definition: Step, project: Project, result: StepResult) -> Path | None:
+    """``metrics/<step>.json``: the step's declared metrics only (no timings, digests or paths), what
+    `dvc metrics diff` and `dvc exp show` compare."""
+    if not definition.metrics:
+        return None
+    figures = result.metadata()
+    return atomic_write_json(project.metrics_path(definition.name),
+                             {key: figures[key] for key in definition.metrics if key in figures})
+
+
+def _write_missing_small_files(definition: Step, project: Project, result: StepResult) -> None:
+    """The metrics and (training) history files DVC expects after the stage, where the step left none."""
+    if definition.metrics and not project.metrics_path(definition.name).is_file():
+        write_metrics(definition, project, result)
+    if definition.trains and not project.history_path(definition.name).is_file():
+        write_history(project.history_path(definition.name), [])
+
+
 def run_step(name: str, project: Project, tracking=None, log: Log = print, force: bool = False) -> StepResult:
     """Run step ``name``; or, unless ``force``, reuse its last result when its inputs and settings are the
     same as then and its outputs still exist (a second `owl run` with nothing changed redoes nothing)."""
@@ -82,8 +102,12 @@ def _run_or_reuse(definition: Step, project: Project, tracking, log: Log, force:
     reusable = None if force else _reusable(definition, project, record, digest)
     if reusable is not None:
         log(f"{name}: inputs and settings unchanged since the last run; reusing its result")
+        if is_main_process():
+            _write_missing_small_files(definition, project, reusable)  # a record older than metrics/ files
         return reusable
     tracking = tracking if definition.tracked else None
+    if definition.trains and is_main_process():
+        project.history_path(name).unlink(missing_ok=True)  # a run that trains nothing leaves an empty history
     if definition.trains and project.config.launcher == "ray":
         from owl_pipeline.pipeline.ray_train import train_on_ray
 
@@ -92,5 +116,7 @@ def _run_or_reuse(definition: Step, project: Project, tracking, log: Log, force:
         result = definition.run(project, log=log, tracking=tracking)
     if is_main_process():
         StepRecord(result.metadata(), result.outputs, digest).write(project.record_path(name))
+        write_metrics(definition, project, result)
+        _write_missing_small_files(definition, project, result)
         record_stage(project.root, name, log)  # dvc.lock agrees: `dvc repro` now skips this stage
     return result

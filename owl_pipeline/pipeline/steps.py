@@ -41,7 +41,7 @@ class Step:
     trains: bool = False  # a training step: an MLflow run, launched where the launcher says
     tracked: bool = False  # needs the MLflow tracking resource
     external: Callable[[Project], list[Path]] | None = None  # files outside assets/ it reads (their stats count)
-    metrics: tuple[str, ...] = ()  # metadata keys that are the step's results (DVC metrics: its record file)
+    metrics: tuple[str, ...] = ()  # result fields that are its metrics (metrics/<step>.json, DVC's metrics)
     pool: str | None = None  # a Dagster concurrency pool: runs of the step across Dagster runs, one at a time
     code: tuple[str, ...] = ()  # the library modules it runs, besides its own (paths under owl_pipeline/)
     result: type[StepResult] = StepResult  # what it returns: its own dataclass, declared beside it

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from owl_pipeline import constants as C
-from owl_pipeline.files import atomic_write_json, read_json_or_none
+from owl_pipeline.files import atomic_write_json, atomic_write_text, read_json_or_none
 from owl_pipeline.pipeline.lineage import config_hash, dataset_inputs, lineage_tags
 from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.ranks import is_main_process, wait_for_everyone
@@ -64,6 +64,14 @@ def _recent_mean(history: list[dict], key: str, digits: int) -> float | None:
     checkpoint of an older version may lack it."""
     values = [h[key] for h in history[-20:] if key in h]
     return round(sum(values) / len(values), digits) if values else None
+
+
+def write_history(path: Path, history: list[dict]) -> Path | None:
+    """``step,loss,lr`` of every logged step as CSV: DVC's ``plots:`` (x: step) for `dvc plots show/diff`."""
+    if not is_main_process():
+        return None
+    rows = [f"{h['step']},{h['loss']:.6g},{h['lr']:.6g}" for h in history if "loss" in h and "lr" in h]
+    return atomic_write_text(path, "\n".join(["step,loss,lr", *rows]) + "\n")
 
 
 def stage_figures(result: StageResult, run_url: str | None) -> dict[str, Any]:

@@ -30,7 +30,8 @@ from owl_pipeline.pipeline.lineage import folder_hash
 from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.ranks import is_main_process, wait_for_everyone
 from owl_pipeline.pipeline.steps import GROUP_TRAINING, TRAINING_CODE, TRAINING_POOL, pipeline_step
-from owl_pipeline.pipeline.training_runs import TrainingResult, in_mlflow_run, start_fresh_if_changed, stage_figures
+from owl_pipeline.pipeline.training_runs import (TrainingResult, in_mlflow_run, stage_figures, start_fresh_if_changed,
+                                                 write_history)
 from owl_pipeline.train.loop import MODEL_DIR, Tracker, train_stage
 
 Log = Callable[[str], None]
@@ -177,6 +178,7 @@ def _train_base_llm(project: Project, log: Log, tracker: Tracker | None, run_url
                                                "model": config.to_dict()}, log)
     result = train_stage(model, processor, C.STAGE_BASE_LLM, dataset, settings.train, project.base_llm,
                          tracker=tracker, log=log)
+    write_history(project.history_path(C.ASSET_BASE_LLM), result.history)
     return TrainingResult(name=C.ASSET_BASE_LLM, outputs={"model": str(result.model_dir)},
                           **stage_figures(result, run_url), vocab_size=len(tokenizer), text_rows=rows,
                           trained_here=True, **vision_metadata)
@@ -224,6 +226,7 @@ def _train_from(run: StageRun, project: Project, log: Log, tracker: Tracker | No
                                          "model": project.config.model.to_dict()}, log)
     result = train_stage(model, processor, run.stage, train, config, run.output, eval_data=evaluation,
                          tracker=tracker, log=log)
+    write_history(project.history_path(run.name), result.history)
     return TrainingResult(name=run.name, outputs={"model": str(result.model_dir)}, **stage_figures(result, run_url))
 
 
