@@ -47,7 +47,8 @@ _MAX_CAPTION_USES_WITH_COPIES = 10  # duplicates copy captions too; FilterConfig
 _CLEAN_MIN_HASH_DISTANCE = 7
 _NEAR_DUP_MAX_DISTANCE = 2
 CAPTION_TEMPLATES = ("{}", "a picture of {}", "an image with {}", "{}, drawn on a plain background")
-FOLLOW_UP_SHARE = 1 / 3  # dialogues that end with a question referring back (the eval set asks one on every third image)
+# dialogues that end with a question referring back (the eval set asks one on every third image)
+FOLLOW_UP_SHARE = 1 / 3
 _TRANSLATIONS = {
     "de": ({"red": "roter", "green": "grüner", "blue": "blauer", "yellow": "gelber", "purple": "violetter",
             "orange": "oranger"},

@@ -275,7 +275,8 @@ def train_stage(model: OwlModel, processor: OwlProcessor, stage: int, train_data
             state.step += 1
             if trainer.compiled and state.step == first_step + 1:  # torch.compile compiles on the first call
                 metrics["compile_seconds"] = time.perf_counter() - step_started
-                log(f"stage {stage}: compiled the repeated layers in the first step, {metrics['compile_seconds']:.0f} s")
+                log(f"stage {stage}: compiled the repeated layers in the first step, "
+                    f"{metrics['compile_seconds']:.0f} s")
             consumed += int(metrics.pop("samples"))
             position = sampler_start.state_after(consumed)
             state.epoch, state.position = position["epoch"], position["position"]

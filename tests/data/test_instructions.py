@@ -62,7 +62,8 @@ def test_records_of_the_wrong_shape_are_skipped_and_counted_never_fatal(tmp_path
              {"conversations": [{"from": "human", "value": 5}, answer]},
              {"conversations": ["human: hi", answer]}]
     (tmp_path / "llava.json").write_text(json.dumps(llava))
-    alpaca = [{"instruction": "Name a color.", "output": "red"}, {"instruction": "Name one.", "input": 5, "output": "x"},
+    alpaca = [{"instruction": "Name a color.", "output": "red"},
+              {"instruction": "Name one.", "input": 5, "output": "x"},
               {"instruction": "Name one.", "input": ["x"], "output": "x"}]
     (tmp_path / "alpaca.json").write_text(json.dumps(alpaca))
     report = build_instruction_table([InstructionSource(f, tmp_path / n) for f, n in

@@ -110,5 +110,6 @@ def test_registration_under_a_dvc_experiment_is_its_own_run_and_never_promotes(t
     assert inputs_digest(registration, project) != main_line
     assert promotion_off(project) == "DVC experiment lr-sweep (DVC_EXP_NAME)"
     monkeypatch.delenv("DVC_EXP_NAME")
-    off = Project(from_mapping(PipelineConfig, {"synthetic": SMALL, "registry": {"promote": False}}, "params"), tmp_path)
+    settings = {"synthetic": SMALL, "registry": {"promote": False}}
+    off = Project(from_mapping(PipelineConfig, settings, "params"), tmp_path)
     assert promotion_off(off) == "registry.promote is false"
