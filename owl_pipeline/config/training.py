@@ -40,6 +40,13 @@ class StageConfig:
     # A frozen vision tower fed the same pixels for a picture each time (no random crop or flip) runs once per
     # picture; its outputs are remembered up to this many MiB (0: off). 257 x 128 floats are 129 KiB a picture.
     vision_memo_mib: int = 1024
+    # The LM head and the fp32 loss in pieces of this many labelled positions, recomputed in backward, when a batch
+    # has more (long stage-2 answers): the full (batch, positions, vocab) fp32 logits never exist. null: one piece.
+    loss_chunk_positions: int | None = 256
+    # Compiled runs: padded lengths rounded up to a multiple of this (null: to the longest sample). Dynamo's
+    # automatic dynamic shapes already bound the graphs a varying length compiles (tests/train/test_fast_paths.py);
+    # aligned lengths are for kernels that want them.
+    pad_to_multiple_of: int | None = None
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -65,6 +72,10 @@ class StageConfig:
                 f"text_only_fraction must be in [0, 1], got {self.text_only_fraction}")
         require(self.keep_last >= 1, f"keep_last must be at least 1, got {self.keep_last}")
         require(self.vision_memo_mib >= 0, f"vision_memo_mib must be >= 0, got {self.vision_memo_mib}")
+        require(self.pad_to_multiple_of is None or self.pad_to_multiple_of > 0,
+                f"pad_to_multiple_of must be > 0 or null, got {self.pad_to_multiple_of}")
+        require(self.loss_chunk_positions is None or self.loss_chunk_positions > 0,
+                f"loss_chunk_positions must be > 0 or null, got {self.loss_chunk_positions}")
         require(not (self.group_by_length and self.text_only_fraction is not None),
                 "group_by_length and text_only_fraction cannot be combined (pick one sampler)")
 

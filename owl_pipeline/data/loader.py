@@ -8,6 +8,7 @@ sees exactly the batches an uninterrupted one would have.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing.util
 import os
 import sys
@@ -202,13 +203,14 @@ def _exit_worker_without_static_destructors(_worker_id: int) -> None:
 
 
 def make_loader(dataset: _LanceDataset, batch_size: int, sampler: ResumableSampler, num_workers: int = 0,
-                prefetch_factor: int = 4) -> DataLoader:
+                prefetch_factor: int = 4, pad_to_multiple_of: int | None = None) -> DataLoader:
     workers = {"num_workers": num_workers}
     if num_workers > 0:
         workers.update(multiprocessing_context="spawn", persistent_workers=True, prefetch_factor=prefetch_factor,
                        worker_init_fn=_exit_worker_without_static_destructors)
     # Its own generator: creating an iterator would otherwise draw from the global RNG and shift dropout
     # masks after a resume.
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=dataset.processor.collate,
+    collate = functools.partial(dataset.processor.collate, pad_to_multiple_of=pad_to_multiple_of)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
                       pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(sampler.seed),
                       **workers)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from owl_pipeline.config import OwlConfig
 from owl_pipeline.constants import IGNORE_INDEX
@@ -20,7 +21,9 @@ from owl_pipeline.model.vision import VisionEncoder
 
 @dataclass
 class OwlOutput:
-    logits: torch.Tensor  # (B, L, vocab); with labels only at ``positions_with_targets(labels)``: (B, K, vocab)
+    # (B, L, vocab); with labels only at ``positions_with_targets(labels)``: (B, K, vocab); None when the loss
+    # was computed in chunks (OwlModel.loss_chunk_positions), which never holds all of them
+    logits: torch.Tensor | None
     loss: torch.Tensor | None = None
     num_target_tokens: int = 0
 
@@ -38,14 +41,35 @@ def padded_on_the_right_only(attention_mask: torch.Tensor) -> bool:
     return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
 
 
+def summed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``logits`` (B, K, V), in fp32, against ``targets`` (B, K), summed over labelled targets."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+
+
 def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy of ``logits`` (B, K, V) against ``targets`` (B, K), the labels one position later.
 
     Divides by max(count, 1): a batch whose every label is masked (truncation can remove all answers)
     gives a loss of 0 with a valid graph instead of the NaN of a mean over nothing.
     """
-    total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                            ignore_index=IGNORE_INDEX, reduction="sum")
+    count = int((targets != IGNORE_INDEX).sum())
+    return summed_cross_entropy(logits, targets) / max(count, 1), count
+
+
+def _head_and_summed_loss(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module) -> torch.Tensor:
+    return summed_cross_entropy(head(hidden), targets)
+
+
+def chunked_causal_lm_loss(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor,
+                           chunk: int) -> tuple[torch.Tensor, int]:
+    """``causal_lm_loss(head(hidden), targets)`` with the LM head and its fp32 logits made ``chunk`` positions at a
+    time and recomputed in backward (activation checkpointing), so logits never exist for the whole batch: at a
+    32k vocabulary, 16 x 2048 positions of fp32 logits are 4.2 GB, a chunk of 256 positions 0.5 GB."""
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[1], chunk):
+        total = total + checkpoint(_head_and_summed_loss, hidden[:, start:start + chunk],
+                                   targets[:, start:start + chunk], head, use_reentrant=False)
     count = int((targets != IGNORE_INDEX).sum())
     return total / max(count, 1), count
 
@@ -63,6 +87,9 @@ class OwlModel(nn.Module):
         # side (at zero weight), so every rank's backward reaches the same parameters and DDP's all-reduce of
         # the abstractor's gradients neither waits forever nor finds unused parameters.
         self.image_side_every_step = False
+        # Labelled positions per piece of the LM head and loss in training (chunked_causal_lm_loss); a batch with
+        # at most this many is computed in one piece, as is every batch with None.
+        self.loss_chunk_positions: int | None = None
 
     @property
     def num_image_tokens(self) -> int:
@@ -114,10 +141,23 @@ class OwlModel(nn.Module):
             # the loss reads; without it SDPA takes its fused causal (flash) kernel instead of a masked one.
             attention_mask = None
         embeds = self.embed_inputs(input_ids, pixel_values)
+        if self._loss_in_chunks(len(positions)):
+            hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask,
+                                            use_cache=False).last_hidden_state[:, positions]  # (B, K, D)
+            loss, count = chunked_causal_lm_loss(hidden, self.llm.get_output_embeddings(), labels[:, positions + 1],
+                                                 self.loss_chunk_positions)
+            return OwlOutput(logits=None, loss=loss, num_target_tokens=count)
         logits = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False,
                           logits_to_keep=positions).logits  # (B, K, V)
         loss, count = causal_lm_loss(logits, labels[:, positions + 1])
         return OwlOutput(logits=logits, loss=loss, num_target_tokens=count)
+
+    def _loss_in_chunks(self, positions: int) -> bool:
+        """Chunk the head and loss only for a plain causal LM head: one that post-processes its logits (Gemma's
+        soft-capping) goes through the model's own forward."""
+        chunk = self.loss_chunk_positions
+        capped = getattr(self.llm.config, "final_logit_softcapping", None)
+        return chunk is not None and positions > chunk and not capped
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

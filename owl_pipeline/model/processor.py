@@ -265,11 +265,15 @@ class OwlProcessor:
         return window[:offsets[min(max_tokens, len(offsets)) - 1][1]] if offsets else "", True
 
     # --- batching and decoding ------------------------------------------------------------------------
-    def collate(self, samples: list[EncodedSample], padding_side: str = "right") -> dict[str, torch.Tensor]:
-        """Pad to the longest sample. Right padding for training, left padding for batched generation."""
+    def collate(self, samples: list[EncodedSample], padding_side: str = "right",
+                pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
+        """Pad to the longest sample, rounded up to a multiple of ``pad_to_multiple_of`` if given. Right padding
+        for training, left padding for batched generation."""
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         length = max(len(s.input_ids) for s in samples)
+        if pad_to_multiple_of:
+            length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
         pad_id = self.tokenizer.pad_token_id
 
         def pad(values: list[int], fill: int) -> list[int]:

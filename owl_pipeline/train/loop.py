@@ -125,6 +125,7 @@ class _Trainer:
         self.step_flops = OwlStepFlops(model)
         self.peak_tflops = peak_tflops(self.accelerator.device)
         model.image_side_every_step = self.accelerator.num_processes > 1  # every rank runs the same graph
+        model.loss_chunk_positions = config.loss_chunk_positions
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.params = [p for p in model.parameters() if p.requires_grad]
 
@@ -161,7 +162,8 @@ class _Trainer:
             sampler = ResumableSampler(len(dataset), shuffle=shuffle, **common)
         workers = resolve_num_workers(self.config.num_workers, torch.cuda.is_available(),
                                       self.accelerator.num_processes, os.cpu_count())
-        loader = make_loader(dataset, self.config.batch_size, sampler, workers)
+        loader = make_loader(dataset, self.config.batch_size, sampler, workers,
+                             pad_to_multiple_of=self.config.pad_to_multiple_of if self.compiled else None)
         for batch in loader:
             yield {k: v.to(self.accelerator.device, non_blocking=True) for k, v in batch.items()}
 

@@ -53,6 +53,35 @@ def test_the_loss_on_labelled_positions_equals_the_loss_over_all_logits(model, p
     torch.testing.assert_close(out.logits[targets], full[:, positions][targets])
 
 
+def test_the_loss_in_chunks_equals_the_loss_in_one_piece_with_the_same_gradients(model, processor, red_image,
+                                                                                 noise_image):
+    """Above loss_chunk_positions labelled positions the LM head and fp32 loss run a chunk at a time (recomputed in
+    backward) and no full logits are returned; the loss and every trained parameter's gradient are those of the one-
+    piece path, stage 1 (vision, abstractor) and stage 2 (LoRA) alike."""
+    batch = mixed_batch(processor, red_image, noise_image)
+    positions = len(positions_with_targets(batch["labels"]))
+    for stage in (1, 2):
+        set_trainable(model, stage)
+        model.eval()  # no dropout (stage 2 adds LoRA's): both paths see the same function
+        results = []
+        for chunk in (None, 2):
+            model.zero_grad(set_to_none=True)
+            model.loss_chunk_positions = chunk
+            out = model(**batch)
+            out.loss.backward()
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+            results.append((out, grads))
+        (whole, whole_grads), (chunked, chunked_grads) = results
+        assert positions > 2 and whole.logits is not None and chunked.logits is None
+        assert chunked.num_target_tokens == whole.num_target_tokens
+        torch.testing.assert_close(chunked.loss, whole.loss, rtol=1e-6, atol=1e-6)
+        assert whole_grads.keys() == chunked_grads.keys() and len(whole_grads) > 0
+        for name, grad in whole_grads.items():
+            torch.testing.assert_close(chunked_grads[name], grad, rtol=1e-4, atol=1e-6,
+                                       msg=lambda text, name=name: f"{name}: {text}")
+    model.loss_chunk_positions = None
+
+
 def test_stage_two_builds_no_graph_through_the_frozen_image_side(model, processor, red_image, noise_image):
     batch = mixed_batch(processor, red_image, noise_image)
     set_trainable(model, 2)

@@ -100,6 +100,10 @@ def test_collate_pads_right_for_training_and_left_for_generation(processor, red_
     left = processor.collate([long, short], padding_side="left")
     assert left["input_ids"][1, -n:].tolist() == short.input_ids
     assert left["attention_mask"][1, :-n].sum() == 0
+    rounded = processor.collate([long, short], pad_to_multiple_of=64)
+    assert rounded["input_ids"].shape[1] == -(-len(long.input_ids) // 64) * 64 > len(long.input_ids)
+    assert rounded["input_ids"][0, :len(long.input_ids)].tolist() == long.input_ids
+    assert (rounded["labels"][:, len(long.input_ids):] == IGNORE_INDEX).all()
 
 
 def test_eval_transform_resizes_and_normalizes():

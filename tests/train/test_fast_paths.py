@@ -195,3 +195,39 @@ def test_compile_auto_is_on_for_cuda_and_off_on_cpu_and_true_or_false_force_it()
     assert resolve_compile(True, "cpu") and not resolve_compile(False, "cuda")
     with pytest.raises(ConfigError, match="compile must be auto, true or false"):
         StageConfig(compile="sometimes")
+
+
+def test_stage_two_lengths_that_vary_compile_a_bounded_number_of_graphs(model, processor):
+    """Every batch of stage 2 has its own padded length. Dynamo's automatic dynamic shapes recompile once to a graph
+    generic in the length, so five more lengths compile nothing more; rounding lengths up to a multiple
+    (``pad_to_multiple_of``, an option for kernels that want aligned lengths) keeps the same bound."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from owl_pipeline.model.processor import AI, HUMAN, Turn
+
+    set_trainable(model, 2)
+    compile_repeated_layers(model, backend="eager")  # Dynamo's graph capture and guards, no code generation
+
+    def graphs_after(words_per_batch, pad_to_multiple_of=None) -> tuple[int, set[int]]:
+        lengths = set()
+        for words in words_per_batch:
+            samples = [processor.encode([Turn(HUMAN, "hi " * words), Turn(AI, "red circle " * (words // 3 + 1))], [])
+                       for _ in range(2)]
+            batch = processor.collate(samples, pad_to_multiple_of=pad_to_multiple_of)
+            lengths.add(batch["input_ids"].shape[1])
+            model(**batch).loss.backward()
+        return counters["stats"]["unique_graphs"], lengths
+
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        first, lengths = graphs_after((3, 9, 17))
+        more, more_lengths = graphs_after((25, 40, 55, 70, 90))
+        assert len(lengths | more_lengths) == 8 and 0 < first == more
+        torch._dynamo.reset()
+        counters.clear()
+        bucketed, bucket_lengths = graphs_after((3, 9, 17, 25, 40, 55, 70, 90), pad_to_multiple_of=64)
+        assert all(length % 64 == 0 for length in bucket_lengths) and bucketed <= more
+    finally:
+        torch._dynamo.reset()
