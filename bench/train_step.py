@@ -1,13 +1,16 @@
 """Training-step throughput of our model against the HF transformers LLaVA peer, both stages, one run.
 
     python bench/train_step.py                 # owl-1b size (CLIP ViT-L/14@224 + TinyLlama shape), on the GPU
-    python bench/train_step.py --variants base compile ckpt fp32-frozen   # ours several ways, one peer row
+    python bench/train_step.py --variants default eager ckpt whole-loss   # ours several ways, one peer row
+    python bench/train_step.py --sweep-memory-gib 70   # and the largest micro-batch whose peak fits 70 GiB
     python bench/train_step.py --tiny          # the tiny preset on CPU, seconds (exercised by a test)
 
-Ours runs as the training loop runs it (train/speed.py: frozen Linears in bf16, fused AdamW from
-train/optim.py, logits only where a label follows); a variant adds "+"-joined options: compile (regional
-torch.compile), ckpt (activation checkpointing), fp32-frozen (frozen weights left fp32, as autocast alone).
-The peer runs as a user would run it: bf16 autocast, SDPA, fused AdamW.
+``default`` is what the training loop does with the committed settings and no flags (StageConfig's defaults,
+resolved on this device as train/loop.py resolves them: compile "auto" = on for CUDA, the LM head and loss in
+chunks of loss_chunk_positions, frozen Linears in bf16 on a GPU, fused AdamW, logits only where a label
+follows). A variant changes it by "+"-joined options: eager (compile off), compile (compile on, also on a CPU),
+ckpt (activation checkpointing), fp32-frozen (frozen weights left fp32, as autocast alone), whole-loss (the LM
+head and loss in one piece). The peer runs as a user would run it: bf16 autocast, SDPA, fused AdamW.
 
 Regimes (ARCHITECTURE.md section 8): stage 1 = LLM frozen, batch 64, 64 text tokens; stage 2 = LoRA r8 on q/v,
 batch 16, 512 text tokens. Both models are randomly initialized at the same vision and LLM sizes; ours feeds
@@ -38,9 +41,10 @@ from owl_pipeline.model.owl import OwlModel  # noqa: E402
 from owl_pipeline.model.vision import clip_config_from  # noqa: E402
 from owl_pipeline.train.flops import flops_per_token, step_flops  # noqa: E402
 from owl_pipeline.train.optim import build_optimizer  # noqa: E402
-from owl_pipeline.train.speed import apply_speed_options  # noqa: E402
+from owl_pipeline.train.speed import apply_speed_options, resolve_compile  # noqa: E402
 
-VARIANT_OPTIONS = ("compile", "ckpt", "fp32-frozen")
+VARIANT_OPTIONS = ("eager", "compile", "ckpt", "fp32-frozen", "whole-loss")
+DEFAULT_NAMES = ("default", "base")  # "base": its name before compile defaulted to auto
 
 
 @dataclass
@@ -102,7 +106,7 @@ def flops_per_sample(name: str, model, config: OwlConfig, regime: Regime, image_
 
 
 def variant_options(variant: str) -> set[str]:
-    options = set() if variant == "base" else set(variant.split("+"))
+    options = set() if variant in DEFAULT_NAMES else set(variant.split("+"))
     if options - set(VARIANT_OPTIONS):
         raise SystemExit(f"unknown variant option(s) {sorted(options - set(VARIANT_OPTIONS))} in {variant!r}; "
                          f"join any of {VARIANT_OPTIONS} with '+', or say 'base'")
@@ -110,10 +114,15 @@ def variant_options(variant: str) -> set[str]:
 
 
 def prepare_ours(model: OwlModel, options: set[str], device) -> torch.optim.Optimizer:
-    """The training loop's preparation (train/loop.py), on an already staged model."""
+    """The training loop's preparation (train/loop.py) with the committed defaults, changed by ``options``."""
+    defaults = StageConfig(lr=1e-5, weight_decay=0.0, vision_lr_scale=1.0)
     precision = "bf16" if device.type == "cuda" and "fp32-frozen" not in options else "no"
-    apply_speed_options(model, precision, compile="compile" in options, activation_checkpointing="ckpt" in options)
-    return build_optimizer(model, StageConfig(lr=1e-5, weight_decay=0.0, vision_lr_scale=1.0))
+    compiled = resolve_compile(defaults.compile, device.type)
+    compiled = (compiled or "compile" in options) and "eager" not in options
+    apply_speed_options(model, precision, compile=compiled,
+                        activation_checkpointing=defaults.activation_checkpointing or "ckpt" in options)
+    model.loss_chunk_positions = None if "whole-loss" in options else defaults.loss_chunk_positions
+    return build_optimizer(model, defaults)
 
 
 def prepare_peer(model) -> torch.optim.Optimizer:
@@ -139,8 +148,16 @@ def time_steps(model, optimizer, batch: dict, steps: int, warmup: int, device) -
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / steps
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return seconds, peak
+    return seconds, peak_gib(device)
+
+
+def peak_gib(device) -> float:
+    """The step's peak memory: the CUDA allocator's since its reset; on a CPU, the process's peak RSS so far."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def main() -> None:
@@ -149,8 +166,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the card (H100/H200)")
-    parser.add_argument("--variants", nargs="+", default=["base"],
-                        help=f"ours these ways: base, or options joined by '+' from {VARIANT_OPTIONS}")
+    parser.add_argument("--variants", nargs="+", default=["default"],
+                        help=f"ours these ways: default, or options joined by '+' from {VARIANT_OPTIONS}")
+    parser.add_argument("--sweep-memory-gib", type=float, default=None,
+                        help="then double the default path's micro-batch until its peak memory passes this (or OOM)")
+    parser.add_argument("--sweep-max-batch", type=int, default=None, help="the largest micro-batch the sweep tries")
+    parser.add_argument("--sweep-variant", default="default",
+                        help="the path the sweep measures (eager: no minute of compiling per batch size; compiled "
+                             "kernels take no more memory than eager ones, so its answer is on the safe side)")
     args = parser.parse_args()
     variants = {variant: variant_options(variant) for variant in args.variants}
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
@@ -158,15 +181,40 @@ def main() -> None:
     regimes = [Regime(1, 4, 16), Regime(2, 2, 32)] if args.tiny else [Regime(1, 64, 64), Regime(2, 16, 512)]
     name_of_device = torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
     print(f"{config.name} on {name_of_device}; {args.steps} timed steps after {args.warmup} warm-up steps")
-    print(f"{'stage':>5} {'model':<20}{'batch':>6}{'samples/s':>11}{'LLM tok/s':>11}{'TFLOP/s':>9}{'MFU':>7}"
+    print(f"{'stage':>5} {'model':<24}{'batch':>6}{'samples/s':>11}{'LLM tok/s':>11}{'TFLOP/s':>9}{'MFU':>7}"
           f"{'peak GiB':>9}{'ours/peer':>10}")
     for regime in regimes:
         peer_rate, peer_row = time_model("llava", None, config, regime, device, args)
         print(peer_row, flush=True)
         for variant, options in variants.items():
-            rate, row = time_model("ours" if variant == "base" else f"ours+{variant}", options, config, regime,
-                                   device, args)
+            rate, row = time_model("ours" if variant in DEFAULT_NAMES else f"ours+{variant}", options, config,
+                                   regime, device, args)
             print(f"{row}{rate / peer_rate:>10.2f}", flush=True)
+    if args.sweep_memory_gib is not None:
+        largest = {regime.stage: sweep(regime, config, device, args) for regime in regimes}
+        print(f"largest micro-batch within {args.sweep_memory_gib:g} GiB, {args.sweep_variant} path: "
+              + ", ".join(f"stage {stage} {batch}" for stage, batch in largest.items()))
+
+
+def sweep(regime: Regime, config: OwlConfig, device, args) -> int | None:
+    """Double the micro-batch from the regime's until the peak memory of ``--sweep-variant`` passes the budget (or
+    the card runs out); one row each. The largest batch that fitted, or None."""
+    limit = args.sweep_max_batch or (64 if args.tiny else 4096)
+    largest, batch = None, regime.batch
+    while batch <= limit:
+        try:
+            rate, row = time_model("ours sweep", variant_options(args.sweep_variant), config,
+                                   Regime(regime.stage, batch, regime.text_tokens), device, args)
+        except torch.cuda.OutOfMemoryError:
+            print(f"{regime.stage:>5} {'ours sweep':<24}{batch:>6}  out of memory", flush=True)
+            torch.cuda.empty_cache()
+            break
+        fits = float(row.split()[-1]) <= args.sweep_memory_gib
+        print(f"{row}{'fits' if fits else 'over':>10}", flush=True)
+        if not fits:
+            break
+        largest, batch = batch, batch * 2
+    return largest
 
 
 def time_model(label: str, options: set[str] | None, config: OwlConfig, regime: Regime, device,
@@ -191,7 +239,7 @@ def time_model(label: str, options: set[str] | None, config: OwlConfig, regime: 
     del model, optimizer, batch
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return rate, (f"{regime.stage:>5} {label:<20}{regime.batch:>6}{rate:>11.1f}{llm_tokens:>11.0f}"
+    return rate, (f"{regime.stage:>5} {label:<24}{regime.batch:>6}{rate:>11.1f}{llm_tokens:>11.0f}"
                   f"{tflops:>9.3g}{tflops / args.peak_tflops:>7.3f}{peak:>9.1f}")
 
 

@@ -22,6 +22,17 @@ def test_tiny_mode_prints_the_peer_and_each_variant_of_ours_for_both_stages():
     assert all(float(row[-1]) > 0 for row in rows if row[1] != "llava")  # ours/peer ratio on our rows
 
 
+def test_the_sweep_finds_the_largest_micro_batch_within_the_memory_budget():
+    done = subprocess.run([sys.executable, str(BENCH), "--tiny", "--steps", "1", "--warmup", "1", "--variants",
+                           "default", "--sweep-memory-gib", "1000", "--sweep-max-batch", "8"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sweep = [line.split() for line in done.stdout.splitlines() if "ours sweep" in line]
+    assert [(row[0], row[3]) for row in sweep] == [("1", "4"), ("1", "8"), ("2", "2"), ("2", "4"), ("2", "8")]
+    assert all(row[-1] == "fits" and float(row[-2]) > 0 for row in sweep)  # peak memory measured
+    assert "within 1000 GiB, default path: stage 1 8, stage 2 8" in done.stdout
+
+
 def test_an_unknown_variant_option_is_a_clear_error():
     done = subprocess.run([sys.executable, str(BENCH), "--tiny", "--variants", "compile+fast"],
                           capture_output=True, text=True, timeout=300)
