@@ -80,6 +80,9 @@ class FilterConfig:
     dedup_image_text: bool = True
     near_dup_max_distance: int | None = 4  # perceptual-hash Hamming distance; None turns near-dedup off
     clip_model: str | None = None  # local path or hub id, scores similarity where the column is missing
+    # Not a rule: kept pictures stored with their shorter side scaled down to this (quality-95 JPEG), which a
+    # training loader decodes several times faster (bench/loader.py); the rules see the original bytes. null: as is.
+    store_short_side: int | None = None
 
     @classmethod
     def for_shapes_world(cls) -> FilterConfig:
@@ -99,6 +102,8 @@ class FilterConfig:
                   "min_image_bytes": self.min_image_bytes, "max_caption_repeats": self.max_caption_repeats}
         bad = {k: v for k, v in counts.items() if v is not None and v < 0}
         require(not bad, f"counts must be >= 0: {bad}")
+        require(self.store_short_side is None or self.store_short_side >= 32,
+                f"filters.store_short_side must be at least 32 px or null, got {self.store_short_side}")
         require(self.max_aspect is None or self.max_aspect >= 1,
                 f"filters.max_aspect must be >= 1, got {self.max_aspect}")
 

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from owl_pipeline.config import FilterConfig
 from owl_pipeline.data.image_hash import near_duplicates, perceptual_hash
+from owl_pipeline.data.images import resized_jpeg
 from owl_pipeline.data.ingest import PAIR_SCHEMA
 from owl_pipeline.data.lance_io import write_lance
 
@@ -263,6 +264,14 @@ class FilterReport:
                 "computed": self.computed}
 
 
+def stored_images(images: pa.Array | pa.ChunkedArray, config: FilterConfig) -> pa.Array | pa.ChunkedArray:
+    """The kept rows' pictures as the curated table stores them: as downloaded, or scaled down to
+    ``config.store_short_side`` (both engines write through this)."""
+    if config.store_short_side is None:
+        return images
+    return pa.array([resized_jpeg(data, config.store_short_side) for data in images.to_pylist()], pa.binary())
+
+
 def require_clip_model(missing_similarity: int, config: FilterConfig) -> None:
     """Rows without a similarity score need ``filters.clip_model`` to score them (the similarity rule is on)."""
     if missing_similarity and config.clip_model is None:
@@ -317,7 +326,7 @@ def filter_pairs(source: str | Path, output: str | Path, config: FilterConfig, l
         for begin in range(0, len(kept), 2048):
             rows = kept[begin:begin + 2048]
             chunk = table.take(rows)
-            images = dataset.take(rows.tolist(), columns=["image"]).column("image")
+            images = stored_images(dataset.take(rows.tolist(), columns=["image"]).column("image"), config)
             columns = {name: images if name == "image" else chunk[name] for name in PAIR_SCHEMA.names}
             yield from pa.table(columns).cast(PAIR_SCHEMA).to_batches()
 

@@ -98,3 +98,27 @@ def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
         if isinstance(error, ImageRejected):
             raise
         raise ImageRejected("corrupt_image", str(error)) from None
+
+
+STORED_JPEG_QUALITY = 95
+
+
+def resized_jpeg(data: bytes, short_side: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """The picture with its shorter side scaled down to ``short_side`` (never up), as a quality-95 JPEG: what a
+    training loader decodes several times faster than the original. Bytes that do not decode, and pictures
+    already that small, are returned as they are (the loader skips and counts what does not decode)."""
+    try:
+        with _open(data) as image:
+            width, height = oriented_size(_checked(image, max_pixels))
+            if min(width, height) <= short_side:
+                return data
+            scale = short_side / min(width, height)
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            stored = size if image.size == (width, height) else (size[1], size[0])  # before the EXIF rotation
+            image.draft("RGB", stored)  # a JPEG decodes at 1/2, 1/4 or 1/8 scale when that suffices
+            picture = to_rgb(ImageOps.exif_transpose(image))
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError):
+        return data
+    buffer = io.BytesIO()
+    picture.resize(size, Image.BICUBIC).save(buffer, format="JPEG", quality=STORED_JPEG_QUALITY)
+    return buffer.getvalue()

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from owl_pipeline.config import FilterConfig, RayConfig
 from owl_pipeline.data.filters import (RULES, FilterReport, RuleCounts, SetRule, combine, complete_languages,
                                        group_key_columns, image_digests, require_clip_model, row_masks, score_panels,
-                                       set_rules)
+                                       set_rules, stored_images)
 from owl_pipeline.data.image_hash import band_values, first_kept, near_duplicate_rows, pairs_within
 from owl_pipeline.data.ingest import PAIR_SCHEMA
 from owl_pipeline.data.lance_io import EmptyDatasetError
@@ -219,9 +219,11 @@ def _keep_batch(batch: pa.Table) -> pa.Table:
     return batch.append_column("keep", pa.array(_kept_by_every_rule(batch)))
 
 
-def _with_images(batch: pa.Table, source: str, version: int) -> pa.Table:
-    """The kept rows in PAIR_SCHEMA: metadata as filtered (languages, similarity filled), images from the source."""
+def _with_images(batch: pa.Table, source: str, version: int, config: FilterConfig) -> pa.Table:
+    """The kept rows in PAIR_SCHEMA: metadata as filtered (languages, similarity filled), images from the source
+    (stored as the local path stores them)."""
     images = lance.dataset(source, version=version).take(batch["row"].to_pylist(), columns=["image"])["image"]
+    images = stored_images(images, config)
     columns = {name: images if name == "image" else batch[name] for name in PAIR_SCHEMA.names}
     return pa.table(columns).cast(PAIR_SCHEMA)
 
@@ -290,12 +292,12 @@ def _histogram_sample(ray, masks, rows: int) -> pa.Table:
     return pa.concat_tables(ray.get(sample.select_columns(columns).to_arrow_refs()))
 
 
-def _write_kept(kept, dataset: lance.LanceDataset, output: Path) -> int:
+def _write_kept(kept, dataset: lance.LanceDataset, output: Path, config: FilterConfig) -> int:
     """Write the kept rows (sorted into source order) as the new version of ``output``; its version."""
     import lance_ray  # Ray's own Lance sink lags pylance's fragment API; lance-ray is Lance's
 
     rows = kept.sort("row").map_batches(_with_images, batch_format="pyarrow",
-                                        fn_kwargs=dict(source=dataset.uri, version=dataset.version))
+                                        fn_kwargs=dict(source=dataset.uri, version=dataset.version, config=config))
     lance_ray.write_lance(rows, str(output), schema=PAIR_SCHEMA,
                           mode="overwrite" if (output / "_versions").exists() else "create")
     return lance.dataset(str(output)).version
@@ -317,7 +319,7 @@ def filter_pairs_ray(source: str | Path, output: str | Path, config: FilterConfi
         log(f"filter (ray): keeping {counts.rows_out}/{counts.rows_in}; removed {counts.removed}")
         if counts.rows_out == 0:
             raise EmptyDatasetError(f"no rows to write to {output}: every input was removed (see the report)")
-        version = _write_kept(masks.filter(expr=col("keep")), dataset, Path(output))
+        version = _write_kept(masks.filter(expr=col("keep")), dataset, Path(output), config)
         if histogram_path is not None:
             from owl_pipeline.data.report_plots import plot_filter_histograms
 

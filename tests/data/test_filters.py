@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import lance
@@ -33,6 +34,40 @@ def test_the_filter_removes_every_injected_fault_and_keeps_every_clean_row(corpu
     assert (tmp_path / "hist.png").read_bytes()[:4] == b"\x89PNG"
     languages = lance.dataset(str(tmp_path / "curated.lance")).to_table(columns=["language"])["language"]
     assert set(languages.to_pylist()) == {"en"}
+
+
+def test_kept_pictures_can_be_stored_smaller_without_changing_what_the_rules_decide(raw_pairs, tmp_path):
+    """``store_short_side`` is storage, not a rule: the same rows and counts, each picture scaled down."""
+    import io
+
+    from PIL import Image
+
+    uri, _ = raw_pairs
+    config = FilterConfig.for_shapes_world()
+    as_is = filter_pairs(uri, tmp_path / "as_is.lance", config, log=quiet)
+    smaller = filter_pairs(uri, tmp_path / "smaller.lance", dataclasses.replace(config, store_short_side=48),
+                           log=quiet)
+    assert smaller.counts == as_is.counts
+    tables = [lance.dataset(str(tmp_path / f"{n}.lance")).to_table() for n in ("as_is", "smaller")]
+    assert tables[1].drop_columns(["image"]) == tables[0].drop_columns(["image"])
+    sizes = {Image.open(io.BytesIO(data)).size for data in tables[1]["image"].to_pylist()[:50]}
+    originals = {Image.open(io.BytesIO(data)).size for data in tables[0]["image"].to_pylist()[:50]}
+    assert {min(size) for size in sizes} == {48} and {min(size) for size in originals} == {64}
+
+
+def test_resized_jpeg_scales_down_never_up_and_leaves_what_it_cannot_read(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from owl_pipeline.data.images import resized_jpeg
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (640, 480), (200, 30, 30)).save(buffer, format="JPEG")
+    smaller = Image.open(io.BytesIO(resized_jpeg(buffer.getvalue(), 256)))
+    assert smaller.size == (341, 256) and smaller.format == "JPEG"
+    assert resized_jpeg(buffer.getvalue(), 480) == buffer.getvalue()  # already that small: as it is
+    assert resized_jpeg(b"not a picture", 256) == b"not a picture"  # the loader skips and counts it
 
 
 def table(**columns):

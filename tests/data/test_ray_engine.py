@@ -94,7 +94,9 @@ def test_ingestion_on_ray_writes_the_local_rows_and_skips_what_the_local_path_sk
 def test_filtering_on_ray_agrees_on_the_mixed_set_with_near_duplicate_chains(local_ray, mixed_shards, tmp_path):
     ingest(mixed_shards, tmp_path / "raw.lance", log=quiet)
     # A wide distance links near-duplicates into chains, where the first-kept rule decides.
-    config = FilterConfig(min_side=32, min_image_bytes=None, near_dup_max_distance=12, max_caption_repeats=3)
+    # Kept pictures stored smaller too: both engines write them through the same function.
+    config = FilterConfig(min_side=32, min_image_bytes=None, near_dup_max_distance=12, max_caption_repeats=3,
+                          store_short_side=40)
     local = filter_pairs(tmp_path / "raw.lance", tmp_path / "local.lance", config, log=quiet)
     remote = filter_pairs_ray(tmp_path / "raw.lance", tmp_path / "ray.lance", config, RAY, log=quiet)
     same_filter_report(local, remote)
