@@ -61,7 +61,6 @@ class Step:
             digest.update(path.relative_to(package_root).as_posix().encode() + b"\0" + path.read_bytes())
         return digest.hexdigest()[:16]
 
-
     def last_result(self, project: Project, warn: Callable[[str], None] = print) -> StepResult | None:
         """The step's last result as its record in ``assets/reports/`` holds it (typed); None if it never ran."""
         record = StepRecord.read(project.record_path(self.name), warn=warn)

@@ -273,14 +273,14 @@ def test_an_explicitly_set_tracking_uri_is_put_back_after_registering(tmp_path, 
     run_id = tracking.client.create_run(tracking.client.create_experiment("training")).info.run_id
     mine = f"sqlite:///{tmp_path / 'mine.db'}"
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    mlflow.set_tracking_uri(mine)  # this process chose its own store: registering must not change that
+    mlflow.set_tracking_uri(mine)  # this process chose its own store (MLflow also exports it to the variable)
     try:
-        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
         register_model(tracking, folder, NAME, {"similarity": score}, "similarity", 0.0, 0.0, log=print,
                        run_id=run_id)
-        assert mlflow.get_tracking_uri() == mine
+        assert mlflow.get_tracking_uri() == mine and os.environ["MLFLOW_TRACKING_URI"] == mine
     finally:
-        mlflow.set_tracking_uri(None)  # unset again (None unsets the setting and its variable)
+        mlflow.set_tracking_uri(None)  # unsets the setting and its variable: later tests start clean
+    assert "MLFLOW_TRACKING_URI" not in os.environ
 
 
 def test_the_registry_room_touches_no_private_mlflow_name():

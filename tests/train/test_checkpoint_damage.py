@@ -93,13 +93,13 @@ def test_non_finite_weights_are_never_saved(model, processor, tmp_path):
 
 
 def test_changed_settings_move_old_checkpoints_aside_never_delete(tmp_path):
-    from owl_pipeline.pipeline.training_steps import _start_fresh_if_changed
+    from owl_pipeline.pipeline.training_runs import start_fresh_if_changed
 
     (tmp_path / "checkpoints/step-0000003").mkdir(parents=True)
     (tmp_path / "checkpoints/step-0000003/trainer_state.json").write_text("{}")
     lines = []
-    _start_fresh_if_changed(tmp_path, {"lr": 1}, lines.append)  # no fingerprint yet: moved aside too
-    _start_fresh_if_changed(tmp_path, {"lr": 1}, lines.append)  # same run: nothing to move
+    start_fresh_if_changed(tmp_path, {"lr": 1}, lines.append)  # no fingerprint yet: moved aside too
+    start_fresh_if_changed(tmp_path, {"lr": 1}, lines.append)  # same run: nothing to move
     aside = list(tmp_path.glob("checkpoints.superseded-*"))
     assert len(aside) == 1 and (aside[0] / "step-0000003/trainer_state.json").is_file()
     assert len(lines) == 1 and aside[0].name in lines[0]
