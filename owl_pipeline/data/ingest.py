@@ -295,8 +295,42 @@ def metadata_problem(meta) -> str | None:
     return None
 
 
+def _sample_record(key: str, parts: dict[str, bytes], sidecar: dict[str, dict], shard: str,
+                   report: IngestReport) -> dict | None:
+    """One webdataset sample as a record: its JSON joined with the sidecar's row, the caption, the image; None
+    (the reason counted) for a sample that cannot be one."""
+    if TOO_LARGE in parts:
+        report.skip("member_too_large", shard, key)
+        return None
+    image = next((parts[s] for s in IMAGE_SUFFIXES if s in parts), None)
+    if image is None or "json" not in parts:
+        report.skip("incomplete_sample", shard, key)
+        return None
+    try:
+        meta = json.loads(parts["json"])
+        problem = metadata_problem(meta)
+        if problem is None and "txt" in parts:
+            meta["caption"] = parts["txt"].decode("utf-8")
+    except UnicodeDecodeError:
+        report.skip("bad_caption_encoding", shard, key)
+        return None
+    except json.JSONDecodeError as error:
+        report.skip("bad_metadata", shard, key, f"not JSON: {error}")
+        return None
+    if problem:
+        report.skip("bad_metadata", shard, key, problem)
+        return None
+    joined = {**sidecar.get(key, {}), **{k: v for k, v in meta.items() if v is not None}}
+    problem = metadata_problem(joined)
+    if problem:
+        report.skip("bad_metadata", shard, key, problem)
+        return None
+    return {**joined, "key": key, "__image": image}
+
+
 def _tar_records(path: Path, report: IngestReport, shard: str | None = None) -> Iterator[list[dict]]:
-    """The shard's samples as records, ``RECORDS_PER_CHUNK`` at a time."""
+    """The shard's samples as records, ``RECORDS_PER_CHUNK`` at a time; an incomplete shard is named (its
+    readable samples are still records)."""
     shard = shard or path.name
     sidecar, downloaded = _sidecar_metadata(path, report)
     ending, records = TarEnding(), []
@@ -304,33 +338,9 @@ def _tar_records(path: Path, report: IngestReport, shard: str | None = None) -> 
         if len(records) == RECORDS_PER_CHUNK:
             yield records
             records = []
-        if TOO_LARGE in parts:
-            report.skip("member_too_large", shard, key)
-            continue
-        image = next((parts[s] for s in IMAGE_SUFFIXES if s in parts), None)
-        if image is None or "json" not in parts:
-            report.skip("incomplete_sample", shard, key)
-            continue
-        try:
-            meta = json.loads(parts["json"])
-            problem = metadata_problem(meta)
-            if problem is None and "txt" in parts:
-                meta["caption"] = parts["txt"].decode("utf-8")
-        except UnicodeDecodeError:
-            report.skip("bad_caption_encoding", shard, key)
-            continue
-        except json.JSONDecodeError as error:
-            report.skip("bad_metadata", shard, key, f"not JSON: {error}")
-            continue
-        if problem:
-            report.skip("bad_metadata", shard, key, problem)
-            continue
-        joined = {**sidecar.get(key, {}), **{k: v for k, v in meta.items() if v is not None}}
-        problem = metadata_problem(joined)
-        if problem:
-            report.skip("bad_metadata", shard, key, problem)
-            continue
-        records.append({**joined, "key": key, "__image": image})
+        record = _sample_record(key, parts, sidecar, shard, report)
+        if record is not None:
+            records.append(record)
     incomplete = _incomplete_because(ending, downloaded) if ending.keys else None
     if incomplete:
         report.incomplete_shards[path.name] = incomplete
