@@ -39,7 +39,7 @@ class RawShardsResult(StepResult):
 class RawPairsResult(StepResult):
     rows: int | None = None  # in the table now
     rows_added: int | None = None  # by this run
-    mode: str | None = None  # create | append | overwrite
+    mode: str | None = None  # full (every shard read again) | append (new shards only)
     shards_read: int | None = None
     shards_already_ingested: int | None = None
     skipped: dict[str, int] | None = None  # samples skipped, by reason
