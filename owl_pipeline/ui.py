@@ -33,8 +33,9 @@ def ui_environment(project_root: Path, automations: bool = False) -> dict[str, s
 
 def automations_banner(environment: dict[str, str]) -> str:
     on = environment.get("OWL_AUTOMATIONS", "off").lower() in ("1", "on", "true", "yes")
-    return ("automations ON: weekly_retrain, new_shards_sensor and curated_growth_sensor run (the daemon is up)"
-            if on else "automations OFF: the schedule and sensors are stopped; turn them on in the UI "
+    return ("automations ON: new_shards_sensor and retrain_automation run (the daemon is up): inbox shards become "
+            "raw_pairs partitions, curated_pairs follows, training waits for its cron tick and enough new rows"
+            if on else "automations OFF: the sensors are stopped; turn them on in the UI "
                        "(Automation) or start with `owl ui --automations`")
 
 

@@ -33,7 +33,7 @@ import math
 import tarfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -455,19 +455,25 @@ def _known_shards(output: Path, log) -> dict[str, list[int]]:
 
 
 def ingest(shards: list[Path], output: str | Path, log=print, incremental: bool = True,
-           max_pixels: int = DEFAULT_MAX_PIXELS, write_shards: WriteShards | None = None) -> IngestReport:
+           max_pixels: int = DEFAULT_MAX_PIXELS, write_shards: WriteShards | None = None,
+           defer: Collection[Path] = ()) -> IngestReport:
     """Read ``shards`` and write the normalized Lance dataset at ``output`` as a new version.
 
     Incremental (the default): when every shard the current version was made from is still there unchanged,
     only the new shards are read and appended; otherwise (a shard changed or went away) all are re-read.
     Reading the record, writing and recording are one step under a lock on ``output``: two ingestions of the
     same new shards append them once. ``write_shards`` reads and writes the shards (default: here, streaming;
-    data/ray_ingest.py: as Ray tasks)."""
+    data/ray_ingest.py: as Ray tasks).
+
+    ``defer``: shards among ``shards`` left for an ingestion of their own (a Dagster partition run); one already
+    in the dataset is kept (its rows stay, and it is re-read if the dataset is re-read whole), a new one is not
+    read now. Where the dataset's shards are unknown (no record), every shard is read."""
     output = Path(output)
     # Waits for another ingestion into the same dataset, then plans again (its shards are then known).
     with StepLock(output.with_name(f".{output.name}.lock"), what=f"ingestion into {output}", warn=log,
                   wait_seconds=INGEST_LOCK_WAIT_SECONDS):
-        return _ingest_locked(shards, output, log, incremental, max_pixels, write_shards or _write_shards)
+        return _ingest_locked(shards, output, log, incremental, max_pixels, write_shards or _write_shards,
+                              defer)
 
 
 def why_not_a_shard(path: Path) -> str | None:
@@ -485,11 +491,14 @@ def why_not_a_shard(path: Path) -> str | None:
 
 
 def _ingest_locked(shards: list[Path], output: Path, log, incremental: bool, max_pixels: int,
-                   write_shards: WriteShards) -> IngestReport:
+                   write_shards: WriteShards, defer: Collection[Path]) -> IngestReport:
+    known = _known_shards(output, log) if incremental else {}
+    if known and defer:
+        waiting = {str(Path(p).resolve()) for p in defer} - set(known)
+        shards = [p for p in shards if str(Path(p).resolve()) not in waiting]
     odd = {Path(p): why for p in shards if (why := why_not_a_shard(p))}
     shards = [p for p in shards if Path(p) not in odd]
     stats = _shard_stats(shards)
-    known = _known_shards(output, log) if incremental else {}
     unchanged = bool(known) and all(stats.get(name) == stat for name, stat in known.items())
     todo = [p for p in shards if str(Path(p).resolve()) not in known] if unchanged else list(shards)
     report = IngestReport(shards=len(todo), mode="append" if unchanged else "full",

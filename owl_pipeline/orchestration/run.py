@@ -13,6 +13,7 @@ from owl_pipeline.orchestration.assets import ALL_ASSETS
 from owl_pipeline.orchestration.automation import retrain_job
 from owl_pipeline.orchestration.console import compact_console, prepare_dagster_home
 from owl_pipeline.orchestration.definitions import pipeline_definitions
+from owl_pipeline.orchestration.partitions import every_drop_tags
 from owl_pipeline.orchestration.resources import MlflowResource, ProjectResource, TrainingLauncher
 
 
@@ -41,8 +42,9 @@ def release_runs_of_dead_processes(instance: dg.DagsterInstance, log=print) -> l
 
 def materialize_pipeline(project_root: Path, params: Path | None, tracking: bool = True,
                          verbose: bool = False, force: bool = False) -> dg.ExecuteInProcessResult:
-    """Every asset and check, in dependency order, as a run of the ``retrain`` job; ``force`` recomputes every
-    step, even one whose inputs and settings are unchanged since its last run (each asset's run config)."""
+    """Every asset and check, in dependency order, as a run of the ``retrain`` job over every ``raw_pairs``
+    partition (those of new shard files added first); ``force`` recomputes every step, even one whose inputs and
+    settings are unchanged since its last run (each asset's run config)."""
     os.environ["DAGSTER_HOME"] = str(prepare_dagster_home(project_root))
     resources = {"project": ProjectResource(root=str(project_root), params=str(params) if params else None),
                  "mlflow": MlflowResource(enabled=tracking), "launcher": TrainingLauncher()}
@@ -52,5 +54,7 @@ def materialize_pipeline(project_root: Path, params: Path | None, tracking: bool
         run_config["ops"] = {asset.op.name: {"config": {"force": True}} for asset in ALL_ASSETS}
     with dg.DagsterInstance.get() as instance:
         release_runs_of_dead_processes(instance)
+        partitions = every_drop_tags(instance, resources["project"].project())
         return definitions.resolve_job_def(retrain_job.name).execute_in_process(
-            instance=instance, run_config=run_config, raise_on_error=False, tags={**LAUNCHED_BY, **_this_process()})
+            instance=instance, run_config=run_config, raise_on_error=False,
+            tags={**LAUNCHED_BY, **_this_process(), **partitions})

@@ -105,14 +105,19 @@ def on_ray(project: Project, step: str) -> bool:
                kinds=("lance",), external=shard_files, metrics=("rows", "rows_added"), pool=INGEST_POOL,
                code=("data/ingest.py", "data/ray_ingest.py", "data/ray_session.py", "data/images.py",
                      "data/lance_io.py"), result=RawPairsResult)
-def raw_pairs(project: Project, log: Log = print, tracking=None) -> RawPairsResult:
+def raw_pairs(project: Project, log: Log = print, tracking=None, only: list[Path] | None = None) -> RawPairsResult:
+    """Bring the table up to date with the project's shard files; ``only``: with these of them (a Dagster
+    partition run), the others left for their own runs (those already in the table stay)."""
     write_shards = None
     if on_ray(project, C.ASSET_RAW_PAIRS):
         from owl_pipeline.data.ray_ingest import write_shards_ray
 
         write_shards = write_shards_ray(project.config.ray)
-    report = ingest(shard_files(project), project.raw_pairs, log=log, max_pixels=project.config.max_image_pixels,
-                    write_shards=write_shards)
+    shards = shard_files(project)
+    chosen = {Path(p).resolve() for p in only} if only is not None else None
+    defer = [p for p in shards if p.resolve() not in chosen] if chosen is not None else []
+    report = ingest(shards, project.raw_pairs, log=log, max_pixels=project.config.max_image_pixels,
+                    write_shards=write_shards, defer=defer)
     return RawPairsResult(
         name=C.ASSET_RAW_PAIRS, outputs={"lance": str(project.raw_pairs)},
         rows=lance.dataset(str(project.raw_pairs)).count_rows(), rows_added=report.rows_written, mode=report.mode,

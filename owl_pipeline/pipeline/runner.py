@@ -85,21 +85,26 @@ def _write_missing_small_files(definition: Step, project: Project, result: StepR
         write_history(project.history_path(definition.name), [])
 
 
-def run_step(name: str, project: Project, tracking=None, log: Log = print, force: bool = False) -> StepResult:
+def run_step(name: str, project: Project, tracking=None, log: Log = print, force: bool = False,
+             **part) -> StepResult:
     """Run step ``name``; or, unless ``force``, reuse its last result when its inputs and settings are the
-    same as then and its outputs still exist (a second `owl run` with nothing changed redoes nothing)."""
+    same as then and its outputs still exist (a second `owl run` with nothing changed redoes nothing).
+    ``part``: keywords that make the step do part of its work (raw_pairs' ``only``: a Dagster partition run)."""
     definition = step(name)
     if not is_main_process():  # the other ranks of a distributed launch train beside rank 0, which holds the lock
-        return _run_or_reuse(definition, project, tracking, log, force)
+        return _run_or_reuse(definition, project, tracking, log, force, part)
     with StepLock(project.lock_path(name), what=f"step {name} of {project.root}", warn=log):
-        return _run_or_reuse(definition, project, tracking, log, force)
+        return _run_or_reuse(definition, project, tracking, log, force, part)
 
 
-def _run_or_reuse(definition: Step, project: Project, tracking, log: Log, force: bool) -> StepResult:
+PARTIAL = "partial:"  # the digest of a part run: it never matches, so the next whole run does the rest
+
+
+def _run_or_reuse(definition: Step, project: Project, tracking, log: Log, force: bool, part: dict) -> StepResult:
     name = definition.name
     digest = inputs_digest(definition, project)
     record = StepRecord.read(project.record_path(name), warn=log)
-    reusable = None if force else _reusable(definition, project, record, digest)
+    reusable = None if force or part else _reusable(definition, project, record, digest)
     if reusable is not None:
         log(f"{name}: inputs and settings unchanged since the last run; reusing its result")
         if is_main_process():
@@ -113,9 +118,10 @@ def _run_or_reuse(definition: Step, project: Project, tracking, log: Log, force:
 
         result = train_on_ray(name, project, tracking, log)
     else:
-        result = definition.run(project, log=log, tracking=tracking)
+        result = definition.run(project, log=log, tracking=tracking, **part)
     if is_main_process():
-        StepRecord(result.metadata(), result.outputs, digest).write(project.record_path(name))
+        StepRecord(result.metadata(), result.outputs, PARTIAL + digest if part else digest).write(
+            project.record_path(name))
         write_metrics(definition, project, result)
         _write_missing_small_files(definition, project, result)
         record_stage(project.root, name, log)  # dvc.lock agrees: `dvc repro` now skips this stage

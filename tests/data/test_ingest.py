@@ -140,6 +140,26 @@ def test_new_shards_are_appended_and_a_changed_shard_rereads_all(tmp_path):
     assert report.mode == "full" and sorted(lance.dataset(str(uri)).to_table()["key"].to_pylist()) == ["a", "c", "e"]
 
 
+def test_a_partition_ingests_its_shard_once_and_leaves_the_others_to_their_own(tmp_path):
+    """A Dagster partition run passes every shard and defers those of other partitions: a deferred new shard is
+    not read, a deferred known one keeps its rows, and running the same partition again adds nothing."""
+    uri = tmp_path / "out.lance"
+    base = write_tar(tmp_path / "00000.tar", sample("a") + sample("b"))
+    ingest([base], uri, log=quiet)
+    one, two = write_tar(tmp_path / "drop-1.tar", sample("c")), write_tar(tmp_path / "drop-2.tar", sample("d"))
+    report = ingest([base, one, two], uri, log=quiet, defer=[base, two])
+    assert (report.mode, report.rows_written) == ("append", 1)
+    assert sorted(lance.dataset(str(uri)).to_table()["key"].to_pylist()) == ["a", "b", "c"]
+    version = lance.dataset(str(uri)).version
+    again = ingest([base, one, two], uri, log=quiet, defer=[base, two])  # the same partition, run again
+    assert again.rows_written == 0 and lance.dataset(str(uri)).version == version
+    ingest([base, one, two], uri, log=quiet, defer=[base, one])  # the other drop's own run
+    assert sorted(lance.dataset(str(uri)).to_table()["key"].to_pylist()) == ["a", "b", "c", "d"]
+    write_tar(one, sample("c") + sample("e"))  # a drop replaced in place: re-read whole, the others kept
+    ingest([base, one, two], uri, log=quiet, defer=[base, two])
+    assert sorted(lance.dataset(str(uri)).to_table()["key"].to_pylist()) == ["a", "b", "c", "d", "e"]
+
+
 def test_nothing_readable_raises_and_writes_nothing(tmp_path):
     bad = write_tar(tmp_path / "00000.tar", sample("a", image=b"garbage"))
     with pytest.raises(EmptyDatasetError, match="every input was skipped"):

@@ -11,9 +11,10 @@ import yaml
 
 from owl_pipeline.pipeline import graph as steps
 from owl_pipeline.orchestration.assets import ALL_ASSETS
-from owl_pipeline.orchestration.automation import curated_growth_sensor, new_shards_sensor, weekly_retrain
+from owl_pipeline.orchestration.automation import new_shards_sensor, retrain_automation
 from owl_pipeline.orchestration.checks import ALL_CHECKS
 from owl_pipeline.orchestration.definitions import defs
+from owl_pipeline.orchestration.partitions import SHARD_DROPS, every_drop_tags
 from owl_pipeline.orchestration.resources import MlflowResource, ProjectResource, TrainingLauncher
 
 from ..test_pipeline import TINY_PARAMS
@@ -25,16 +26,25 @@ def materialize(root, assets=ALL_ASSETS, launch_with=None, **params_overrides):
                  "launcher": launch_with or TrainingLauncher()}
     keys = {a.key for a in assets}
     checks = [c for c in ALL_CHECKS if c.check_key.asset_key in keys]
-    with dg.instance_for_test() as instance:
-        return dg.materialize([*assets, *checks], resources=resources, instance=instance, raise_on_error=False)
+    with dg.instance_for_test() as instance:  # over every raw_pairs partition, as `owl run`
+        tags = every_drop_tags(instance, resources["project"].project())
+        return dg.materialize([*assets, *checks], resources=resources, instance=instance, raise_on_error=False,
+                              tags=tags)
 
 
 def test_definitions_load_with_every_asset_job_schedule_and_sensor():
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert keys == set(steps.PIPELINE_ORDER)
     assert {j.name for j in defs.resolve_all_job_defs()} >= {"retrain", "ingest_new_shards"}
-    assert defs.resolve_schedule_def("weekly_retrain").cron_schedule == "0 3 * * 1"
-    assert {s.name for s in defs.sensors} == {"new_shards_sensor", "curated_growth_sensor"}
+    assert {s.name for s in defs.sensors} == {"new_shards_sensor", "retrain_automation"}
+    graph = defs.resolve_asset_graph()
+    assert graph.get(dg.AssetKey("raw_pairs")).partitions_def == SHARD_DROPS
+    partitioned = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).partitions_def}
+    assert partitioned == {"raw_pairs"}  # the rest read every partition
+    conditions = {k.to_user_string(): graph.get(k).automation_condition for k in graph.get_all_asset_keys()}
+    assert conditions["curated_pairs"] == dg.AutomationCondition.eager()
+    assert "cron 0 3 * * 1 and >= 1000 new curated rows" in conditions["stage1_model"].get_label()
+    assert conditions["raw_shards"] is None and conditions["instruction_data"] is None
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +96,9 @@ def test_a_failed_blocking_check_stops_training(tmp_path):
     assert not check.passed and "fewer than min_curated_rows" in json.dumps(check.metadata["problems"].value)
 
 
-def test_the_inbox_sensor_asks_for_one_ingestion_per_new_batch_of_shards(tmp_path):
-    """A file still being copied is left alone; a whole one (unchanged for a tick, or marked .done) runs once; a
-    shard replaced under the same name runs again."""
+def test_the_inbox_sensor_adds_a_partition_and_asks_for_its_ingestion_once_each_shard_is_whole(tmp_path):
+    """A file still being copied is left alone; a whole one (unchanged for a tick, or marked .done) becomes a
+    raw_pairs partition with one run; a shard replaced under the same name runs again (its partition stays)."""
     import os
 
     resources = {"project": ProjectResource(root=str(tmp_path))}
@@ -101,38 +111,20 @@ def test_the_inbox_sensor_asks_for_one_ingestion_per_new_batch_of_shards(tmp_pat
         with shard.open("ab") as grows:
             grows.write(b"x" * 100)
         assert "still changing" in new_shards_sensor(context).skip_message
-        request = new_shards_sensor(context)  # unchanged since the last tick: whole
+        result = new_shards_sensor(context)  # unchanged since the last tick: whole
         stat = shard.stat()
-        assert isinstance(request, dg.RunRequest)
-        assert request.run_key == f"shards:00042.tar@200:{stat.st_mtime_ns}"
+        assert [(r.partition_key, r.run_key) for r in result.run_requests] == [
+            ("inbox/00042.tar", f"shard:00042.tar@200:{stat.st_mtime_ns}")]
+        assert [list(r.partition_keys) for r in result.dynamic_partitions_requests] == [["inbox/00042.tar"]]
+        assert result.dynamic_partitions_requests[0].partitions_def_name == SHARD_DROPS.name
         assert isinstance(new_shards_sensor(context), dg.SkipReason)  # seen already
         shard.write_bytes(b"y" * 300)  # replaced under the same name
         os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
         assert isinstance(new_shards_sensor(context), dg.SkipReason)
-        assert new_shards_sensor(context).run_key.startswith("shards:00042.tar@300:")
+        assert new_shards_sensor(context).run_requests[0].run_key.startswith("shard:00042.tar@300:")
         (tmp_path / "inbox/00043.tar").write_bytes(b"z")
         (tmp_path / "inbox/00043.tar.done").write_bytes(b"")  # its writer says it is whole: no waiting
-        assert new_shards_sensor(context).tags == {"owl/new_shards": "00043.tar"}
-
-
-def test_the_growth_sensor_retrains_after_enough_new_rows(tmp_path, monkeypatch):
-    monkeypatch.setenv("OWL_RETRAIN_MIN_NEW_ROWS", "1000")
-    resources = {"project": ProjectResource(root=str(tmp_path))}
-    report = tmp_path / "assets/reports/curated_pairs.json"
-    with dg.build_sensor_context(resources=resources) as context:
-        assert isinstance(curated_growth_sensor(context), dg.SkipReason)
-        report.parent.mkdir(parents=True)
-        report.write_text(json.dumps({"metadata": {"rows_out": 600}}))
-        assert isinstance(curated_growth_sensor(context), dg.SkipReason)
-        report.write_text(json.dumps({"metadata": {"rows_out": 1500}}))
-        assert isinstance(curated_growth_sensor(context), dg.RunRequest)
-        assert isinstance(curated_growth_sensor(context), dg.SkipReason)  # the cursor moved to 1500
-
-
-def test_the_weekly_schedule_requests_a_retraining_run():
-    with dg.build_schedule_context() as context:
-        request = weekly_retrain.evaluate_tick(context).run_requests[0]
-    assert weekly_retrain.job_name == "retrain" and isinstance(request, dg.RunRequest)
+        assert new_shards_sensor(context).run_requests[0].partition_key == "inbox/00043.tar"
 
 
 def test_training_through_dagster_pipes_under_accelerate_launch(tmp_path, capfd):
@@ -209,11 +201,12 @@ def test_automations_start_stopped_unless_turned_on(monkeypatch):
 
     from owl_pipeline.orchestration import automation
 
-    assert weekly_retrain.default_status == dg.DefaultScheduleStatus.STOPPED
+    assert retrain_automation.default_status == dg.DefaultSensorStatus.STOPPED
+    assert new_shards_sensor.default_status == dg.DefaultSensorStatus.STOPPED
     monkeypatch.setenv("OWL_AUTOMATIONS", "on")
     reloaded = importlib.reload(automation)
     try:
-        assert reloaded.weekly_retrain.default_status == dg.DefaultScheduleStatus.RUNNING
+        assert reloaded.retrain_automation.default_status == dg.DefaultSensorStatus.RUNNING
         assert reloaded.new_shards_sensor.default_status == dg.DefaultSensorStatus.RUNNING
     finally:
         monkeypatch.delenv("OWL_AUTOMATIONS")

@@ -1,0 +1,107 @@
+"""When the pipeline runs on its own: Dagster declarative automation (evaluated by the ``retrain_automation``
+sensor, which starts stopped unless `owl ui --automations`).
+
+- ``curated_pairs`` is eager: a new ``raw_pairs`` partition (a shard dropped in the inbox) refilters the set.
+- The training chain (every step downstream of ``curated_pairs``: base_llm, stage1, stage2, evaluation,
+  registration) runs after a tick of ``OWL_RETRAIN_CRON`` (default Monday 03:00 UTC), once the curated set has
+  at least ``OWL_RETRAIN_MIN_NEW_ROWS`` (default 1000) rows more than the set stage 1 was last trained on. Both
+  counts are Dagster's own ``dagster/row_count`` on curated_pairs' materializations: the newest, and the one whose
+  content (its DVC hash) stage 1's last materialization read. A failed run materializes nothing, so it moves no
+  baseline: the next tick tries again."""
+
+import os
+
+import dagster as dg
+
+from owl_pipeline import constants as C
+from owl_pipeline.pipeline.graph import STEPS
+
+DEFAULT_CRON = "0 3 * * 1"
+DEFAULT_MIN_NEW_ROWS = 1000
+TRAINED_ON = C.ASSET_STAGE1  # the step whose last training defines "the data the model was trained on"
+RECENT_MATERIALIZATIONS = 500  # how far back the curated set stage 1 read is looked for
+
+
+def retrain_cron() -> str:
+    return os.environ.get("OWL_RETRAIN_CRON", DEFAULT_CRON)
+
+
+def min_new_rows() -> int:
+    return int(os.environ.get("OWL_RETRAIN_MIN_NEW_ROWS", str(DEFAULT_MIN_NEW_ROWS)))
+
+
+def _metadata_value(materialization: dg.AssetMaterialization | None, key: str):
+    """One value of a Dagster materialization's metadata (what the UI shows), None where it is absent."""
+    dagster_metadata = materialization.metadata if materialization is not None else {}
+    entry = dagster_metadata.get(key)
+    return None if entry is None else entry.value
+
+
+def curated_rows_now(instance: dg.DagsterInstance) -> int | None:
+    event = instance.get_latest_materialization_event(dg.AssetKey(C.ASSET_CURATED_PAIRS))
+    return _metadata_value(event.asset_materialization if event else None, "dagster/row_count")
+
+
+def curated_rows_trained_on(instance: dg.DagsterInstance) -> int:
+    """Rows of the curated set stage 1 last read; 0 when it never trained (or that set is no longer on record)."""
+    trained = instance.get_latest_materialization_event(dg.AssetKey(TRAINED_ON))
+    read = _metadata_value(trained.asset_materialization if trained else None, "read_versions") or {}
+    digest = (read.get(C.ASSET_CURATED_PAIRS) or {}).get("dvc_md5")
+    if digest is None:
+        return 0
+    history = instance.fetch_materializations(dg.AssetKey(C.ASSET_CURATED_PAIRS), limit=RECENT_MATERIALIZATIONS)
+    for record in history.records:
+        if _metadata_value(record.asset_materialization, "written_dvc_md5") == digest:
+            return int(_metadata_value(record.asset_materialization, "dagster/row_count") or 0)
+    return 0
+
+
+class CuratedSetGrew(dg.AutomationCondition):
+    """True when the curated set has at least ``min_rows`` rows more than the set stage 1 was trained on."""
+
+    def __init__(self, min_rows: int):
+        self.min_rows = min_rows
+
+    @property
+    def name(self) -> str:
+        return "curated_set_grew"
+
+    @property
+    def description(self) -> str:
+        return f"curated_pairs has >= {self.min_rows} rows more than stage 1 was trained on"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        instance = context.asset_graph_view.instance
+        now = curated_rows_now(instance)
+        grew = now is not None and now - curated_rows_trained_on(instance) >= self.min_rows
+        return dg.AutomationResult(context=context,
+                                   true_subset=context.candidate_subset if grew else context.get_empty_subset())
+
+
+def retrain_condition(cron: str, min_rows: int) -> dg.AutomationCondition:
+    """After a cron tick (until the chain is requested), once the curated set grew enough, unless a run of it
+    or of an input is under way."""
+    tick = dg.AutomationCondition.cron_tick_passed(cron, cron_timezone="UTC").since_last_handled()
+    busy = dg.AutomationCondition.in_progress() | dg.AutomationCondition.any_deps_in_progress()
+    return (tick.with_label(f"a tick of {cron} passed") & CuratedSetGrew(min_rows) & ~busy).with_label(
+        f"retrain: cron {cron} and >= {min_rows} new curated rows")
+
+
+def downstream_of(name: str) -> set[str]:
+    below, grew = set(), True
+    while grew:
+        found = {s.name for s in STEPS if {name, *below} & set(s.reads)} - below
+        grew, below = bool(found), below | found
+    return below
+
+
+TRAINING_CHAIN = downstream_of(C.ASSET_CURATED_PAIRS)
+
+
+def automation_condition(name: str) -> dg.AutomationCondition | None:
+    """The condition of asset ``name``: eager filtering, the retraining chain's cron-and-growth, or none."""
+    if name == C.ASSET_CURATED_PAIRS:
+        return dg.AutomationCondition.eager()
+    if name in TRAINING_CHAIN:
+        return retrain_condition(retrain_cron(), min_new_rows())
+    return None
