@@ -44,6 +44,11 @@ ASSET_STAGE2 = "stage2_model"
 ASSET_OWLEVAL = "owleval_report"
 ASSET_REGISTERED = "registered_model"
 
+# A training step's folder: its final model (the asset's version, DVC-cached) and its checkpoints (kept across
+# reruns so a killed run resumes; never cached).
+MODEL_DIR = "model"
+CHECKPOINT_DIR = "checkpoints"
+
 # What a step's folder holds beside its data: the records of runs and the OwlEval report's files.
 REPORTS_DIR = "reports"  # assets/reports/<step>.json: each step's last metadata, outputs and inputs digest
 FILTER_HISTOGRAMS = "filter_histograms.png"

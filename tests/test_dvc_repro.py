@@ -4,16 +4,21 @@ parameter touches."""
 
 import json
 import os
-import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from owl_pipeline.pipeline import graph as steps
-from owl_pipeline.config import PipelineConfig, from_mapping
+from owl_pipeline.config import PipelineConfig, SyntheticConfig, from_mapping
+from owl_pipeline.data.synthetic import generate_corpus
+from owl_pipeline.pipeline.dvc_yaml import render
+from owl_pipeline.pipeline.project import load_project
+from owl_pipeline.train.checkpoint import list_checkpoints
 
 from .test_pipeline import TINY_PARAMS
 
@@ -22,21 +27,33 @@ pytestmark = pytest.mark.slow  # minutes: `make test-fast` leaves these out
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def dvc(repo: Path, *args: str) -> str:
+def dvc_env() -> dict[str, str]:
     # `owl` must be on PATH for the stages' commands: the venv's bin, as with the venv activated
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+def dvc(repo: Path, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=dvc_env(), capture_output=True,
+                          text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout + done.stderr
+
+
+def new_dvc_project(repo: Path, model_name: str) -> None:
+    """params.yaml with every section (dvc.yaml names them as stage params), the dvc.yaml the steps generate for
+    it (their code lives outside this folder here, so it is named by absolute path), and an empty inbox."""
+    config = from_mapping(PipelineConfig, {**TINY_PARAMS, "registry": {"model_name": model_name, "floor": 0}},
+                          "params")
+    (repo / "params.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(config.to_dict()))))
+    (repo / "inbox").mkdir()
+    (repo / "inbox/README.md").write_text("new shards land here\n")
+    (repo / "dvc.yaml").write_text(render(load_project(repo)))
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     repo = tmp_path_factory.mktemp("dvc_repro")
-    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    # every section, as in the project's params.yaml: dvc.yaml names them as stage params
-    config = from_mapping(PipelineConfig, {**TINY_PARAMS, "registry": {"model_name": "repro", "floor": 0}}, "params")
-    (repo / "params.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(config.to_dict()))))
+    new_dvc_project(repo, "repro")
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     dvc(repo, "init", "-q")
     dvc(repo, "config", "core.analytics", "false")
@@ -92,16 +109,56 @@ def test_experiments_compare_their_metrics_and_loss_curves_and_never_promote(rep
     assert "stage2_model_history.csv" in page and "stage1_model_history.csv" in page
 
 
+def test_a_killed_repro_resumes_from_its_checkpoint_and_caches_no_checkpoint(repo):
+    """Checkpoints are a persistent, uncached out: DVC keeps them across a rerun, so `dvc repro` after a kill
+    continues from the newest one instead of starting over."""
+    path, _ = repo
+    params = yaml.safe_load((path / "params.yaml").read_text())
+    params["stage1"].update(max_steps=400, save_every=20)  # long enough to be killed part-way
+    (path / "params.yaml").write_text(yaml.safe_dump(params))
+    checkpoints = path / "assets/stage1_model/checkpoints"
+    killed = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "stage1_model"], cwd=path, env=dvc_env(),
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not any(c.name >= "step-0000020" for c in list_checkpoints(checkpoints)) and killed.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint of the new run"
+        time.sleep(0.05)
+    os.killpg(killed.pid, signal.SIGKILL)  # a power cut: DVC and the step die at once
+    killed.wait()
+    saved = max(c.name for c in list_checkpoints(checkpoints))
+    output = dvc(path, "repro", "stage1_model")
+    assert f"stage 1: resuming from {saved}" in output, output[-3000:]
+    record = json.loads((path / "assets/reports/stage1_model.json").read_text())["metadata"]
+    assert record["resumed_from_step"] == int(saved.split("-")[1]) and record["steps"] == 400
+    lock = yaml.safe_load((path / "dvc.lock").read_text())["stages"]["stage1_model"]
+    assert {o["path"] for o in lock["outs"] if o["path"].startswith("assets/")} == {
+        "assets/stage1_model/model", "assets/stage1_model/checkpoints"}
+    manifests = [json.loads(f.read_text()) for f in (path / ".dvc/cache").rglob("*.dir")]  # cached folders
+    assert manifests and not any(e["relpath"].startswith("step-") for m in manifests for e in m)  # no checkpoint
+
+
+def test_a_shard_in_the_inbox_is_appended_under_repro(repo, tmp_path):
+    """raw_pairs.lance is a persistent out: `dvc repro` appends a new inbox shard instead of re-reading all."""
+    path, _ = repo
+    rows = json.loads((path / "metrics/raw_pairs.json").read_text())["rows"]
+    more = SyntheticConfig(num_pairs=700, shard_size=100, num_instruction_images=4, num_text_only=0,
+                           num_eval_images=2, seed=3)  # keys 600-699 follow on from the corpus's 600
+    generate_corpus(tmp_path / "more", more, log=lambda _: None)
+    new_shard = sorted((tmp_path / "more/shards").glob("*.tar"))[-1]
+    (path / "inbox" / "drop.tar").write_bytes(new_shard.read_bytes())
+    output = dvc(path, "repro", "raw_pairs")
+    assert "Running stage 'raw_pairs'" in output and "ingest (append)" in output, output[-3000:]
+    metrics = json.loads((path / "metrics/raw_pairs.json").read_text())
+    assert metrics["rows"] == rows + metrics["rows_added"] and metrics["rows_added"] > 50
+
+
 @pytest.fixture(scope="module")
 def after_owl_run(tmp_path_factory):
     """A fresh git + DVC repository where `owl run` (not `dvc repro`) made every asset."""
     from owl_pipeline.cli import main
 
     repo = tmp_path_factory.mktemp("owl_run_then_repro")
-    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    config = from_mapping(PipelineConfig, {**TINY_PARAMS, "registry": {"model_name": "after-run", "floor": 0}},
-                          "params")
-    (repo / "params.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(config.to_dict()))))
+    new_dvc_project(repo, "after-run")
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     dvc(repo, "init", "-q")
     dvc(repo, "config", "core.analytics", "false")

@@ -73,9 +73,11 @@ class InstructionDataResult(StepResult):
     lance_version: int | None = None
 
 
-@pipeline_step(C.ASSET_RAW_SHARDS, reads=(), params=("raw_shards", "synthetic"), writes=lambda p: p.raw_shards,
+@pipeline_step(C.ASSET_RAW_SHARDS, reads=(), params=("raw_shards", "synthetic"),
+               writes=lambda p: p.raw_shards if p.generated else None,  # your shards: read where they are
                description="Shapes world generated, or your img2dataset shards", group=GROUP_DATA,
                kinds=("lance",), external=lambda p: [] if p.generated else shard_files(p),
+               watches=lambda p: [] if p.generated else [p.shard_folder()],
                code=("data/synthetic.py", "data/scenes.py", "data/image_hash.py"), result=RawShardsResult)
 def raw_shards(project: Project, log: Log = print, tracking=None) -> RawShardsResult:
     """Generate shapes world, or check that the configured folder holds shards."""
@@ -103,6 +105,7 @@ def on_ray(project: Project, step: str) -> bool:
 @pipeline_step(C.ASSET_RAW_PAIRS, reads=(C.ASSET_RAW_SHARDS,), params=("max_image_pixels",),
                writes=lambda p: p.raw_pairs, description="Every readable pair in one Lance table", group=GROUP_DATA,
                kinds=("lance",), external=shard_files, metrics=("rows", "rows_added"), pool=INGEST_POOL,
+               persistent=True, watches=lambda p: [p.inbox, *([] if p.generated else [p.shard_folder()])],
                code=("data/ingest.py", "data/ray_ingest.py", "data/ray_session.py", "data/images.py",
                      "data/lance_io.py"), result=RawPairsResult)
 def raw_pairs(project: Project, log: Log = print, tracking=None, only: list[Path] | None = None) -> RawPairsResult:

@@ -31,11 +31,12 @@ class Project:
         self.inbox = self.root / "inbox"  # new shards dropped here are ingested with the rest
 
     def asset_paths(self) -> dict[str, Path]:
-        """Each asset's dataset or folder: what its DVC stage declares as ``outs`` (registered_model has none)."""
+        """Each asset's dataset or folder, whose hash is its version (and DVC's, where its stage declares it as
+        ``outs``): a training step's is its model folder, without its checkpoints; registered_model has none."""
         return {C.ASSET_RAW_SHARDS: self.raw_shards, C.ASSET_RAW_PAIRS: self.raw_pairs,
                 C.ASSET_CURATED_PAIRS: self.curated_pairs, C.ASSET_INSTRUCTIONS: self.instructions,
-                C.ASSET_BASE_LLM: self.base_llm, C.ASSET_STAGE1: self.stage1, C.ASSET_STAGE2: self.stage2,
-                C.ASSET_OWLEVAL: self.owleval}
+                C.ASSET_BASE_LLM: self.base_llm / C.MODEL_DIR, C.ASSET_STAGE1: self.stage1 / C.MODEL_DIR,
+                C.ASSET_STAGE2: self.stage2 / C.MODEL_DIR, C.ASSET_OWLEVAL: self.owleval}
 
     def _path(self, value: str) -> Path:
         path = Path(value)

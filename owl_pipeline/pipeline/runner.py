@@ -25,7 +25,6 @@ from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.ranks import is_main_process
 from owl_pipeline.pipeline.records import StepRecord, StepResult
 from owl_pipeline.pipeline.training_runs import write_history
-from owl_pipeline.train.loop import MODEL_DIR
 
 Log = Callable[[str], None]
 
@@ -40,7 +39,7 @@ def asset_stamp(project: Project, name: str) -> Any:
     path = project.asset_paths()[name]
     if path.suffix == ".lance":
         return lance.dataset(str(path)).version if (path / "_versions").is_dir() else None
-    for marker in (path / MODEL_DIR / C.OWL_CONFIG_FILE, path / C.OWLEVAL_REPORT_JSON, path / MANIFEST_FILE):
+    for marker in (path / C.OWL_CONFIG_FILE, path / C.OWLEVAL_REPORT_JSON, path / MANIFEST_FILE):
         if marker.is_file():
             return marker.stat().st_mtime_ns
     return _file_stats(find_shards(path)) if path.is_dir() else None
@@ -61,7 +60,8 @@ def _reusable(definition: Step, project: Project, record: StepRecord | None, dig
     """The recorded result, if it can stand for a run now: same inputs digest, outputs still there."""
     if record is None or record.inputs_digest != digest:
         return None
-    if definition.writes is not None and not definition.writes(project).exists():
+    written = definition.writes(project) if definition.writes else None
+    if written is not None and not written.exists():
         return None
     result = definition.result.from_metadata(definition.name, record.metadata, record.outputs)
     return result if result.worth_reusing() else None
@@ -77,12 +77,16 @@ def write_metrics(definition: Step, project: Project, result: StepResult) -> Pat
                              {key: figures[key] for key in definition.metrics if key in figures})
 
 
-def _write_missing_small_files(definition: Step, project: Project, result: StepResult) -> None:
-    """The metrics and (training) history files DVC expects after the stage, where the step left none."""
+def _write_what_dvc_expects(definition: Step, project: Project, result: StepResult) -> None:
+    """The metrics and (training) history files DVC expects after the stage, where the step left none, and
+    the checkpoints folder (a model passed through untrained has no checkpoints, and DVC expects the out)."""
     if definition.metrics and not project.metrics_path(definition.name).is_file():
         write_metrics(definition, project, result)
     if definition.trains and not project.history_path(definition.name).is_file():
         write_history(project.history_path(definition.name), [])
+    for path, kept in definition.dvc_outs(project):
+        if kept.get("cache") is False:
+            path.mkdir(parents=True, exist_ok=True)
 
 
 def run_step(name: str, project: Project, tracking=None, log: Log = print, force: bool = False,
@@ -108,7 +112,7 @@ def _run_or_reuse(definition: Step, project: Project, tracking, log: Log, force:
     if reusable is not None:
         log(f"{name}: inputs and settings unchanged since the last run; reusing its result")
         if is_main_process():
-            _write_missing_small_files(definition, project, reusable)  # a record older than metrics/ files
+            _write_what_dvc_expects(definition, project, reusable)  # a record older than metrics/ files
         return reusable
     tracking = tracking if definition.tracked else None
     if definition.trains and is_main_process():
@@ -123,6 +127,6 @@ def _run_or_reuse(definition: Step, project: Project, tracking, log: Log, force:
         StepRecord(result.metadata(), result.outputs, PARTIAL + digest if part else digest).write(
             project.record_path(name))
         write_metrics(definition, project, result)
-        _write_missing_small_files(definition, project, result)
+        _write_what_dvc_expects(definition, project, result)
         record_stage(project.root, name, log)  # dvc.lock agrees: `dvc repro` now skips this stage
     return result

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from owl_pipeline import constants as C
 from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.records import StepRecord, StepResult
 
@@ -46,6 +47,8 @@ class Step:
     code: tuple[str, ...] = ()  # the library modules it runs, besides its own (paths under owl_pipeline/)
     result: type[StepResult] = StepResult  # what it returns: its own dataclass, declared beside it
     environment: tuple[str, ...] = ()  # environment variables its result depends on (part of its inputs digest)
+    persistent: bool = False  # its output is appended to, so a rerun must find it (DVC's persist: true)
+    watches: Callable[[Project], list[Path]] | None = None  # folders it reads whole (DVC deps), e.g. the inbox
 
     def code_files(self, package_root: Path = PACKAGE_ROOT) -> list[Path]:
         own = Path(inspect.getsourcefile(self.run)).resolve().relative_to(PACKAGE_ROOT)
@@ -60,6 +63,30 @@ class Step:
                 raise FileNotFoundError(f"step {self.name} declares code {path}, which does not exist")
             digest.update(path.relative_to(package_root).as_posix().encode() + b"\0" + path.read_bytes())
         return digest.hexdigest()[:16]
+
+    def dvc_outs(self, project: Project) -> list[tuple[Path, dict]]:
+        """What its DVC stage declares as outs, by lifetime: the data or model (cached; kept across reruns when
+        the step appends to it), and a training step's checkpoints (kept across reruns so a killed run resumes,
+        never cached or pushed: they are a means, the model is the result)."""
+        written = self.writes(project) if self.writes else None
+        if written is None:
+            return []
+        outs = [(written, {"persist": True} if self.persistent else {})]
+        if self.trains:
+            outs.append((written.parent / C.CHECKPOINT_DIR, {"persist": True, "cache": False}))
+        return outs
+
+    def dvc_deps(self, project: Project, package_root: Path = PACKAGE_ROOT) -> list[Path]:
+        """What its DVC stage declares as deps: the outputs it reads, the folders it watches (or else the files
+        outside assets/ it reads, those that exist), and the code it runs."""
+        read = [registered_step(name).writes(project) for name in self.reads if registered_step(name).writes]
+        if self.watches is not None:
+            outside = self.watches(project)
+        else:
+            files = self.external(project) if self.external else []
+            outside = [path for path in files
+                       if path.exists() and not path.resolve().is_relative_to(project.assets.resolve())]
+        return [*(path for path in read if path is not None), *outside, *self.code_files(package_root)]
 
     def last_result(self, project: Project, warn: Callable[[str], None] = print) -> StepResult | None:
         """The step's last result as its record in ``assets/reports/`` holds it (typed); None if it never ran."""

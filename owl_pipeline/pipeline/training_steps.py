@@ -54,7 +54,7 @@ def _pretrained_model_files(project: Project) -> list[Path]:
 
 
 @pipeline_step(C.ASSET_BASE_LLM, reads=(C.ASSET_CURATED_PAIRS, C.ASSET_INSTRUCTIONS), params=("model", "base_llm"),
-               writes=lambda p: p.base_llm,
+               writes=lambda p: p.base_llm / MODEL_DIR,
                description="The LLM the stages build on (trained here on the embedded default)",
                group=GROUP_TRAINING, kinds=("pytorch",), trains=True, tracked=True, pool=TRAINING_POOL,
                metrics=("final_loss",),
@@ -231,7 +231,7 @@ def _train_from(run: StageRun, project: Project, log: Log, tracker: Tracker | No
 
 
 @pipeline_step(C.ASSET_STAGE1, reads=(C.ASSET_BASE_LLM, C.ASSET_CURATED_PAIRS), params=("model", "stage1"),
-               writes=lambda p: p.stage1, description="Stage 1: vision + abstractor trained, LLM frozen",
+               writes=lambda p: p.stage1 / MODEL_DIR, description="Stage 1: vision + abstractor trained, LLM frozen",
                group=GROUP_TRAINING, kinds=("pytorch",), trains=True, tracked=True, metrics=("final_loss",),
                pool=TRAINING_POOL, code=TRAINING_CODE, result=TrainingResult)
 def stage1_model(project: Project, log: Log = print, tracking=None) -> TrainingResult:
@@ -247,7 +247,7 @@ def stage1_model(project: Project, log: Log = print, tracking=None) -> TrainingR
 
 
 @pipeline_step(C.ASSET_STAGE2, reads=(C.ASSET_STAGE1, C.ASSET_INSTRUCTIONS), params=("model", "stage2"),
-               writes=lambda p: p.stage2, description="Stage 2: LoRA on the LLM with the mixed instructions",
+               writes=lambda p: p.stage2 / MODEL_DIR, description="Stage 2: LoRA on the LLM with the mixed instructions",
                group=GROUP_TRAINING, kinds=("pytorch",), trains=True, tracked=True, metrics=("final_loss",),
                pool=TRAINING_POOL, code=TRAINING_CODE, result=TrainingResult)
 def stage2_model(project: Project, log: Log = print, tracking=None) -> TrainingResult:

@@ -23,6 +23,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType
 from torch.utils.data import Dataset
 
+from owl_pipeline import constants as C
 from owl_pipeline.config import StageConfig
 from owl_pipeline.data.loader import LengthGroupedSampler, MixtureSampler, ResumableSampler, make_loader
 from owl_pipeline.model.builders import save_pretrained, set_train_modes, set_trainable
@@ -34,8 +35,7 @@ from owl_pipeline.train.flops import OwlStepFlops, peak_tflops
 from owl_pipeline.train.optim import build_optimizer, build_scheduler
 from owl_pipeline.train.speed import apply_speed_options, resolve_compile, restore_dtypes
 
-MODEL_DIR = "model"
-CHECKPOINT_DIR = "checkpoints"
+MODEL_DIR, CHECKPOINT_DIR = C.MODEL_DIR, C.CHECKPOINT_DIR  # named here too: the loop's callers import them
 LOSS_CURVE = "loss_curve.png"
 LENGTH_GROUP_BATCHES = 64  # group_by_length sorts windows of this many (global) batches
 
