@@ -247,7 +247,8 @@ def stage1_model(project: Project, log: Log = print, tracking=None) -> TrainingR
 
 
 @pipeline_step(C.ASSET_STAGE2, reads=(C.ASSET_STAGE1, C.ASSET_INSTRUCTIONS), params=("model", "stage2"),
-               writes=lambda p: p.stage2 / MODEL_DIR, description="Stage 2: LoRA on the LLM with the mixed instructions",
+               writes=lambda p: p.stage2 / MODEL_DIR,
+               description="Stage 2: LoRA on the LLM with the mixed instructions",
                group=GROUP_TRAINING, kinds=("pytorch",), trains=True, tracked=True, metrics=("final_loss",),
                pool=TRAINING_POOL, code=TRAINING_CODE, result=TrainingResult)
 def stage2_model(project: Project, log: Log = print, tracking=None) -> TrainingResult:
