@@ -194,3 +194,17 @@ def test_a_param_changed_after_owl_run_reruns_the_same_steps_in_both_tools(after
     status = dvc(repo, "status")
     stale_for_dvc = {name for name in steps.PIPELINE_ORDER if f"{name}:" in status}
     assert stale_for_owl == stale_for_dvc == {"owleval_report"}  # the rest follows once it reruns
+
+
+def test_a_partition_run_leaves_the_stage_for_dvc_to_run_whole(after_owl_run):
+    """A Dagster partition run ingests some shards and defers the rest, so it does not `dvc commit` its stage:
+    `dvc status` still names raw_pairs while a new inbox shard waits."""
+    from owl_pipeline.pipeline.project import load_project
+    from owl_pipeline.pipeline.runner import run_step
+
+    repo = after_owl_run
+    lock_before = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["raw_pairs"]
+    (repo / "inbox/drop.tar").write_bytes(next((repo / "assets/raw_shards/shards").glob("*.tar")).read_bytes())
+    run_step("raw_pairs", load_project(repo), log=lambda _: None, only=[])  # a partition with no shard of its own
+    assert yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["raw_pairs"] == lock_before
+    assert "raw_pairs:" in dvc(repo, "status")

@@ -117,8 +117,8 @@ def raw_pairs(project: Project, log: Log = print, tracking=None, only: list[Path
 
         write_shards = write_shards_ray(project.config.ray)
     shards = shard_files(project)
-    chosen = {Path(p).resolve() for p in only} if only is not None else None
-    defer = [p for p in shards if p.resolve() not in chosen] if chosen is not None else []
+    chosen = None if only is None else {Path(p).resolve() for p in only}
+    defer = [] if chosen is None else [p for p in shards if p.resolve() not in chosen]
     report = ingest(shards, project.raw_pairs, log=log, max_pixels=project.config.max_image_pixels,
                     write_shards=write_shards, defer=defer)
     return RawPairsResult(

@@ -128,5 +128,6 @@ def _run_or_reuse(definition: Step, project: Project, tracking, log: Log, force:
             project.record_path(name))
         write_metrics(definition, project, result)
         _write_what_dvc_expects(definition, project, result)
-        record_stage(project.root, name, log)  # dvc.lock agrees: `dvc repro` now skips this stage
+        if not part:  # a part run leaves other shards of its deps unread: DVC must still run the stage whole
+            record_stage(project.root, name, log)  # dvc.lock agrees: `dvc repro` now skips this stage
     return result
