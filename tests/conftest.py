@@ -6,6 +6,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no report to send from a test (and no network here)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -101,9 +102,12 @@ def raw_pairs(corpus, tmp_path_factory):
 @pytest.fixture(scope="session")
 def local_ray():
     """One local Ray for the session (a start costs seconds); the Ray paths reuse it rather than start their own.
-    4 logical CPUs on this 2-core machine: Ray Train's coordinator holds one beside two workers."""
+    Started as a step starts its local Ray (idle workers kept), with 4 logical CPUs on this 2-core machine (Ray
+    Train's coordinator holds one beside two workers) and a small object store (the tests' data is megabytes)."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    from owl_pipeline.data.ray_session import local_ray_options
+
+    ray.init(**local_ray_options(4, object_store_memory=256 * 2**20, log_to_driver=False, logging_level="WARNING"))
     yield ray
     ray.shutdown()

@@ -98,7 +98,12 @@ def _row_rule_batch(batch: pa.Table, config: FilterConfig) -> pa.Table:
 
 # --- set-wide rules (shuffles) ----------------------------------------------------------------------------
 def _joined_with(ds, aggregate, keys: tuple[str, ...], partitions: int):
-    """``ds`` with ``aggregate`` of its group beside each row."""
+    """``ds`` with ``aggregate`` of its group beside each row.
+
+    ``ds`` is materialized first: it feeds both the aggregate and the join, and Ray Data would otherwise run its
+    whole plan once per branch, so each chained rule doubled the reads and image hashing before it (8 reads of
+    the source for three rules)."""
+    ds = ds.materialize()
     summary = ds.groupby(list(keys), num_partitions=partitions).aggregate(aggregate)
     return ds.join(summary, join_type="left_outer", num_partitions=partitions, on=keys)
 
@@ -158,7 +163,8 @@ def near_duplicate_edges(leaders, max_distance: int, partitions: int) -> np.ndar
 
     if max_distance == 0:  # equal hashes were collapsed onto their first row already
         return np.zeros((0, 2), dtype=np.int64)
-    banded = leaders.map_batches(_band_batch, batch_format="pyarrow", fn_kwargs=dict(max_distance=max_distance))
+    banded = leaders.map_batches(_band_batch, batch_format="pyarrow",
+                                 fn_kwargs=dict(max_distance=max_distance)).materialize()  # read twice below
     keys = ("band", "band_value")
     sizes = banded.groupby(list(keys), num_partitions=partitions).aggregate(Count(alias_name="members"))
     crowded = banded.join(sizes.filter(expr=col("members") >= 2), join_type="inner", num_partitions=partitions,

@@ -36,11 +36,25 @@ def ray_session(config: RayConfig, log=print) -> Iterator[object]:
                 yield ray
 
 
+# A local Ray keeps its idle worker processes (for up to 10 minutes) instead of killing them after a second. Ray
+# Data runs each stage's tasks and each shuffle's aggregators in workers; with the default, a burst of tasks
+# leaves more workers than CPUs, the extra ones are killed as soon as they idle, and the next stage starts new
+# Python processes (1-2 s each on a laptop). Measured with bench/filter_ray.py's data, a 1,200-row filter took
+# 80 s with the default and 14 s (2.6 s warm) with this.
+LOCAL_WORKER_IDLE_MS = 600_000
+
+
+def local_ray_options(num_cpus: int | None, **options) -> dict:
+    """``ray.init`` arguments of a local Ray for the steps (and the tests): no dashboard, idle workers kept."""
+    return dict(num_cpus=num_cpus, include_dashboard=False,
+                _system_config={"idle_worker_killing_time_threshold_ms": LOCAL_WORKER_IDLE_MS}, **options)
+
+
 @contextlib.contextmanager
 def _connected(ray, config: RayConfig, log) -> Iterator[None]:
     address = config.address or os.environ.get("RAY_ADDRESS") or None
     local = address is None
-    options = dict(num_cpus=config.num_cpus, include_dashboard=False) if local else {}
+    options = local_ray_options(config.num_cpus) if local else {}
     # Workers' output (a training stage's progress lines from rank 0) is shown here, prefixed by Ray.
     ray.init(address=address, log_to_driver=True, logging_level="WARNING", **options)
     resources = ray.cluster_resources()
