@@ -71,10 +71,12 @@ def cmd_info(args) -> int:
 
 def _timed_step(name: str, args) -> None:
     """One step of the project in ``args``, framed by its name and time (or reported through dagster-pipes)."""
+    from owl_pipeline.pipeline.graph import step
     from owl_pipeline.pipeline.runner import run_step
 
     project = _project(args)
-    tracking = _tracking(args, project)
+    # Only the tracked steps open MLflow: importing it and opening its store costs a data step's process 2 s.
+    tracking = _tracking(args, project) if step(name).tracked else None
     if getattr(args, "dagster_pipes", False):
         from owl_pipeline.orchestration.pipes_step import step_under_dagster_pipes
 

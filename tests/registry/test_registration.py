@@ -205,7 +205,7 @@ def test_registering_leaves_the_process_tracking_uri_as_it_was(tmp_path, two_mod
     # process, e.g. the next training step) would log to this registry's store instead of its project's own.
     (score, folder), _ = two_models
     tracking = MlflowTracking(f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=tmp_path / "artifacts")
-    experiment = tracking.client.create_experiment("training")
+    experiment = tracking.client.create_experiment("training", artifact_location=(tmp_path / "runs").as_uri())
 
     def register_from_a_training_run():  # the pipeline's way: the model logged into its run through the fluent API
         run_id = tracking.client.create_run(experiment).info.run_id
