@@ -270,7 +270,8 @@ def test_an_experiment_registers_a_candidate_and_never_moves_champion(tmp_path, 
 def test_an_explicitly_set_tracking_uri_is_put_back_after_registering(tmp_path, two_models, monkeypatch):
     (score, folder), _ = two_models
     tracking = MlflowTracking(f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=tmp_path / "artifacts")
-    run_id = tracking.client.create_run(tracking.client.create_experiment("training")).info.run_id
+    experiment = tracking.client.create_experiment("training", artifact_location=(tmp_path / "runs").as_uri())
+    run_id = tracking.client.create_run(experiment).info.run_id
     mine = f"sqlite:///{tmp_path / 'mine.db'}"
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     mlflow.set_tracking_uri(mine)  # this process chose its own store (MLflow also exports it to the variable)
