@@ -42,10 +42,10 @@ def test_two_processes_follow_the_single_process_loss_curve(tmp_path):
     # Two processes of 4 samples each: the same global batch of 8.
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "stage1": {**stage1, "batch_size": 4}}))
     # torchrun: `accelerate launch --cpu --num_processes 2` starts one process (multi-CPU needs MPI there).
-    # --standalone: a free port of its own, so a launch beside another (`pytest -n 2`) never meets it.
+    # --standalone: a free rendezvous port of its own, not the default another launch here may hold.
     launched = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "owl_pipeline.cli", "train",
-         "--stage", "1", "--project", str(tmp_path)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+         "owl_pipeline.cli", "train", "--stage", "1", "--project", str(tmp_path)],
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert launched.returncode == 0, launched.stderr[-3000:]
     double = stage1_history(tmp_path)

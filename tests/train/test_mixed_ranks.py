@@ -57,8 +57,9 @@ WORKER = textwrap.dedent('''
 
 def launch(script: Path, mode: str) -> subprocess.CompletedProcess:
     # torchrun: `accelerate launch --cpu --num_processes 2` starts one process (multi-CPU needs MPI there).
-    # --standalone: a free port of its own, so a launch beside another (`pytest -n 2`) never meets it.
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), mode],
+    # --standalone: a free rendezvous port of its own, not the default another launch here may hold.
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), mode],
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
 
 
