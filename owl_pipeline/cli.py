@@ -75,7 +75,7 @@ def _timed_step(name: str, args) -> None:
     from owl_pipeline.pipeline.runner import run_step
 
     project = _project(args)
-    # Only the tracked steps open MLflow: importing it and opening its store costs a data step's process 2 s.
+    # Only the tracked steps open MLflow: importing it and opening its store costs a data step's process 2-3 s.
     tracking = _tracking(args, project) if step(name).tracked else None
     if getattr(args, "dagster_pipes", False):
         from owl_pipeline.orchestration.pipes_step import step_under_dagster_pipes

@@ -39,8 +39,8 @@ def ray_session(config: RayConfig, log=print) -> Iterator[object]:
 # A local Ray keeps its idle worker processes for a minute instead of killing them after a second. Ray
 # Data runs each stage's tasks and each shuffle's aggregators in workers; with the default, a burst of tasks
 # leaves more workers than CPUs, the extra ones are killed as soon as they idle, and the next stage starts new
-# Python processes (1-2 s each on a laptop). On the tests' shapes world (1,200 pairs, 4 CPUs) the filter took 80 s
-# on Ray with the default and 14 s (2.6 s warm) with this; bench/filter_ray.py, 100,000 rows: 22.8 s -> 7.9 s.
+# Python processes (1-2 s each on a laptop). With this and ray_filters.py's materialized joins,
+# `python bench/filter_ray.py --rows 100000` filters on Ray (1 worker) in 7.9 s instead of 22.8 s.
 LOCAL_WORKER_IDLE_MS = 60_000  # seconds apart within a step; a test session's Ray lets them go soon after
 
 
