@@ -30,11 +30,14 @@ RAY = {"train_workers": 2, "max_failures": 1}
 
 
 def prepared_project(root: Path, stage1: dict, **extra) -> None:
+    """The steps before stage 1, run here (the base LLM too: its Ray Train run is the Dagster test's), then
+    params.yaml with ``extra`` (the launcher is not an input of a step: nothing is rerun for it)."""
     base_llm = {**TINY_PARAMS["base_llm"], "train": {**TINY_PARAMS["base_llm"]["train"], "max_steps": 40}}
-    (root / "params.yaml").write_text(yaml.safe_dump({**TINY_PARAMS, "base_llm": base_llm, "stage1": stage1,
-                                                      **extra}))
+    params = {**TINY_PARAMS, "base_llm": base_llm, "stage1": stage1}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
     for step in ("raw_shards", "raw_pairs", "curated_pairs", "instruction_data", "base_llm"):
         assert main(["step", step, "--project", str(root), "--no-tracking"]) == 0
+    (root / "params.yaml").write_text(yaml.safe_dump({**params, **extra}))
 
 
 def test_two_ray_train_workers_follow_the_single_process_loss_curve(local_ray, tmp_path):
