@@ -48,6 +48,7 @@ ASSET_REGISTERED = "registered_model"
 # reruns so a killed run resumes; never cached).
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
+LOSS_CURVE = "loss_curve.png"  # beside the model: the run's loss against steps
 
 # What a step's folder holds beside its data: the records of runs and the OwlEval report's files.
 REPORTS_DIR = "reports"  # assets/reports/<step>.json: each step's last metadata, outputs and inputs digest
@@ -60,4 +61,8 @@ OWLEVAL_ANSWERS, OWLEVAL_RATING_SHEET, OWLEVAL_JUDGE_CACHE = "answers.jsonl", "r
 METRIC_ACCURACY, METRIC_SIMILARITY, METRIC_JUDGE, METRIC_HUMAN = "accuracy", "similarity", "judge", "human"
 SCORE_METRICS = (METRIC_ACCURACY, METRIC_SIMILARITY, METRIC_JUDGE, METRIC_HUMAN)
 ACCURACY_BY_TYPE, ACCURACY_BY_ABILITY = "accuracy_by_type", "accuracy_by_ability"
+# The paper's six OwlEval abilities, by the letter the question set tags them with.
+OWLEVAL_ABILITIES = {"a": "instruction understanding", "b": "visual understanding",
+                     "c": "optical character recognition", "d": "knowledge transfer", "e": "reasoning",
+                     "f": "multi-turn dialogue"}
 METRICS_DIR = "metrics"  # per-step metrics and loss histories, small and tracked by git (dvc metrics/plots)

@@ -22,7 +22,7 @@ import pyarrow as pa
 from owl_pipeline.constants import IMAGE_TOKEN
 from owl_pipeline.data.images import DEFAULT_MAX_PIXELS, ImageRejected, image_size
 from owl_pipeline.data.lance_io import write_lance
-from owl_pipeline.model.processor import AI, HUMAN, Turn, parse_conversation
+from owl_pipeline.model.conversation import AI, HUMAN, Turn, parse_conversation
 
 TURN_TYPE = pa.struct([("role", pa.string()), ("text", pa.string())])
 CONVERSATION_SCHEMA = pa.schema([

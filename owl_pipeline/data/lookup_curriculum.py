@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from owl_pipeline.data import scenes
 from owl_pipeline.data.instructions import CONVERSATION_SCHEMA
-from owl_pipeline.model.processor import AI, HUMAN, Turn
+from owl_pipeline.model.conversation import AI, HUMAN, Turn
 
 Task = Callable[[np.random.Generator], list[Turn]]
 _TEMPLATES = ("{}", "{}", "a picture of {}", "an image with {}", "{}, drawn on a plain background")

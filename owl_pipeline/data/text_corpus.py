@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from owl_pipeline.constants import AI_PREFIX, HUMAN_PREFIX, SYSTEM_PROMPT
 from owl_pipeline.data.instructions import CONVERSATION_SCHEMA
 from owl_pipeline.data.lance_io import write_lance
-from owl_pipeline.model.processor import AI, HUMAN
+from owl_pipeline.model.conversation import AI, HUMAN
 
 
 def build_text_corpus(curated_pairs: str, instructions: str, output: str) -> int:

@@ -22,15 +22,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from owl_pipeline.constants import DEFAULT_MAX_IMAGE_PIXELS
+from owl_pipeline.constants import DEFAULT_MAX_IMAGE_PIXELS, OWLEVAL_ABILITIES
 from owl_pipeline.data.images import ImageRejected, decode_rgb
 from owl_pipeline.files import atomic_write_text
 from owl_pipeline.model.owl import OwlModel
 from owl_pipeline.model.processor import OwlProcessor
 from owl_pipeline.safe_text import printable
 
-ABILITIES = {"a": "instruction understanding", "b": "visual understanding", "c": "optical character recognition",
-             "d": "knowledge transfer", "e": "reasoning", "f": "multi-turn dialogue"}
+ABILITIES = OWLEVAL_ABILITIES
 
 
 @dataclass

@@ -29,22 +29,12 @@ from PIL import Image
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from owl_pipeline.constants import (AI_PREFIX, CLIP_MEAN, CLIP_STD, HUMAN_PREFIX, IGNORE_INDEX, IMAGE_TOKEN,
-                                    PROCESSOR_CONFIG_FILE, SYSTEM_PROMPT)
+                                    PROCESSOR_CONFIG_FILE)
+from owl_pipeline.model.conversation import AI, HUMAN, Turn, parse_conversation, render_conversation  # noqa: F401
 from owl_pipeline.model.tokenizer import prepare_tokenizer
 
-HUMAN, AI = "human", "ai"
 # The official code tokenizes the template's separators as chunks of their own (the split keeps them).
 _TEMPLATE_SEPARATORS = re.compile(f"({re.escape(AI_PREFIX)}|{re.escape(chr(10) + HUMAN_PREFIX)})")
-
-
-@dataclass(frozen=True)
-class Turn:
-    role: str  # HUMAN or AI
-    text: str  # a human turn may be, or contain, IMAGE_TOKEN
-
-    def __post_init__(self) -> None:
-        if self.role not in (HUMAN, AI):
-            raise ValueError(f"turn role must be {HUMAN!r} or {AI!r}, got {self.role!r}")
 
 
 @dataclass
@@ -127,40 +117,6 @@ class ImageTransform:
             w = round(height * self.crop_ratio[1])
         left, top = (width - w) // 2, (height - h) // 2
         return left, top, left + w, top + h
-
-
-def render_conversation(turns: list[Turn]) -> tuple[str, list[tuple[int, int]]]:
-    """The template's text (without EOS) and the character span of each answer (after ``AI: ``)."""
-    text = SYSTEM_PROMPT
-    spans = []
-    for turn in turns:
-        if turn.role == HUMAN:
-            text += "\n" + HUMAN_PREFIX + turn.text
-        else:
-            text += "\n" + AI_PREFIX
-            start = len(text)
-            text += turn.text
-            spans.append((start, len(text)))
-    return text, spans
-
-
-def parse_conversation(text: str) -> list[Turn]:
-    """The inverse of ``render_conversation``: mPLUG-Owl instruction text -> turns.
-
-    Lines before the first ``Human:`` (the system prompt) are dropped; a line that starts neither ``Human:`` nor
-    ``AI:`` continues the turn before it.
-    """
-    turns: list[Turn] = []
-    for line in text.split("\n"):
-        stripped = line.strip()
-        for role, prefix in ((HUMAN, HUMAN_PREFIX.strip()), (AI, AI_PREFIX.strip())):
-            if stripped.startswith(prefix):
-                turns.append(Turn(role, stripped[len(prefix):].strip()))
-                break
-        else:
-            if turns:
-                turns[-1] = Turn(turns[-1].role, f"{turns[-1].text}\n{line}")
-    return turns
 
 
 class OwlProcessor:

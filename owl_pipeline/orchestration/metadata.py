@@ -18,12 +18,10 @@ from typing import Any
 import lance
 
 from owl_pipeline import constants as C
-from owl_pipeline.eval.owleval import ABILITIES
 from owl_pipeline.pipeline.graph import step
 from owl_pipeline.pipeline.lineage import step_lineage
 from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.records import StepResult
-from owl_pipeline.train.loop import LOSS_CURVE
 
 # Figures of one run that a reuse must not repeat as if they were fresh.
 _RUN_FIGURES = {"seconds", "samples_per_s", "model_tflops_per_s", "data_wait_share", "mfu", "images_per_s",
@@ -69,7 +67,7 @@ def _image(title: str, path: Path) -> tuple[str, str]:
 
 
 def _named_abilities(scores: dict[str, float]) -> dict[str, float]:
-    return {f"{code}: {ABILITIES.get(code, code)}": value for code, value in scores.items()}
+    return {f"{code}: {C.OWLEVAL_ABILITIES.get(code, code)}": value for code, value in scores.items()}
 
 
 def step_entries(result: StepResult) -> Entries:
@@ -86,7 +84,7 @@ def step_entries(result: StepResult) -> Entries:
         else:
             entries[key] = _typed(value)
     entries.update({f"path_{name}": ("path", path) for name, path in result.outputs.items()})
-    plots = {"loss curve": Path(result.outputs["model"]).parent / LOSS_CURVE if "model" in result.outputs else None,
+    plots = {"loss curve": Path(result.outputs["model"]).parent / C.LOSS_CURVE if "model" in result.outputs else None,
              "filter histograms": Path(result.outputs["histogram"]) if "histogram" in result.outputs else None}
     entries.update({title: _image(title, path) for title, path in plots.items() if path and path.is_file()})
     return entries

@@ -4,11 +4,14 @@ where training runs (in-process, or a dagster-pipes subprocess under accelerate/
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from owl_pipeline.pipeline.project import Project, load_project
-from owl_pipeline.registry.tracking import MlflowTracking, tracking_for
+
+if TYPE_CHECKING:
+    from owl_pipeline.registry.tracking import MlflowTracking
 
 
 class ProjectResource(dg.ConfigurableResource):
@@ -29,6 +32,8 @@ class MlflowResource(dg.ConfigurableResource):
     enabled: bool = True
 
     def tracking(self, project: Project) -> MlflowTracking | None:
+        from owl_pipeline.registry.tracking import tracking_for  # mlflow: loaded by the runs that track
+
         return tracking_for(project.root, self.tracking_uri, self.ui_url) if self.enabled else None
 
 

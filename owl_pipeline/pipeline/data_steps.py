@@ -174,7 +174,7 @@ def _instruction_files(project: Project) -> list[Path]:
 @pipeline_step(C.ASSET_INSTRUCTIONS, reads=(C.ASSET_RAW_SHARDS,), params=("instructions", "max_image_pixels"),
                writes=lambda p: p.instructions, description="Instruction conversations in Lance", group=GROUP_DATA,
                kinds=("lance",), external=_instruction_files,
-               code=("data/instructions.py", "data/images.py", "data/lance_io.py", "model/processor.py"),
+               code=("data/instructions.py", "data/images.py", "data/lance_io.py", "model/conversation.py"),
                result=InstructionDataResult)
 def instruction_data(project: Project, log: Log = print, tracking=None) -> InstructionDataResult:
     report = build_instruction_table(project.instruction_sources(), project.instructions, log=log,

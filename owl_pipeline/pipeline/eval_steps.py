@@ -11,7 +11,6 @@ from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.lineage import lineage_tags
 from owl_pipeline.pipeline.records import StepResult
 from owl_pipeline.pipeline.steps import EVALUATION_CODE, GROUP_EVAL, pipeline_step, registered_step
-from owl_pipeline.train.loop import MODEL_DIR
 
 Log = Callable[[str], None]
 TRAINING_STEP_NAMES = (C.ASSET_BASE_LLM, C.ASSET_STAGE1, C.ASSET_STAGE2)
@@ -57,7 +56,7 @@ def owleval_report(project: Project, log: Log = print, tracking=None) -> OwlEval
     """Answer the eval set with the stage-2 model; score it beside the published answers (eval.report)."""
     from owl_pipeline.eval.evaluate import evaluate_model
 
-    files = evaluate_model(project.stage2 / MODEL_DIR, project.owleval_dir(), project.owleval,
+    files = evaluate_model(project.stage2 / C.MODEL_DIR, project.owleval_dir(), project.owleval,
                            project.config.evaluation, f"owl-{project.config.model.name}", log=log,
                            max_image_pixels=project.config.max_image_pixels)
     log("owleval: " + ", ".join(f"{k} {v:.3f}" for k, v in files.report.scores().items()))
@@ -119,7 +118,7 @@ def registered_model(project: Project, log: Log = print, tracking=None) -> Regis
                            max_rows=settings.serve_max_rows, max_new_tokens=settings.serve_max_new_tokens,
                            max_question_tokens=project.config.evaluation.max_question_tokens)
     # Logged into the stage-2 training run and registered from it (a run of its own if stage 2 was untracked).
-    registration = register_model(tracking, project.stage2 / MODEL_DIR, settings.model_name, scores,
+    registration = register_model(tracking, project.stage2 / C.MODEL_DIR, settings.model_name, scores,
                                   settings.metric, settings.min_delta, settings.floor, tags=tags, log=log,
                                   limits=limits, run_id=tags.get(STAGE2_PARENT),
                                   eval_set_digest=eval_set_digest(project),

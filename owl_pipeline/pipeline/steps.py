@@ -21,8 +21,8 @@ TRAINING_POOL = "owl_training"  # a second launch of a training step waits for t
 
 # The library modules steps run (paths under owl_pipeline/), named once for the steps that share them.
 LOADER_CODE = ("data/loader.py", "data/images.py")
-MODEL_CODE = ("model/owl.py", "model/vision.py", "model/abstractor.py", "model/processor.py", "model/builders.py",
-              "model/tokenizer.py")
+MODEL_CODE = ("model/owl.py", "model/vision.py", "model/abstractor.py", "model/processor.py", "model/conversation.py",
+              "model/builders.py", "model/tokenizer.py")
 TRAINING_CODE = ("pipeline/training_runs.py", "train/loop.py", "train/optim.py", "train/checkpoint.py",
                  "train/speed.py", *MODEL_CODE, *LOADER_CODE)
 EVALUATION_CODE = ("eval/evaluate.py", "eval/owleval.py", "eval/report.py", "eval/report_html.py",

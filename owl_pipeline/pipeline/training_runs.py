@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from owl_pipeline import constants as C
 from owl_pipeline.files import atomic_write_json, atomic_write_text, read_json_or_none
@@ -17,7 +17,9 @@ from owl_pipeline.pipeline.lineage import config_hash, dataset_inputs, lineage_t
 from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.ranks import is_main_process, wait_for_everyone
 from owl_pipeline.pipeline.records import StepResult
-from owl_pipeline.train.loop import CHECKPOINT_DIR, StageResult, Tracker
+
+if TYPE_CHECKING:  # annotations only: the steps' table is read without loading torch
+    from owl_pipeline.train.loop import StageResult, Tracker
 
 Log = Callable[[str], None]
 MODEL_REFERENCE_FILE = "model_reference.json"
@@ -124,9 +126,9 @@ def start_fresh_if_changed(output: Path, fingerprint: dict, log: Log) -> None:
         digest = config_hash(fingerprint)
         marker = output / FINGERPRINT_FILE
         known = read_json_or_none(marker, warn=log)
-        checkpoints = output / CHECKPOINT_DIR
+        checkpoints = output / C.CHECKPOINT_DIR
         if checkpoints.is_dir() and (not isinstance(known, dict) or known.get("fingerprint") != digest):
-            aside = output / f"{CHECKPOINT_DIR}.superseded-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            aside = output / f"{C.CHECKPOINT_DIR}.superseded-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
             checkpoints.rename(aside)
             log(f"{output.name}: inputs or settings changed since the last run; starting over "
                 f"(its checkpoints are kept in {aside.name}; delete it when no longer needed)")

@@ -1,6 +1,9 @@
 """The training steps: the base LLM (the embedded default's stand-in for a pretrained one), stage 1 and
 stage 2. Each trains with the one loop (train/loop.py), resumes from its checkpoints, and is one MLflow run
-carrying the config as params and lineage tags when tracking is on."""
+carrying the config as params and lineage tags when tracking is on.
+
+The model stack (torch, transformers, peft) is imported inside the functions that train or load a model: reading
+the steps' table (a data step's process, Dagster's code server, `dg check defs`) then costs no second of it."""
 
 from __future__ import annotations
 
@@ -12,27 +15,25 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lance
-import torch
 
 from owl_pipeline import constants as C
 from owl_pipeline.config import LLMConfig, OwlConfig, StageConfig, VisionConfig
-from owl_pipeline.data.loader import CaptionPairDataset, ConversationDataset
-from owl_pipeline.data.text_corpus import build_text_corpus, tokenizer_texts
 from owl_pipeline.files import link_or_copy_tree, sha256_of
 from owl_pipeline.manifest import MANIFEST_FILE, verify_manifest
-from owl_pipeline.model.builders import build_model, from_pretrained, processor_config_for, save_pretrained
-from owl_pipeline.model.processor import OwlProcessor
-from owl_pipeline.model.tokenizer import prepare_tokenizer, train_bpe_tokenizer
 from owl_pipeline.pipeline.lineage import folder_hash
 from owl_pipeline.pipeline.project import Project
 from owl_pipeline.pipeline.ranks import is_main_process, wait_for_everyone
 from owl_pipeline.pipeline.steps import GROUP_TRAINING, TRAINING_CODE, TRAINING_POOL, pipeline_step
 from owl_pipeline.pipeline.training_runs import (TrainingResult, in_mlflow_run, stage_figures, start_fresh_if_changed,
                                                  write_history)
-from owl_pipeline.train.loop import MODEL_DIR, Tracker, train_stage
+
+if TYPE_CHECKING:
+    from owl_pipeline.data.loader import CaptionPairDataset, ConversationDataset
+    from owl_pipeline.train.loop import Tracker
+
 
 Log = Callable[[str], None]
 
@@ -54,7 +55,7 @@ def _pretrained_model_files(project: Project) -> list[Path]:
 
 
 @pipeline_step(C.ASSET_BASE_LLM, reads=(C.ASSET_CURATED_PAIRS, C.ASSET_INSTRUCTIONS), params=("model", "base_llm"),
-               writes=lambda p: p.base_llm / MODEL_DIR,
+               writes=lambda p: p.base_llm / C.MODEL_DIR,
                description="The LLM the stages build on (trained here on the embedded default)",
                group=GROUP_TRAINING, kinds=("pytorch",), trains=True, tracked=True, pool=TRAINING_POOL,
                metrics=("final_loss",),
@@ -108,7 +109,12 @@ def _with_real_sizes(model) -> None:
 def _pretrained_base_llm(project: Project) -> TrainingResult:
     """The LLM named by ``model.llm.pretrained`` (a folder, a bundled one such as the embedded default's
     ``shapes-world-llm``, or a hub id), loaded as it is; a folder with a manifest is checked against it."""
+    import torch
     from transformers import AutoTokenizer
+
+    from owl_pipeline.model.builders import build_model, processor_config_for, save_pretrained
+    from owl_pipeline.model.processor import OwlProcessor
+    from owl_pipeline.model.tokenizer import prepare_tokenizer
 
     config, vision_metadata = _model_config(project)
     config.llm.pretrained, checked = _checked_pretrained(project, config.llm.pretrained, "owl pretrain-llm")
@@ -118,13 +124,13 @@ def _pretrained_base_llm(project: Project) -> TrainingResult:
     model = build_model(config, processor)
     _with_real_sizes(model)
     if is_main_process():
-        save_pretrained(model, processor, project.base_llm / MODEL_DIR)
+        save_pretrained(model, processor, project.base_llm / C.MODEL_DIR)
     wait_for_everyone()
     figures = {"llm": config.llm.pretrained, "trained_here": False, **vision_metadata}
     if checked:
         figures.update(manifest_sha256=sha256_of(Path(config.llm.pretrained) / MANIFEST_FILE),
                        text_lookup=checked.get("text_lookup"), pretraining_seconds=checked.get("seconds"))
-    return TrainingResult(name=C.ASSET_BASE_LLM, outputs={"model": str(project.base_llm / MODEL_DIR)}, **figures)
+    return TrainingResult(name=C.ASSET_BASE_LLM, outputs={"model": str(project.base_llm / C.MODEL_DIR)}, **figures)
 
 
 OFFICIAL_RECORD = "official.json"
@@ -138,7 +144,7 @@ def _official_base(project: Project, log: Log) -> TrainingResult:
     if not source.is_dir():
         raise FileNotFoundError(f"model.pretrained_official: {source} is not a folder (an official mPLUG-Owl "
                                 "checkpoint: config.json, weights, tokenizer)")
-    digest, output = folder_hash(source), project.base_llm / MODEL_DIR
+    digest, output = folder_hash(source), project.base_llm / C.MODEL_DIR
     record = project.base_llm / OFFICIAL_RECORD
     known = json.loads(record.read_text()) if record.is_file() else {}
     if known.get("dvc_md5") == digest and (output / C.OWL_CONFIG_FILE).is_file():
@@ -161,6 +167,15 @@ def pass_through(source: Path, output: Path) -> Path:
 
 
 def _train_base_llm(project: Project, log: Log, tracker: Tracker | None, run_url: str | None) -> TrainingResult:
+    import torch
+
+    from owl_pipeline.data.loader import ConversationDataset
+    from owl_pipeline.data.text_corpus import build_text_corpus, tokenizer_texts
+    from owl_pipeline.model.builders import build_model, processor_config_for
+    from owl_pipeline.model.processor import OwlProcessor
+    from owl_pipeline.model.tokenizer import train_bpe_tokenizer
+    from owl_pipeline.train.loop import train_stage
+
     (config, vision_metadata), settings = _model_config(project), project.config.base_llm
     torch.manual_seed(settings.train.seed)
     if is_main_process():
@@ -200,6 +215,8 @@ class StageRun:
 
 
 def _stage_run(project: Project, stage: int) -> StageRun:
+    from owl_pipeline.data.loader import CaptionPairDataset, ConversationDataset
+
     if stage == C.STAGE_PRETRAIN:
         return StageRun(C.ASSET_STAGE1, stage, CaptionPairDataset, project.curated_pairs, project.config.stage1,
                         project.base_llm, project.stage1)
@@ -211,10 +228,13 @@ def _train_from(run: StageRun, project: Project, log: Log, tracker: Tracker | No
                 run_url: str | None) -> TrainingResult:
     """Train the stage; with ``max_steps: 0`` the model is passed on untrained (e.g. to evaluate a released
     checkpoint as it is)."""
-    previous, config = run.previous / MODEL_DIR, run.config
+    from owl_pipeline.model.builders import from_pretrained
+    from owl_pipeline.train.loop import train_stage
+
+    previous, config = run.previous / C.MODEL_DIR, run.config
     if config.max_steps == 0:
         log(f"{run.name}: max_steps is 0; passing on {previous} untrained")
-        model_dir = pass_through(previous, run.output / MODEL_DIR)
+        model_dir = pass_through(previous, run.output / C.MODEL_DIR)
         return TrainingResult(name=run.name, outputs={"model": str(model_dir)}, steps=0, passed_through=str(previous))
     source = previous / C.OWL_CONFIG_FILE
     model, processor = from_pretrained(previous)
@@ -231,7 +251,7 @@ def _train_from(run: StageRun, project: Project, log: Log, tracker: Tracker | No
 
 
 @pipeline_step(C.ASSET_STAGE1, reads=(C.ASSET_BASE_LLM, C.ASSET_CURATED_PAIRS), params=("model", "stage1"),
-               writes=lambda p: p.stage1 / MODEL_DIR, description="Stage 1: vision + abstractor trained, LLM frozen",
+               writes=lambda p: p.stage1 / C.MODEL_DIR, description="Stage 1: vision + abstractor trained, LLM frozen",
                group=GROUP_TRAINING, kinds=("pytorch",), trains=True, tracked=True, metrics=("final_loss",),
                pool=TRAINING_POOL, code=TRAINING_CODE, result=TrainingResult)
 def stage1_model(project: Project, log: Log = print, tracking=None) -> TrainingResult:
@@ -239,7 +259,7 @@ def stage1_model(project: Project, log: Log = print, tracking=None) -> TrainingR
     mPLUG-Owl checkpoint (``model.pretrained_official``) has been through it already: passed on as it is."""
     if project.config.model.pretrained_official:
         log("stage1_model: the released checkpoint is pretrained already; passing it on")
-        model_dir = pass_through(project.base_llm / MODEL_DIR, project.stage1 / MODEL_DIR)
+        model_dir = pass_through(project.base_llm / C.MODEL_DIR, project.stage1 / C.MODEL_DIR)
         return TrainingResult(name=C.ASSET_STAGE1, outputs={"model": str(model_dir)}, steps=0,
                               passed_through="official")
     return in_mlflow_run(C.ASSET_STAGE1, project, tracking, (C.ASSET_CURATED_PAIRS,),
@@ -247,7 +267,7 @@ def stage1_model(project: Project, log: Log = print, tracking=None) -> TrainingR
 
 
 @pipeline_step(C.ASSET_STAGE2, reads=(C.ASSET_STAGE1, C.ASSET_INSTRUCTIONS), params=("model", "stage2"),
-               writes=lambda p: p.stage2 / MODEL_DIR,
+               writes=lambda p: p.stage2 / C.MODEL_DIR,
                description="Stage 2: LoRA on the LLM with the mixed instructions",
                group=GROUP_TRAINING, kinds=("pytorch",), trains=True, tracked=True, metrics=("final_loss",),
                pool=TRAINING_POOL, code=TRAINING_CODE, result=TrainingResult)

@@ -36,7 +36,7 @@ from owl_pipeline.train.optim import build_optimizer, build_scheduler
 from owl_pipeline.train.speed import apply_speed_options, resolve_compile, restore_dtypes
 
 MODEL_DIR, CHECKPOINT_DIR = C.MODEL_DIR, C.CHECKPOINT_DIR  # named here too: the loop's callers import them
-LOSS_CURVE = "loss_curve.png"
+LOSS_CURVE = C.LOSS_CURVE
 LENGTH_GROUP_BATCHES = 64  # group_by_length sorts windows of this many (global) batches
 
 
