@@ -1,5 +1,7 @@
 import time
 
+import pytest
+
 from owl_pipeline.cli import main
 
 
@@ -65,6 +67,7 @@ def test_an_unreachable_tracking_server_is_a_clear_error(tmp_path, monkeypatch, 
     assert "cannot reach the MLflow tracking store" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a training step's process: 10 s
 def test_sigterm_stops_a_training_step_and_marks_its_mlflow_run_killed(tmp_path):
     import os
     import signal

@@ -51,6 +51,7 @@ def real_report(real_answers, similarity, judge_says_b, tmp_path_factory):
 
 
 @needs_real_owleval
+@pytest.mark.slow  # the real report's fixture: 20 s
 def test_real_owleval_report_with_published_models(real_report):
     report = real_report.report.document
     assert len(report["rows"]) == 82 and {m["model_id"] for m in report["models"]} == PUBLISHED | {"owl-tiny"}
@@ -61,6 +62,7 @@ def test_real_owleval_report_with_published_models(real_report):
 
 
 @needs_real_owleval
+@pytest.mark.slow  # the real report's fixture: 20 s
 def test_similarity_scores_every_model_against_the_reference(real_report):
     report = real_report.report.document
     scores = {m["model_id"]: m["scores"]["all"]["similarity"] for m in report["models"]}
@@ -72,6 +74,7 @@ def test_similarity_scores_every_model_against_the_reference(real_report):
 
 
 @needs_real_owleval
+@pytest.mark.slow  # the real report's fixture: 20 s
 def test_human_ratings_round_trip(real_answers, real_report, tmp_path):
     eval_set, answers = real_answers
     with real_report.rating_sheet.open(newline="", encoding="utf-8") as handle:
@@ -127,6 +130,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @needs_real_owleval
+@pytest.mark.slow  # the real report's fixture: 20 s
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium not installed (scripts/setup.sh installs it)")
 def test_html_report_renders_all_rows_in_chromium(real_report, tmp_path):
     files = real_report

@@ -127,6 +127,7 @@ def test_the_inbox_sensor_adds_a_partition_and_asks_for_its_ingestion_once_each_
         assert new_shards_sensor(context).run_requests[0].partition_key == "inbox/00043.tar"
 
 
+@pytest.mark.slow  # an accelerate launch: 13 s
 def test_training_through_dagster_pipes_under_accelerate_launch(tmp_path, capfd):
     """The pipes launcher runs the same step in a subprocess started by `accelerate launch` (CPU, one process);
     the subprocess reports its materialization, with the same metadata, back through dagster-pipes."""

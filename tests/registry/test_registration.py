@@ -145,6 +145,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow  # a model server: 10 s
 def test_mlflow_models_serve_answers_http(registry, picture, tmp_path):
     uri, _, _ = registry
     port = _free_port()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from owl_pipeline.cli import main
@@ -14,6 +15,7 @@ from owl_pipeline.train.checkpoint import list_checkpoints
 
 from ..test_pipeline import TINY_PARAMS
 
+pytestmark = pytest.mark.slow  # a torchrun launch of two processes: 17 s
 
 
 def stage1_state(project: Path) -> dict:

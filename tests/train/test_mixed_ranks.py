@@ -9,6 +9,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # two torchrun launches of two processes: 13 s
 
 WORKER = textwrap.dedent('''
     import sys

@@ -183,6 +183,7 @@ RESUMABLE_RUN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # three training processes: 16 s
 def test_a_run_killed_mid_stage_resumes_to_the_same_weights(model, processor, pairs, tmp_path):
     from owl_pipeline.model.builders import save_pretrained
 
