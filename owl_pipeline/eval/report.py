@@ -154,6 +154,11 @@ def build_report(eval_set: EvalSet, our_answers: list[dict], our_model_id: str, 
     reference_id, reference = found if found else (None, None)
     ours = AnswerSet(our_model_id, {int(a["question_id"]): a.get("answer", "") for a in our_answers}, ours=True)
     answer_sets = [ours, *published_answer_sets(files)]
+    if scorers.similarity is not None and reference:
+        # Every answer and reference embedded in one call: the model batches texts of like length together, and
+        # each model's scoring below reads the cache (the real set's 6 answer files: 15 s -> 9 s on 2 cores).
+        scorers.similarity.embed([text for s in answer_sets for text in s.answers.values() if text.strip()]
+                                 + list(reference.values()))
     models = []
     for answer_set in answer_sets:
         log(f"owleval: scoring {answer_set.model_id} ({len(answer_set.answers)} answers)")
