@@ -155,5 +155,5 @@ def pytest_unconfigure(config):
     gc.freeze()
 
 
-if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # torch threads: one per worker on 2 cores (one oversubscribes)
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # 2 cores, 2 workers: 1 thread each (2 each: over 12 min)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
