@@ -20,8 +20,8 @@ ALLOWED = {
     "pipeline": {"config", "constants", "files", "manifest", "locks", "model", "data", "train", "eval", "registry"},
     "orchestration": {"config", "constants", "files", "manifest", "locks", "model", "data", "train", "eval", "registry",
                       "pipeline"},
-    "cli": {"config", "constants", "files", "manifest", "locks", "model", "data", "train", "eval", "registry", "pipeline",
-            "orchestration", "ui"},
+    "cli": {"config", "constants", "files", "manifest", "locks", "model", "data", "train", "eval", "registry",
+            "pipeline", "orchestration", "ui"},
     "ui": {"config", "constants", "registry", "pipeline", "orchestration"},
 }
 # Leaf modules every room may use.

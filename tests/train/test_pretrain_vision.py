@@ -16,7 +16,7 @@ from owl_pipeline.data.clip_score import ClipScorer
 from owl_pipeline.data.scene_stream import pretraining_rng, scene_batch
 from owl_pipeline.data.synthetic import generate_corpus
 from owl_pipeline.eval.image_probe import fresh_scenes
-from owl_pipeline.manifest import MANIFEST_FILE, ManifestMismatchError, verify_manifest
+from owl_pipeline.manifest import ManifestMismatchError, verify_manifest
 from owl_pipeline.train.pretrain_vision import pretrain_vision
 
 from ..conftest import SMALL, quiet

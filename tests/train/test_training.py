@@ -111,7 +111,8 @@ def test_a_frozen_pretrained_tower_runs_once_per_picture_with_the_same_losses(ti
         model = build_model(tiny_config, processor)
         before = snapshot(model.vision)
         original = model.vision._encode
-        monkeypatch.setattr(model.vision, "_encode", lambda pixels, f=original: encoded.append(len(pixels)) or f(pixels))
+        monkeypatch.setattr(model.vision, "_encode",
+                            lambda pixels, f=original: encoded.append(len(pixels)) or f(pixels))
         messages = []
         runs[memo] = train_stage(model, processor, 1, CaptionPairDataset(pairs, processor, train=True),
                                  stage_config(max_steps=20, vision_memo_mib=memo), tmp_path / f"run{memo}",
