@@ -19,7 +19,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transforme
 def _quiet_libraries() -> None:
     """No library chatter a user cannot act on: peft's call of a name transformers 5 deprecated, MLflow's
     database set-up notes, transformers' per-load notes and progress bars (set through the environment above,
-    so a data step does not import transformers for it: a second less per process)."""
+    so a data step does not import transformers for it: 0.5-1 s less per process)."""
     import logging
     import warnings
 
