@@ -42,7 +42,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=5, help="corpus seed (the committed corpus uses 0)")
     args = parser.parse_args()
-    rows = [r for r in make_pair_rows(SyntheticConfig(seed=args.seed, num_pairs=args.pairs)) if r.fault in (CLEAN, MISMATCHED)]
+    pairs = make_pair_rows(SyntheticConfig(seed=args.seed, num_pairs=args.pairs))
+    rows = [r for r in pairs if r.fault in (CLEAN, MISMATCHED)]
     scores = ClipScorer(str(args.clip))([r.jpeg for r in rows], [r.caption for r in rows])
     groups = {name: scores[[r.fault == name for r in rows]] for name in (CLEAN, MISMATCHED)}
     print(f"CLIP similarity of {len(rows)} shapes-world pairs ({args.clip.name})")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -66,7 +65,8 @@ def main() -> None:
         steps = step_seconds(project)
         second = timed_run(project)
     print(first[2])
-    print(f"{'owl run' + (f' (seed {args.seed})' if args.seed is not None else ''):<28}{'seconds':>9}{'peak RSS MiB':>14}")
+    title = 'owl run' + (f' (seed {args.seed})' if args.seed is not None else '')
+    print(f"{title:<28}{'seconds':>9}{'peak RSS MiB':>14}")
     print(f"{'clean folder':<28}{first[0]:>9.1f}{first[1]:>14.0f}")
     for name, seconds in steps.items():
         print(f"{'  ' + name:<28}{seconds:>9.1f}")

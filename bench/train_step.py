@@ -30,6 +30,42 @@ from dataclasses import dataclass
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+VARIANT_OPTIONS = ("eager", "compile", "ckpt", "fp32-frozen", "whole-loss")
+DEFAULT_NAMES = ("default", "base")  # "base": its name before compile defaulted to auto
+
+
+def variant_options(variant: str) -> set[str]:
+    options = set() if variant in DEFAULT_NAMES else set(variant.split("+"))
+    if options - set(VARIANT_OPTIONS):
+        raise SystemExit(f"unknown variant option(s) {sorted(options - set(VARIANT_OPTIONS))} in {variant!r}; "
+                         f"join any of {VARIANT_OPTIONS} with '+', or say 'base'")
+    return options
+
+
+def parse_arguments() -> argparse.Namespace:
+    """The options, with ``variants`` as {variant: its options}; a bad variant (or sweep variant) exits here."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="the tiny preset and small batches, for a CPU")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the card (H100/H200)")
+    parser.add_argument("--variants", nargs="+", default=["default"],
+                        help=f"ours these ways: default, or options joined by '+' from {VARIANT_OPTIONS}")
+    parser.add_argument("--sweep-memory-gib", type=float, default=None,
+                        help="then double the default path's micro-batch until its peak memory passes this (or OOM)")
+    parser.add_argument("--sweep-max-batch", type=int, default=None, help="the largest micro-batch the sweep tries")
+    parser.add_argument("--sweep-variant", default="default",
+                        help="the path the sweep measures (eager: no minute of compiling per batch size; compiled "
+                             "kernels take no more memory than eager ones, so its answer is on the safe side)")
+    args = parser.parse_args()
+    args.variants = {variant: variant_options(variant) for variant in args.variants}
+    variant_options(args.sweep_variant)
+    return args
+
+
+# Read before the imports below, which take seconds: a mistyped variant is an error at once.
+ARGUMENTS = parse_arguments() if __name__ == "__main__" else None
+
 import torch  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import LlavaConfig, LlavaForConditionalGeneration  # noqa: E402
@@ -43,8 +79,6 @@ from owl_pipeline.train.flops import flops_per_token, step_flops  # noqa: E402
 from owl_pipeline.train.optim import build_optimizer  # noqa: E402
 from owl_pipeline.train.speed import apply_speed_options, resolve_compile  # noqa: E402
 
-VARIANT_OPTIONS = ("eager", "compile", "ckpt", "fp32-frozen", "whole-loss")
-DEFAULT_NAMES = ("default", "base")  # "base": its name before compile defaulted to auto
 
 
 @dataclass
@@ -105,14 +139,6 @@ def flops_per_sample(name: str, model, config: OwlConfig, regime: Regime, image_
     return step_flops(flops_per_token(parts(name, model)), tokens)
 
 
-def variant_options(variant: str) -> set[str]:
-    options = set() if variant in DEFAULT_NAMES else set(variant.split("+"))
-    if options - set(VARIANT_OPTIONS):
-        raise SystemExit(f"unknown variant option(s) {sorted(options - set(VARIANT_OPTIONS))} in {variant!r}; "
-                         f"join any of {VARIANT_OPTIONS} with '+', or say 'base'")
-    return options
-
-
 def prepare_ours(model: OwlModel, options: set[str], device) -> torch.optim.Optimizer:
     """The training loop's preparation (train/loop.py) with the committed defaults, changed by ``options``."""
     defaults = StageConfig(lr=1e-5, weight_decay=0.0, vision_lr_scale=1.0)
@@ -160,22 +186,8 @@ def peak_gib(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="the tiny preset and small batches, for a CPU")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the card (H100/H200)")
-    parser.add_argument("--variants", nargs="+", default=["default"],
-                        help=f"ours these ways: default, or options joined by '+' from {VARIANT_OPTIONS}")
-    parser.add_argument("--sweep-memory-gib", type=float, default=None,
-                        help="then double the default path's micro-batch until its peak memory passes this (or OOM)")
-    parser.add_argument("--sweep-max-batch", type=int, default=None, help="the largest micro-batch the sweep tries")
-    parser.add_argument("--sweep-variant", default="default",
-                        help="the path the sweep measures (eager: no minute of compiling per batch size; compiled "
-                             "kernels take no more memory than eager ones, so its answer is on the safe side)")
-    args = parser.parse_args()
-    variants = {variant: variant_options(variant) for variant in args.variants}
+def main(args: argparse.Namespace) -> None:
+    variants = args.variants
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     config = OwlConfig.from_name("tiny" if args.tiny else "owl-1b")
     regimes = [Regime(1, 4, 16), Regime(2, 2, 32)] if args.tiny else [Regime(1, 64, 64), Regime(2, 16, 512)]
@@ -244,4 +256,4 @@ def time_model(label: str, options: set[str] | None, config: OwlConfig, regime: 
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGUMENTS)

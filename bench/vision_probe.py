@@ -60,11 +60,13 @@ def main() -> None:
     train, test = fresh_scenes(args.train, seed=777), fresh_scenes(args.test, seed=778)
     rows = [("random init", probe(random, train, test, patch)), (args.clip.name, probe(pretrained, train, test, patch))]
     print(f"linear probe on the frozen tower, {args.train} train / {args.test} held-out renders (JPEG q90)")
-    print("| tower | kind (objects) | color (objects) | kind or none | color or none | column |\n|---|---|---|---|---|---|")
+    print("| tower | kind (objects) | color (objects) | kind or none | color or none | column |")
+    print("|---|---|---|---|---|---|")
     for name, s in rows:
-        print(f"| {name} | {s['kind_of_objects']:.3f} | {s['color_of_objects']:.3f} | {s['kind']:.3f} | {s['color']:.3f} "
-              f"| {s['column']:.3f} |")
-    print(f"zero-shot: caption over the one-kind-swapped caption, 500 scenes: {swap_retrieval(args.clip):.3f} (chance 0.5)")
+        print(f"| {name} | {s['kind_of_objects']:.3f} | {s['color_of_objects']:.3f} | {s['kind']:.3f} "
+              f"| {s['color']:.3f} | {s['column']:.3f} |")
+    retrieval = swap_retrieval(args.clip)
+    print(f"zero-shot: caption over the one-kind-swapped caption, 500 scenes: {retrieval:.3f} (chance 0.5)")
 
 
 if __name__ == "__main__":
