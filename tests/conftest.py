@@ -106,13 +106,15 @@ def raw_pairs(corpus, tmp_path_factory):
 @pytest.fixture(scope="session")
 def local_ray():
     """One local Ray for the session (a start costs seconds); the Ray paths reuse it rather than start their own.
-    Started as a step starts its local Ray (idle workers kept), with 4 logical CPUs on this 2-core machine (Ray
-    Train's coordinator holds one beside two workers) and a small object store (the tests' data is megabytes)."""
+    Started as a step starts its local Ray (idle workers kept), with a small object store (the tests' data is
+    megabytes) and 2 logical CPUs: enough for Ray Train's two workers (its controller takes none) and for Ray
+    Data beside one CLIP actor. Each CPU more costs a worker process and its imports: the Ray tests took 166-172
+    busy CPU-s with 2, 179-202 with 4."""
     import ray
 
     from owl_pipeline.data.ray_session import local_ray_options
 
-    ray.init(**local_ray_options(4, object_store_memory=256 * 2**20, log_to_driver=False, logging_level="WARNING"))
+    ray.init(**local_ray_options(2, object_store_memory=256 * 2**20, log_to_driver=False, logging_level="WARNING"))
     yield ray
     ray.shutdown()
 

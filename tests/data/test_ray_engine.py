@@ -1,6 +1,6 @@
 """The Ray engine keeps exactly what the local engine keeps: the same rows, in the same order, with the same
-per-rule counts, on shapes world and on a mixed LAION + COYO set with every injected fault (a local Ray of 4
-logical CPUs, shared by the session)."""
+per-rule counts, on shapes world and on a mixed LAION + COYO set with every injected fault (the session's local
+Ray, 2 logical CPUs; the shuffles still split into 1, 3 or 4 partitions as each test sets)."""
 
 import json
 import os
