@@ -80,7 +80,6 @@ from owl_pipeline.train.optim import build_optimizer  # noqa: E402
 from owl_pipeline.train.speed import apply_speed_options, resolve_compile  # noqa: E402
 
 
-
 @dataclass
 class Regime:
     stage: int
