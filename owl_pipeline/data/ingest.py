@@ -9,19 +9,24 @@ Promises:
   ``too_many_pixels`` (the header's size over the pixel cap, checked before decoding), ``bad_metadata`` (JSON
   of the wrong shape: a list, null, a string score, an object caption; a score that is not finite, a declared
   size outside int32; examples name shard and key),
-  ``bad_caption_encoding``, ``incomplete_sample``, ``duplicate_key`` (the first one is kept),
+  ``bad_caption_encoding``, ``incomplete_sample``, ``duplicate_key`` (a key twice in one shard: the first one
+  is kept),
   ``unsafe_member_name`` (absolute, ``..``, or a link), ``not_a_file`` (a directory entry), ``truncated_shard``,
   ``member_too_large`` (over MAX_MEMBER_BYTES for its kind, or past MAX_SHARD_BYTES in its shard).
 - A tar shard is complete only when it ends with the end-of-archive marker and holds every sample its
   ``.parquet`` sidecar lists as downloaded; otherwise ``incomplete_shard`` (one per shard, named with the reason:
   cut short, or still being copied). Its readable samples are ingested, the ingested-shards record lists it
   as incomplete, and it is read again when the file changes (then every shard is re-read, as for any change).
+  A shard once ingested complete and then replaced by an incomplete copy (a re-copy cut short) is not read:
+  its earlier rows stay until the file is whole again (``kept_shards`` says so).
 - A shard is a regular file: a FIFO, a device, a dangling link or a link out of its folder named as a shard is
   ``not_a_regular_file`` (counted and named, never opened).
 - Names and captions are stored as given and shown escaped (safe_text.printable) in logs and problems.
 - Tar members are read, never extracted. A shard that cannot be read at all is recorded with its error.
 - Shards are identified by the shortest path suffix that tells them apart (two folders may both hold
-  ``00000.tar``).
+  ``00000.tar``), and a sample by its shard and key: img2dataset numbers keys from 0 in every download, so two
+  downloads share keys without sharing a sample. Duplicates across shards are the filters' job (``dup_url_text``,
+  ``dup_image_text``, near-duplicates).
 - One ingestion at a time per dataset (a lock file beside it); the record of ingested shards is written
   atomically and only describes the version it was written with, so a crash never makes it lie.
 """
@@ -140,18 +145,19 @@ class IngestReport:
     skipped: Counter = field(default_factory=Counter)
     failed_shards: dict[str, str] = field(default_factory=dict)
     incomplete_shards: dict[str, str] = field(default_factory=dict)  # shard name -> why it is not complete
+    kept_shards: dict[str, str] = field(default_factory=dict)  # replaced by an incomplete copy: earlier rows kept
     seconds: float = 0.0
     lance_version: int | None = None
     mode: str = "full"  # "full": every shard (re)read; "append": only new shards, added as a new version
     shards_already_ingested: int = 0
     problems: list[str] = field(default_factory=list)  # examples of skipped samples: "shard key: reason"
     max_pixels: int = DEFAULT_MAX_PIXELS
-    seen_keys: set[str] = field(default_factory=set, repr=False)  # keys written so far (the first one wins)
+    seen: set[tuple[str, str]] = field(default_factory=set, repr=False)  # (shard, key) written so far
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["skipped"] = dict(self.skipped)
-        del data["seen_keys"]
+        del data["seen"]
         return data
 
     def skip(self, reason: str, shard: str = "", key: str = "", detail: str = "") -> None:
@@ -385,10 +391,10 @@ def _to_table(records: list[dict], shard: str, report: IngestReport) -> pa.Table
         problem = _sample_problem(record, report)
         if problem:
             report.skip(problem, shard, str(record.get("key", "")))
-        elif str(record["key"]) in report.seen_keys:
+        elif (shard, str(record["key"])) in report.seen:
             report.skip("duplicate_key", shard, str(record["key"]))
         else:
-            report.seen_keys.add(str(record["key"]))
+            report.seen.add((shard, str(record["key"])))
             good.append(record)
     if not good:
         return None
@@ -435,45 +441,68 @@ def find_shards(folder: Path) -> list[Path]:
     return tars or sorted(folder.glob("*.parquet"))
 
 
-INGESTED_SHARDS_FILE = "owl_ingested_shards.json"
-INGEST_LOCK_WAIT_SECONDS = 3600.0  # inside the dataset folder: which files made which version
+INGESTED_SHARDS_FILE = "owl_ingested_shards.json"  # inside the dataset folder: which files made which version
+INGEST_LOCK_WAIT_SECONDS = 3600.0
 
 
-def _shard_stats(shards: list[Path]) -> dict[str, list[int]]:
+def shard_id(path: Path, root: Path) -> str:
+    """How the record names a shard file: relative to ``root`` (the project) where it lies inside it, so a moved
+    or copied project still knows its shards; else its absolute path."""
+    resolved = Path(path).resolve()
+    return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else str(resolved)
+
+
+def _shard_stats(shards: list[Path], root: Path) -> dict[str, list[int]]:
     # keyed by the whole path: the shard folder and the inbox may both hold a 00000.tar
-    return {str(Path(p).resolve()): [Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for p in shards}
+    return {shard_id(p, root): [Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for p in shards}
 
 
-def _known_shards(output: Path, log) -> dict[str, list[int]]:
-    """The shard files the dataset's current version was made from; {} when unknown (then all are re-read)."""
-    if not (output / "_versions").is_dir():
-        return {}
-    data = read_json_or_none(output / INGESTED_SHARDS_FILE, warn=log)
-    if not isinstance(data, dict) or not isinstance(data.get("shards"), dict):
-        return {}
-    return data["shards"] if data.get("version") == lance.dataset(str(output)).version else {}
+@dataclass
+class IngestedRecord:
+    """What the dataset's current version was made from: each shard file's [size, mtime_ns], the shards that
+    were incomplete, and the name each shard's rows carry. Empty when unknown (then all are re-read)."""
+
+    version: int | None = None
+    shards: dict[str, list[int]] = field(default_factory=dict)
+    incomplete: dict[str, str] = field(default_factory=dict)  # by file name, as IngestReport.incomplete_shards
+    names: dict[str, str] = field(default_factory=dict)  # shard id -> the ``shard`` column of its rows
+
+    @classmethod
+    def read(cls, output: Path, log) -> IngestedRecord:
+        if not (output / "_versions").is_dir():
+            return cls()
+        data = read_json_or_none(output / INGESTED_SHARDS_FILE, warn=log)
+        if not isinstance(data, dict) or not isinstance(data.get("shards"), dict):
+            return cls()
+        if data.get("version") != lance.dataset(str(output)).version:
+            return cls()
+        return cls(data["version"], data["shards"], dict(data.get("incomplete") or {}), dict(data.get("names") or {}))
 
 
 def ingest(shards: list[Path], output: str | Path, log=print, incremental: bool = True,
            max_pixels: int = DEFAULT_MAX_PIXELS, write_shards: WriteShards | None = None,
-           defer: Collection[Path] = ()) -> IngestReport:
+           defer: Collection[Path] = (), root: Path | None = None) -> IngestReport:
     """Read ``shards`` and write the normalized Lance dataset at ``output`` as a new version.
 
     Incremental (the default): when every shard the current version was made from is still there unchanged,
-    only the new shards are read and appended; otherwise (a shard changed or went away) all are re-read.
+    only the new shards are read and appended; otherwise (a shard changed or went away) all are re-read. A shard
+    recorded as complete whose file is replaced by one cut short (a re-copy that did not finish) is not read: its
+    earlier rows stay until the file is whole again (``IngestReport.kept_shards``).
     Reading the record, writing and recording are one step under a lock on ``output``: two ingestions of the
     same new shards append them once. ``write_shards`` reads and writes the shards (default: here, streaming;
-    data/ray_ingest.py: as Ray tasks).
+    data/ray_ingest.py: as Ray tasks). ``root`` (the project folder; default: the dataset's folder): shards
+    inside it are recorded by their path relative to it, so a moved or copied project still knows them.
 
     ``defer``: shards among ``shards`` left for an ingestion of their own (a Dagster partition run); one already
     in the dataset is kept (its rows stay, and it is re-read if the dataset is re-read whole), a new one is not
     read now. Where the dataset's shards are unknown (no record), every shard is read."""
     output = Path(output)
+    root = Path(root or output.parent).resolve()
     # Waits for another ingestion into the same dataset, then plans again (its shards are then known).
     with StepLock(output.with_name(f".{output.name}.lock"), what=f"ingestion into {output}", warn=log,
                   wait_seconds=INGEST_LOCK_WAIT_SECONDS):
         return _ingest_locked(shards, output, log, incremental, max_pixels, write_shards or _write_shards,
-                              defer)
+                              defer, root)
 
 
 def why_not_a_shard(path: Path) -> str | None:
@@ -490,41 +519,93 @@ def why_not_a_shard(path: Path) -> str | None:
     return None
 
 
+def why_incomplete(path: Path) -> str | None:
+    """Why a shard file is not whole, from its headers alone (no member is read), or None."""
+    path = Path(path)
+    try:
+        if path.suffix == ".parquet":
+            pq.ParquetFile(path)
+            return None
+        ending = TarEnding()
+        with tarfile.open(path, "r:") as tar:
+            ending.keys = {PurePosixPath(m.name).name.partition(".")[0] for m in tar}
+            ending.marker = tar.fileobj.tell() >= tar.offset + tarfile.BLOCKSIZE
+    except (tarfile.TarError, EOFError, OSError, pa.ArrowException) as error:
+        return f"unreadable: {error}"
+    return _incomplete_because(ending, _sidecar_metadata(path, IngestReport())[1])
+
+
+def _cut_copies(shards: list[Path], record: IngestedRecord, stats: dict[str, list[int]],
+                root: Path) -> dict[Path, str]:
+    """Shards the record holds as complete whose file changed and is now incomplete: path -> why."""
+    cut = {}
+    for path in shards:
+        sid = shard_id(path, root)
+        if sid in record.shards and stats[sid] != record.shards[sid] and Path(path).name not in record.incomplete:
+            why = why_incomplete(path)
+            if why:
+                cut[path] = why
+    return cut
+
+
 def _ingest_locked(shards: list[Path], output: Path, log, incremental: bool, max_pixels: int,
-                   write_shards: WriteShards, defer: Collection[Path]) -> IngestReport:
-    known = _known_shards(output, log) if incremental else {}
+                   write_shards: WriteShards, defer: Collection[Path], root: Path) -> IngestReport:
+    record = IngestedRecord.read(output, log) if incremental else IngestedRecord()
+    known = record.shards
     if known and defer:
-        waiting = {str(Path(p).resolve()) for p in defer} - set(known)
-        shards = [p for p in shards if str(Path(p).resolve()) not in waiting]
+        waiting = {shard_id(p, root) for p in defer} - set(known)
+        shards = [p for p in shards if shard_id(p, root) not in waiting]
     odd = {Path(p): why for p in shards if (why := why_not_a_shard(p))}
     shards = [p for p in shards if Path(p) not in odd]
-    stats = _shard_stats(shards)
+    stats = _shard_stats(shards, root)
+    cut = _cut_copies(shards, record, stats, root)
+    stats.update({shard_id(p, root): known[shard_id(p, root)] for p in cut})  # as recorded: its rows stand for it
     unchanged = bool(known) and all(stats.get(name) == stat for name, stat in known.items())
-    todo = [p for p in shards if str(Path(p).resolve()) not in known] if unchanged else list(shards)
+    todo = [p for p in shards if shard_id(p, root) not in known] if unchanged else [p for p in shards if p not in cut]
     report = IngestReport(shards=len(todo), mode="append" if unchanged else "full",
                           shards_already_ingested=len(shards) - len(todo), max_pixels=max_pixels)
     for path, why in odd.items():
         report.skip("not_a_regular_file", shard=path.name, detail=why)
         log(f"ingest: {printable(path.name)} is not read: {why}")
+    for path, why in cut.items():
+        report.kept_shards[Path(path).name] = why
+        log(f"ingest: shard {printable(Path(path).name)} was replaced by an incomplete copy ({printable(why)}); "
+            "its earlier rows stay until the file is whole again")
+    names = shard_names(shards)
     if unchanged and not todo:
         report.lance_version = lance.dataset(str(output)).version
         log(f"ingest: all {len(shards)} shards already in {output} (version {report.lance_version})")
         return report
-    if unchanged:  # keys already in the dataset count as seen: an appended duplicate is skipped
-        report.seen_keys = set(lance.dataset(str(output)).to_table(columns=["key"])["key"].to_pylist())
-    names = shard_names(shards)
+    row_names = {shard_id(p, root): names[p] for p in todo}
+    for path in set(shards) - set(todo):  # rows kept from before carry the name they were written with
+        row_names[shard_id(path, root)] = record.names.get(shard_id(path, root), names[path])
+    written = False
     try:
         version = write_shards(todo, names, output, report, append=unchanged, log=log).version
+        written = True
     except EmptyDatasetError:
-        if not unchanged:
+        if not (unchanged or cut):
             raise
         version = report.lance_version = lance.dataset(str(output)).version  # new shards all unreadable: counted
-        log(f"ingest: no readable rows in the {len(todo)} new shards; {output} stays at version {version}")
+        log(f"ingest: no readable rows in the {len(todo)} shards read; {output} stays at version {version}")
+    if cut and not unchanged:  # re-read whole: the cut shards' rows come from the version that held them
+        kept = [row_names[shard_id(p, root)] for p in cut]
+        version = report.lance_version = _write_earlier_rows(output, record.version, kept, append=written)
     for name, why in report.incomplete_shards.items():
         log(f"ingest: shard {printable(name)} is incomplete ({why}); it is read again when the file changes")
     atomic_write_json(output / INGESTED_SHARDS_FILE, {"version": version, "shards": stats,
-                                                      "incomplete": report.incomplete_shards})
+                                                      "incomplete": report.incomplete_shards, "names": row_names})
     return report
+
+
+def _write_earlier_rows(output: Path, version: int, shards: list[str], append: bool) -> int:
+    """The rows of ``shards`` (their ``shard`` names) as dataset ``version`` held them, appended to the re-read
+    dataset (or, where nothing else was read, as the whole new version); the version now current."""
+    earlier = lance.dataset(str(output), version=version).to_table(filter=pc.field("shard").isin(shards))
+    if not earlier.num_rows:
+        return lance.dataset(str(output)).version
+    return write_lance(earlier.to_batches(), PAIR_SCHEMA, output, append=append,
+                       message=f"keep the rows of {len(shards)} shards replaced by incomplete copies").version
 
 
 SHARD_ERRORS = (SchemaError, tarfile.ReadError, OSError)  # a shard that raises one of these is recorded as failed

@@ -1,6 +1,9 @@
 """Asset checks. Blocking ones stop a run before training on bad data or registering an unscored model."""
 
 
+from collections import Counter
+from pathlib import Path
+
 import dagster as dg
 import lance
 
@@ -8,6 +11,25 @@ from owl_pipeline import constants as C
 from owl_pipeline.data.ingest import PAIR_SCHEMA
 from owl_pipeline.data.synthetic import MANIFEST_FILE, CorpusManifest
 from owl_pipeline.orchestration.resources import ProjectResource
+
+
+def _faults_left(owl_project, dataset) -> dict[str, int]:
+    """Shapes world: rows of the generated corpus whose injected fault the filters let through, by fault. Only the
+    generated shards' rows are looked up: a shard dropped in the inbox numbers its keys from 0 too."""
+    from owl_pipeline.data.ingest import IngestedRecord, shard_id, shard_names
+    from owl_pipeline.pipeline.data_steps import shard_files
+
+    if not (owl_project.generated and (owl_project.raw_shards / MANIFEST_FILE).is_file()):
+        return {}
+    faults = CorpusManifest.load(owl_project.raw_shards).faults
+    folder = owl_project.shard_folder().resolve()
+    # The names the rows were written with (the record's; the current files' where it has none).
+    names = IngestedRecord.read(owl_project.raw_pairs, log=lambda line: None).names or {
+        shard_id(path, owl_project.root): name for path, name in shard_names(shard_files(owl_project)).items()}
+    generated = {name for sid, name in names.items() if (owl_project.root / sid).resolve().parent == folder}
+    rows = dataset.to_table(columns=["shard", "key"]).to_pydict()
+    found = Counter(faults.get(key, "clean") for shard, key in zip(rows["shard"], rows["key"]) if shard in generated)
+    return {fault: count for fault, count in sorted(found.items()) if fault != "clean"}
 
 
 @dg.asset_check(asset=C.ASSET_CURATED_PAIRS, blocking=True,
@@ -21,16 +43,9 @@ def curated_pairs_ready(project: ProjectResource) -> dg.AssetCheckResult:
         problems.append(f"{rows} curated rows, fewer than min_curated_rows={minimum}")
     if dataset.schema != PAIR_SCHEMA:
         problems.append(f"schema differs from the normalized one: {dataset.schema}")
-    leftover = {}
-    manifest_path = owl_project.raw_shards / MANIFEST_FILE
-    if owl_project.generated and manifest_path.is_file():
-        faults = CorpusManifest.load(owl_project.raw_shards).faults
-        keys = dataset.to_table(columns=["key"])["key"].to_pylist()
-        for key in keys:
-            if faults.get(key, "clean") != "clean":
-                leftover[faults[key]] = leftover.get(faults[key], 0) + 1
-        if leftover:
-            problems.append(f"injected faults survived the filters: {leftover}")
+    leftover = _faults_left(owl_project, dataset)
+    if leftover:
+        problems.append(f"injected faults survived the filters: {leftover}")
     return dg.AssetCheckResult(passed=not problems, metadata={
         "rows": rows, "min_rows": minimum, "fault_rows_left": dg.MetadataValue.json(leftover),
         "problems": dg.MetadataValue.json(problems)})

@@ -45,6 +45,7 @@ class RawPairsResult(StepResult):
     skipped: dict[str, int] | None = None  # samples skipped, by reason
     failed_shards: dict[str, str] | None = None
     incomplete_shards: dict[str, str] | None = None  # read again when the file changes
+    kept_shards: dict[str, str] | None = None  # replaced by an incomplete copy: their earlier rows stay
     problems: list[str] | None = None  # examples, escaped for printing
     lance_version: int | None = None
     images_per_s: int | None = None
@@ -120,13 +121,13 @@ def raw_pairs(project: Project, log: Log = print, tracking=None, only: list[Path
     chosen = None if only is None else {Path(p).resolve() for p in only}
     defer = [] if chosen is None else [p for p in shards if p.resolve() not in chosen]
     report = ingest(shards, project.raw_pairs, log=log, max_pixels=project.config.max_image_pixels,
-                    write_shards=write_shards, defer=defer)
+                    write_shards=write_shards, defer=defer, root=project.root)
     return RawPairsResult(
         name=C.ASSET_RAW_PAIRS, outputs={"lance": str(project.raw_pairs)},
         rows=lance.dataset(str(project.raw_pairs)).count_rows(), rows_added=report.rows_written, mode=report.mode,
         shards_read=report.shards, shards_already_ingested=report.shards_already_ingested,
         skipped=dict(report.skipped), failed_shards=report.failed_shards,
-        incomplete_shards=report.incomplete_shards, problems=report.problems,
+        incomplete_shards=report.incomplete_shards, kept_shards=report.kept_shards, problems=report.problems,
         lance_version=report.lance_version,
         images_per_s=round(report.rows_written / report.seconds) if report.seconds else None,
         engine=project.config.engine[C.ASSET_RAW_PAIRS])
