@@ -11,6 +11,7 @@ Problems (a malformed line, a missing image, an empty answer, a judge with no gr
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -229,6 +230,30 @@ class OwlEvalReport:
         """Questions our model gave an answer to."""
         ours = self.document["our_model"]
         return sum(1 for row in self.document["rows"] if row["answers"].get(ours, {}).get("answer"))
+
+    def coverage_problem(self, eval_set: EvalSet) -> str | None:
+        """Why our scores do not stand for the whole of ``eval_set`` (questions it has that our model has no row
+        for, or rows for questions it lacks), or None: a gate compares like with like."""
+        ours = self.document["our_model"]
+        covered = {row["question_id"] for row in self.document["rows"] if ours in row["answers"]}
+        wanted = {q.question_id: q.question_type or "untyped" for q in eval_set.questions}
+        missing, extra = set(wanted) - covered, covered - set(wanted)
+        if not missing and not extra:
+            return None
+        by_type = Counter(wanted[q] for q in missing)
+        what = ", ".join(f"{n} {kind}" for kind, n in sorted(by_type.items()))
+        return (f"the report covers {len(covered & set(wanted))} of the eval set's {len(wanted)} questions"
+                + (f" (missing: {what})" if missing else "") + (f", and {len(extra)} it does not have" if extra else ""))
+
+    def gate_problems(self, metric: str, eval_set: EvalSet, has_references: bool) -> list[str]:
+        """Why these scores cannot go before the registration gate (the blocking check's findings), or []."""
+        scores, value = self.scores(), self.scores().get(metric)
+        found = [(self.questions == 0, "no questions"), (self.answered() == 0, "no question got an answer"),
+                 (has_references and C.METRIC_ACCURACY not in scores, "references exist but no accuracy"),
+                 (value is None, f"no {metric!r} score for the registration gate"),
+                 (value is not None and not math.isfinite(value), f"the {metric!r} score is {value}, not finite")]
+        coverage = self.coverage_problem(eval_set)
+        return [text for failed, text in found if failed] + ([coverage] if coverage else [])
 
     def scores_by_model(self) -> dict[str, dict[str, float]]:
         """Every model's overall scores (ours and the published answer files'), the unscored left out."""

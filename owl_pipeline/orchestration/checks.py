@@ -58,8 +58,10 @@ def instruction_data_ready(project: ProjectResource) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset=C.ASSET_OWLEVAL, blocking=True,
-                description="Evaluation finished: questions answered, scores present (accuracy where references exist)")
+                description="Evaluation finished: questions answered, the gate's score present and finite, the whole "
+                            "eval set covered (accuracy where references exist)")
 def owleval_scored(project: ProjectResource) -> dg.AssetCheckResult:
+    from owl_pipeline.eval.owleval import load_eval_set
     from owl_pipeline.eval.report import GROUND_TRUTH_FILE, OwlEvalReport
 
     owl_project = project.project()
@@ -67,15 +69,11 @@ def owleval_scored(project: ProjectResource) -> dg.AssetCheckResult:
     if not report_path.is_file():
         return dg.AssetCheckResult(passed=False, metadata={"problem": f"{report_path} missing"})
     report = OwlEvalReport.read(report_path)
-    scores, answered = report.scores(), report.answered()
     has_references = (owl_project.owleval_dir() / "answer" / GROUND_TRUTH_FILE).is_file()
-    metric = owl_project.config.registry.metric
-    problems = [text for failed, text in (
-        (report.questions == 0, "no questions"), (answered == 0, "no question got an answer"),
-        (has_references and C.METRIC_ACCURACY not in scores, "references exist but no accuracy"),
-        (metric not in scores, f"no {metric!r} score for the registration gate")) if failed]
+    problems = report.gate_problems(owl_project.config.registry.metric, load_eval_set(owl_project.owleval_dir()),
+                                    has_references)
     return dg.AssetCheckResult(passed=not problems, metadata={
-        "questions": report.questions, "answered": answered, "scores": dg.MetadataValue.json(scores),
+        "questions": report.questions, "answered": report.answered(), "scores": dg.MetadataValue.json(report.scores()),
         "problems": dg.MetadataValue.json(problems)})
 
 

@@ -102,6 +102,7 @@ def eval_set_digest(project: Project) -> str:
                      "data/versions.py"), result=RegistrationResult, environment=("DVC_EXP_NAME",))
 def registered_model(project: Project, log: Log = print, tracking=None) -> RegistrationResult:
     """Register the stage-2 model in the MLflow registry: alias ``candidate``, ``champion`` if the gate passes."""
+    from owl_pipeline.eval.owleval import load_eval_set
     from owl_pipeline.eval.report import OwlEvalReport
     from owl_pipeline.registry.pyfunc_model import ServingLimits
     from owl_pipeline.registry.registration import register_model
@@ -122,7 +123,8 @@ def registered_model(project: Project, log: Log = print, tracking=None) -> Regis
                                   settings.metric, settings.min_delta, settings.floor, tags=tags, log=log,
                                   limits=limits, run_id=tags.get(STAGE2_PARENT),
                                   eval_set_digest=eval_set_digest(project),
-                                  promotion_off=promotion_off(project))
+                                  promotion_off=promotion_off(project),
+                                  coverage=report.coverage_problem(load_eval_set(project.owleval_dir())))
     return RegistrationResult(
         name=C.ASSET_REGISTERED, outputs={"model_uri": registration.model_uri}, registered=True,
         model_uri=registration.model_uri, version=registration.version,

@@ -18,6 +18,7 @@ import base64
 import contextlib
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -62,27 +63,44 @@ class Champion:
     eval_set_digest: str | None
 
 
+def _not_finite(score: float) -> bool:
+    return not math.isfinite(score)  # NaN compares false both ways: it would pass every test below
+
+
 def gate(score: float | None, champion: Champion | None, min_delta: float, floor: float,
-         eval_set_digest: str | None = None) -> GateDecision:
+         eval_set_digest: str | None = None, coverage: str | None = None) -> GateDecision:
     """Promote when ``score >= floor`` and, against a champion measured on the same eval set,
-    ``score >= champion.score + min_delta``; no champion yet: the floor alone decides."""
+    ``score >= champion.score + min_delta``; no champion yet: the floor alone decides. A score that is not a finite
+    number never promotes, and a champion's never counts as beaten. ``coverage``: why the scores do not cover the
+    whole eval set (eval.report.OwlEvalReport.coverage_problem), which refuses."""
     if score is None:
         return GateDecision(False, "no score for the gate's metric: not promoted")
+    if _not_finite(score):
+        return GateDecision(False, f"score {score} is not a finite number: not promoted")
+    if coverage:
+        return GateDecision(False, f"{coverage}: not comparable, not promoted")
     if score < floor:
         return GateDecision(False, f"score {score:.4f} is below the floor {floor:.4f}")
     if champion is not None:
-        if champion.score is None:
-            return GateDecision(False, f"the champion (version {champion.version}) has no score for the gate's "
-                                       "metric: not comparable, not promoted (score both, or move the alias by hand)")
-        if champion.eval_set_digest != eval_set_digest:
-            return GateDecision(False, f"the champion (version {champion.version}) was scored on another eval set "
-                                       f"(digest {champion.eval_set_digest}, now {eval_set_digest}): not comparable, "
-                                       "not promoted")
+        problem = _champion_problem(champion, eval_set_digest)
+        if problem:
+            return GateDecision(False, problem)
         if score < champion.score + min_delta:
             return GateDecision(False, f"score {score:.4f} is below the champion's {champion.score:.4f} "
                                        f"plus min_delta {min_delta:.4f}")
     against = "no champion yet" if champion is None else f"champion {champion.score:.4f}"
     return GateDecision(True, f"score {score:.4f} passes (floor {floor:.4f}, {against}, min_delta {min_delta:.4f})")
+
+
+def _champion_problem(champion: Champion, eval_set_digest: str | None) -> str | None:
+    """Why a candidate cannot be compared with ``champion``, or None."""
+    if champion.score is None or _not_finite(champion.score):
+        return (f"the champion (version {champion.version}) has no finite score for the gate's metric "
+                f"({champion.score}): not comparable, not promoted (score both, or move the alias by hand)")
+    if champion.eval_set_digest != eval_set_digest:
+        return (f"the champion (version {champion.version}) was scored on another eval set "
+                f"(digest {champion.eval_set_digest}, now {eval_set_digest}): not comparable, not promoted")
+    return None
 
 
 def _example_image() -> str:
@@ -230,19 +248,19 @@ def register_model(tracking: MlflowTracking, model_dir: Path, name: str, scores:
                    metric: str, min_delta: float, floor: float, tags: dict[str, str] | None = None,
                    log: Callable[[str], None] = print, limits: pyfunc_model.ServingLimits | None = None,
                    run_id: str | None = None, eval_set_digest: str | None = None,
-                   promotion_off: str | None = None) -> Registration:
+                   promotion_off: str | None = None, coverage: str | None = None) -> Registration:
     """Register ``model_dir`` as a new version of ``name``, alias it ``candidate``, and ``champion`` if it
     passes the gate on ``scores[metric]``. With ``run_id`` (the training run that made it), the model is logged
     into that run as a LoggedModel with the scores as its metrics and registered from it, so the registry
     links back to the run's params, metrics and datasets; without, a run of its own holds it. The scores were
     measured on the eval set ``eval_set_digest`` names (its DVC md5): only a champion measured on the same set is
-    compared against. ``promotion_off`` (a reason, e.g. a DVC experiment) keeps champion where it is: the gate's
+    compared against, and only scores of the whole set (``coverage``: why they are not) may promote. ``promotion_off`` (a reason, e.g. a DVC experiment) keeps champion where it is: the gate's
     verdict is still recorded."""
     check_registry(tracking)
     version_tags = {**(tags or {}), **{SCORE_TAG_PREFIX + k: str(v) for k, v in scores.items()},
                     **({EVAL_SET_DIGEST_TAG: eval_set_digest} if eval_set_digest else {})}
     gate_on = dict(score=scores.get(metric), metric=metric, min_delta=min_delta, floor=floor,
-                   eval_set_digest=eval_set_digest, promotion_off=promotion_off)
+                   eval_set_digest=eval_set_digest, promotion_off=promotion_off, coverage=coverage)
     if run_id is not None:
         with _fluent_api_on(tracking):  # the store resolves a models:/ source through MLflow's global URI
             source, model_id = log_model_in_run(tracking, run_id, Path(model_dir), limits)
@@ -269,7 +287,7 @@ def _now_ms() -> int:
 def _create_version(tracking: MlflowTracking, name: str, source: str, run_id: str, tags: dict[str, str],
                     score: float | None, metric: str, min_delta: float, floor: float, eval_set_digest: str | None,
                     log: Callable[[str], None], model_id: str | None = None,
-                    promotion_off: str | None = None) -> Registration:
+                    promotion_off: str | None = None, coverage: str | None = None) -> Registration:
     client = tracking.client
     try:
         client.get_registered_model(name)
@@ -282,7 +300,7 @@ def _create_version(tracking: MlflowTracking, name: str, source: str, run_id: st
         client.set_registered_model_alias(name, CANDIDATE, version.version)
         with _fluent_api_on(tracking):
             problem = serving_problem(name)
-        decision = gate(score, champion, min_delta, floor, eval_set_digest)
+        decision = gate(score, champion, min_delta, floor, eval_set_digest, coverage)
         client.set_model_version_tag(name, version.version, "serving.check", problem or "passed")
         if problem:
             decision = GateDecision(False, f"the candidate does not serve, not promoted: {problem}")

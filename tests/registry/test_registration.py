@@ -41,8 +41,23 @@ def test_gate_rules():
     other = gate(0.9, champion, 0.0, 0.3, "set-b")
     assert not other.promoted and "scored on another eval set (digest set-a, now set-b)" in other.reason
     unscored = gate(0.9, Champion("3", None, "set-a"), 0.0, 0.3, "set-a")
-    assert not unscored.promoted and "has no score for the gate's metric" in unscored.reason
+    assert not unscored.promoted and "has no finite score for the gate's metric" in unscored.reason
     assert not gate(None, champion, 0.0, 0.0, "set-a").promoted
+
+
+def test_a_score_that_is_not_finite_never_promotes_nor_counts_as_beaten():
+    nan = float("nan")
+    for score in (nan, float("inf")):
+        decision = gate(score, None, 0.0, 0.3)
+        assert not decision.promoted and "not a finite number" in decision.reason
+    assert not gate(nan, Champion("3", 0.5, "set-a"), 0.0, 0.3, "set-a").promoted
+    after_a_nan_champion = gate(0.1, Champion("4", nan, "set-a"), 0.0, 0.0, "set-a")
+    assert not after_a_nan_champion.promoted and "no finite score" in after_a_nan_champion.reason
+
+
+def test_scores_that_cover_part_of_the_eval_set_never_promote():
+    decision = gate(0.9, None, 0.0, 0.3, coverage="the report covers 30 of the eval set's 40 questions")
+    assert not decision.promoted and "covers 30 of the eval set's 40 questions: not comparable" in decision.reason
 
 
 def test_a_sequence_of_slightly_worse_candidates_never_moves_the_champion(tmp_path, two_models):
