@@ -5,7 +5,9 @@ Every new version gets the alias ``candidate``. It also gets ``champion`` only i
 is at least the current champion's plus ``min_delta`` (0: never worse, so the bar never slides), measured on the
 same eval set (the same digest), and at least an absolute floor. A champion scored on another eval set, or
 without the metric, is not beaten by default: the version is refused with the reason. The decision and its
-reason are written on the version (tags ``gate.*`` and the description). Load the result the MLflow way:
+reason are written on the version (tags ``gate.*`` and the description). The champion is read after the serving
+check, under a lock on the store (``champion_lock``), so two registrations at once never both promote against
+the champion of before. Load the result the MLflow way:
 ``mlflow.pyfunc.load_model("models:/<name>@champion")``.
 
 Nothing is registered half-way: the pyfunc is built before the registry is touched, and a failure after the
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+from filelock import FileLock
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
@@ -42,6 +45,7 @@ CANDIDATE, CHAMPION = "candidate", "champion"
 SCORE_TAG_PREFIX = "eval."
 EVAL_SET_DIGEST_TAG = "eval_set_digest"  # the DVC md5 of the eval set the scores were measured on
 _TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+CHAMPION_LOCK_WAIT_SECONDS = 600.0  # a registration holds it for a few store calls
 
 
 class RegistryUnavailableError(ConnectionError):
@@ -284,6 +288,42 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _local_store_file(uri: str) -> Path | None:
+    """The file or folder of a local tracking store (``sqlite:///PATH``, ``file:PATH`` or a plain path); None for
+    a server."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///"))
+    if uri.startswith("file:"):
+        return Path(uri.removeprefix("file://").removeprefix("file:"))
+    return None if "://" in uri else Path(uri)
+
+
+@contextlib.contextmanager
+def champion_lock(tracking: MlflowTracking) -> Iterator[None]:
+    """Held while the champion is read, compared with and moved, so two registrations against one store never
+    both promote against the same old champion. A local store holds it as a file beside it (released by the OS
+    if the holder dies); a server offers none through MLflow: there the champion is re-read just before the alias
+    is set, which narrows the race to that moment (keep registrations to one process per model name)."""
+    store = _local_store_file(tracking.registry_uri)
+    if store is None:
+        yield
+        return
+    with FileLock(store.with_name(f".{store.name}.champion.lock"), timeout=CHAMPION_LOCK_WAIT_SECONDS):
+        yield
+
+
+def _decide(score: float | None, champion: Champion | None, problem: str | None, promotion_off: str | None,
+            **gate_on) -> GateDecision:
+    """The gate's verdict, then what overrules it: a candidate that does not serve, or promotion turned off."""
+    decision = gate(score, champion, **gate_on)
+    if problem:
+        return GateDecision(False, f"the candidate does not serve, not promoted: {problem}")
+    if promotion_off:
+        verdict = "would pass" if decision.promoted else "would not pass"
+        return GateDecision(False, f"{promotion_off}: candidate only ({verdict}: {decision.reason})")
+    return decision
+
+
 def _create_version(tracking: MlflowTracking, name: str, source: str, run_id: str, tags: dict[str, str],
                     score: float | None, metric: str, min_delta: float, floor: float, eval_set_digest: str | None,
                     log: Callable[[str], None], model_id: str | None = None,
@@ -293,23 +333,21 @@ def _create_version(tracking: MlflowTracking, name: str, source: str, run_id: st
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="mPLUG-Owl-style model trained by owl-pipeline")
-    champion = current_champion(tracking, name, metric)
-    champion_version = champion.version if champion else None
     version = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id)
     try:
         client.set_registered_model_alias(name, CANDIDATE, version.version)
         with _fluent_api_on(tracking):
             problem = serving_problem(name)
-        decision = gate(score, champion, min_delta, floor, eval_set_digest, coverage)
         client.set_model_version_tag(name, version.version, "serving.check", problem or "passed")
-        if problem:
-            decision = GateDecision(False, f"the candidate does not serve, not promoted: {problem}")
-        elif promotion_off:
-            verdict = "would pass" if decision.promoted else "would not pass"
-            decision = GateDecision(False, f"{promotion_off}: candidate only ({verdict}: {decision.reason})")
-        if decision.promoted:
-            client.set_registered_model_alias(name, CHAMPION, version.version)
-        against = f" (champion was version {champion_version})" if champion_version else ""
+        # The champion is read after the seconds-long serving check, under the lock: another registration may
+        # have moved it meanwhile, and the comparison must be with the champion the alias moves from.
+        with champion_lock(tracking):
+            champion = current_champion(tracking, name, metric)
+            decision = _decide(score, champion, problem, promotion_off, min_delta=min_delta, floor=floor,
+                               eval_set_digest=eval_set_digest, coverage=coverage)
+            if decision.promoted:
+                client.set_registered_model_alias(name, CHAMPION, version.version)
+        against = f" (champion was version {champion.version})" if champion else ""
         client.set_model_version_tag(name, version.version, "gate.decision", "promoted" if decision.promoted
                                      else "refused")
         client.set_model_version_tag(name, version.version, "gate.reason", decision.reason + against)

@@ -72,6 +72,47 @@ def test_a_sequence_of_slightly_worse_candidates_never_moves_the_champion(tmp_pa
     assert refused.tags["gate.decision"] == "refused" and refused.tags["eval_set_digest"] == "set-a"
 
 
+def _register_racing(store: str, folder: str, score: float, barrier, serving_seconds: float) -> None:
+    """One registration process of the race below: both pass the barrier before either's serving check ends (so
+    each read the store before the other moved champion), and the worse one's check ends last."""
+    from owl_pipeline.registry import registration
+
+    def serving_check_taking(seconds):
+        def check(name):
+            barrier.wait(60)
+            time.sleep(seconds)
+            return None
+        return check
+
+    registration.serving_problem = serving_check_taking(serving_seconds)
+    tracking = MlflowTracking(f"sqlite:///{store}", artifact_root=Path(store).parent / "artifacts")
+    register_model(tracking, Path(folder), "race", {"accuracy": score}, "accuracy", 0.0, 0.0, log=print,
+                   eval_set_digest="set-a")
+
+
+@pytest.mark.slow  # two processes that import MLflow and register: 15 s
+def test_two_registrations_at_once_leave_the_better_model_champion(tmp_path, two_models):
+    import multiprocessing
+
+    (_, folder), _ = two_models
+    store = tmp_path / "mlflow.db"
+    tracking = MlflowTracking(f"sqlite:///{store}", artifact_root=tmp_path / "artifacts")  # the store made once
+    tracking.client.create_registered_model("race")
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2)
+    racers = [context.Process(target=_register_racing, args=(str(store), str(folder), score, barrier, seconds))
+              for score, seconds in ((0.9, 0.0), (0.5, 3.0))]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(180)
+    assert [r.exitcode for r in racers] == [0, 0]
+    champion = tracking.client.get_model_version_by_alias("race", CHAMPION)
+    assert champion.tags["eval.accuracy"] == "0.9"
+    worse = next(v for v in tracking.client.search_model_versions("name='race'") if v.tags["eval.accuracy"] == "0.5")
+    assert worse.tags["gate.decision"] == "refused" and "below the champion's 0.9000" in worse.tags["gate.reason"]
+
+
 @pytest.fixture(scope="module")
 def eval_slice(corpus, tmp_path_factory):
     """The first eight questions of shapes world's eval set, with their pictures and reference answers."""
