@@ -105,3 +105,38 @@ def test_wrong_types_and_ranges_name_the_field(tmp_path, text, message):
     path.write_text(text + "\n")
     with pytest.raises(ConfigError, match=message):
         PipelineConfig.from_yaml(path)
+
+
+# --- issue 42, item 6: what params.yaml may hold ----------------------------------------------------------------
+def test_a_section_written_twice_is_refused_with_both_lines(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("stage2:\n  lr: 0.001\nfilters: {}\nstage2:\n  max_steps: 10\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: key 'stage2' is written twice in one section "
+                                          r"\(lines 1 and 4\): keep one"):
+        PipelineConfig.from_yaml(path)
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_is_expanded(tmp_path):
+    # Each level is nine aliases of the one before: 9**6 items from a few hundred bytes (a real bomb goes on).
+    levels = ["&a [x, x, x, x, x, x, x, x, x]"]
+    levels += [f"&{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]" for i in range(5)]
+    path = tmp_path / "params.yaml"
+    path.write_text("stage1:\n  lr: [" + ",\n    ".join(levels) + "]\n")
+    with pytest.raises(ConfigError, match=r"params.yaml line 3: YAML aliases \(\*name\) are not accepted") as error:
+        PipelineConfig.from_yaml(path)
+    assert len(str(error.value)) < 300
+
+
+def test_a_huge_params_file_is_refused_by_its_size(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("notes: [" + ", ".join(["0"] * 700_000) + "]\n")
+    with pytest.raises(ConfigError, match=r"more than a config may be"):
+        PipelineConfig.from_yaml(path)
+
+
+def test_an_error_never_prints_a_huge_value(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("stage1: {lr: [" + ", ".join(["0"] * 50_000) + "]}\n")
+    with pytest.raises(ConfigError, match=r"params\.stage1\.lr: expected a finite number, got \[0, 0,") as error:
+        PipelineConfig.from_yaml(path)
+    assert len(str(error.value)) < 300

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -36,11 +37,54 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any], path: str) -> dic
     return merged
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is settings, not data: far below this, and never minutes to parse
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxtuple, _SHOWN.maxdict = 3, 6, 6, 6
+_SHOWN.maxstring = _SHOWN.maxother = 80
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut short: an error message never prints a huge value (nor walks one)."""
+    return _SHOWN.repr(value)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key written twice in one mapping (DVC rejects such a file; PyYAML keeps the last)
+    and any alias (``*name``): an alias shares a value, so a few KB of them can stand for billions of items."""
+
+    def construct_mapping(self, node, deep=False):
+        lines = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in lines:
+                raise ConfigError(f"{key_node.start_mark.name}: key {shown(key)} is written twice in one "
+                                  f"section (lines {lines[key]} and {line}): keep one")
+            if isinstance(key, typing.Hashable):
+                lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise ConfigError(f"{mark.name} line {mark.line + 1}: YAML aliases (*name) are not accepted in a "
+                              "config; write the value out")
+        return super().compose_node(parent, index)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is {size:,} bytes, more than a config may be ({MAX_CONFIG_BYTES:,}): data "
+                          "belongs in files the config names, not in the config")
+    try:
+        with path.open(encoding="utf-8") as stream:  # marks then name the file
+            data = yaml.load(stream, Loader=_StrictLoader) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
@@ -56,7 +100,7 @@ def from_mapping(cls: type, values: dict[str, Any], where: str, base: Any = None
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
     if unknown:
-        raise ConfigError(f"unknown keys in {where}: {sorted(unknown)}; known: {sorted(names)}")
+        raise ConfigError(f"unknown keys in {where}: {shown(sorted(unknown))}; known: {sorted(names)}")
     hints = get_type_hints(cls)
     kwargs = {f.name: copy.deepcopy(getattr(base, f.name)) for f in dataclasses.fields(cls)} if base else {}
     for key, value in values.items():
@@ -94,35 +138,35 @@ def checked_value(value: Any, kind: Any, where: str) -> Any:
                 return checked_value(value, option, where)
             except ConfigError as error:
                 errors.append(str(error))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} is none of {options}")
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {shown(value)} is none of {options}")
     if kind is Any or dataclasses.is_dataclass(kind) and isinstance(value, kind):
         return value
     if dataclasses.is_dataclass(kind):
         if isinstance(value, dict):
             return from_mapping(kind, value, where)
-        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        raise ConfigError(f"{where}: expected a mapping, got {shown(value)}")
     if kind is bool or kind is str:
         if not isinstance(value, kind):
-            raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+            raise ConfigError(f"{where}: expected {kind.__name__}, got {shown(value)}")
         return value
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {shown(value)}")
         return value
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{where}: expected a finite number, got {shown(value)}")
         return float(value)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {shown(value)}")
         if origin is tuple and args and args[-1] is not Ellipsis and len(value) != len(args):
-            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
+            raise ConfigError(f"{where}: expected {len(args)} values, got {shown(value)}")
         items = [checked_value(v, args[0] if origin is list or args[-1] is Ellipsis else args[i], f"{where}[{i}]")
                  for i, v in enumerate(value)] if args else list(value)
         return items if origin is list else tuple(items)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {shown(value)}")
         return value
     return value
