@@ -16,6 +16,7 @@ must run for them to fire: ``owl ui`` and ``dagster dev`` start one.
 
 import json
 import os
+from dataclasses import dataclass, field
 
 import dagster as dg
 
@@ -23,6 +24,7 @@ from owl_pipeline import constants as C
 from owl_pipeline.data.ingest import find_shards
 from owl_pipeline.orchestration.partitions import SHARD_DROPS, beta_accepted, inbox_key
 from owl_pipeline.orchestration.resources import ProjectResource
+from owl_pipeline.safe_text import printable
 
 retrain_job = dg.define_asset_job("retrain", selection=dg.AssetSelection.all(),
                                   description="The whole pipeline, from shards to the evaluated model")
@@ -41,11 +43,36 @@ def _default_sensor_status() -> dg.DefaultSensorStatus:
 DONE_SUFFIX = ".done"  # "<shard>.done" beside a shard: its writer says it is whole, act on it at once
 
 
-def _inbox_stats(inbox) -> dict[str, list[int]]:
-    """name -> [size, mtime_ns] of every shard in the inbox."""
+# Archives img2dataset users meet that ingestion does not read: said on every tick, never passed over in silence.
+UNREAD_ARCHIVES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst", ".zip")
+
+
+@dataclass
+class InboxListing:
+    stats: dict[str, list[int]] = field(default_factory=dict)  # name -> [size, mtime_ns] of each readable shard
+    unread: dict[str, str] = field(default_factory=dict)  # name -> why it is not read
+
+    def note(self) -> str:
+        return "; not read: " + ", ".join(f"{printable(n)} ({why})" for n, why in sorted(self.unread.items()))
+
+
+def list_inbox(inbox) -> InboxListing:
+    """The inbox's shards with their stats, and what in it cannot be read (a link to nothing, an archive that
+    is not a .tar): one bad entry never hides the others."""
+    listing = InboxListing()
     if not inbox.is_dir():
-        return {}
-    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in find_shards(inbox)}
+        return listing
+    for path in find_shards(inbox):
+        try:
+            stat = path.stat()
+        except OSError as error:
+            listing.unread[path.name] = f"cannot be read: {error.strerror or error}"
+            continue
+        listing.stats[path.name] = [stat.st_size, stat.st_mtime_ns]
+    for path in inbox.iterdir():
+        if path.name.lower().endswith(UNREAD_ARCHIVES):
+            listing.unread[path.name] = "a compressed archive: unpack it to .tar shards"
+    return listing
 
 
 def _read_cursor(cursor: str | None, current: dict[str, list[int]]) -> tuple[dict, dict]:
@@ -65,7 +92,10 @@ def new_shards_sensor(context: dg.SensorEvaluationContext, project: ProjectResou
     or a ``<name>.done`` marker beside it. The cursor keys what was seen by name, size and time, so a shard replaced
     under the same name is seen again."""
     inbox = project.project().inbox
-    current = _inbox_stats(inbox)
+    listing = list_inbox(inbox)
+    current = listing.stats
+    if listing.unread:
+        context.log.warning(f"inbox {inbox}{listing.note()}")
     seen, last_tick = _read_cursor(context.cursor, current)
     whole = {name for name, stat in current.items()
              if last_tick.get(name) == stat or (inbox / f"{name}{DONE_SUFFIX}").is_file()}
@@ -74,8 +104,9 @@ def new_shards_sensor(context: dg.SensorEvaluationContext, project: ProjectResou
     seen.update({name: current[name] for name in new})
     context.update_cursor(json.dumps({"seen": seen, "last_tick": current}))
     if not new:
-        return dg.SkipReason(f"{len(settling)} shards in {inbox} still changing (acted on once their size and time "
-                             f"hold for a tick): {settling}" if settling else f"no new shards in {inbox}")
+        waiting = (f"{len(settling)} shards in {inbox} still changing (acted on once their size and time hold for "
+                   f"a tick): {settling}" if settling else f"no new shards in {inbox}")
+        return dg.SkipReason(waiting + (listing.note() if listing.unread else ""))
     keys = [inbox_key(inbox / name) for name in new]
     return dg.SensorResult(
         run_requests=[dg.RunRequest(run_key=f"shard:{name}@{current[name][0]}:{current[name][1]}", partition_key=key,

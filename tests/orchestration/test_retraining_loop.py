@@ -42,9 +42,8 @@ def definitions(root, min_rows: int) -> dg.Definitions:
 
 
 def drop_shards(folder) -> list:
-    """Three shards of another shapes world (another seed), as a user's new downloads. Their sample keys follow
-    on from the base corpus's 600 (ingestion keeps the first row of a key), so they are the last three shards of
-    a corpus of 1050."""
+    """Three shards of another shapes world (another seed), as a user's new downloads: the last three shards of a
+    corpus of 1050."""
     config = SyntheticConfig(seed=7, num_pairs=1050, shard_size=150, num_instruction_images=4, num_text_only=0,
                              num_eval_images=2)
     generate_corpus(folder, config, log=lambda _: None)
@@ -93,6 +92,29 @@ class Daemon:
         (self.root / "inbox" / f"{name}.done").touch()
         assert [r.partition_key for r in self.sensor_tick()] == [f"inbox/{name}"]
         assert self.automation_tick(when) == ({"curated_pairs"}, True)
+
+
+def test_a_dangling_link_in_the_inbox_never_hides_a_new_shard_and_an_archive_is_named(tmp_path):
+    from ..data.test_ingest import sample, write_tar
+
+    root = tmp_path / "project"
+    (root / "inbox").mkdir(parents=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    (root / "inbox" / "gone.tar").symlink_to(tmp_path / "nowhere.tar")
+    (root / "inbox" / "download.tar.gz").write_bytes(b"\x1f\x8b")
+    write_tar(root / "inbox" / "drop-1.tar", sample("a"))
+    (root / "inbox" / "drop-1.tar.done").touch()
+    with dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral(),
+                                 resources={"project": ProjectResource(root=str(root))}) as context:
+        result = new_shards_sensor(context)
+        cursor = context.cursor
+    assert [r.partition_key for r in result.run_requests] == ["inbox/drop-1.tar"]
+    with dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral(), cursor=cursor,
+                                 resources={"project": ProjectResource(root=str(root))}) as context:
+        skipped = new_shards_sensor(context)
+    assert isinstance(skipped, dg.SkipReason) and "no new shards" in skipped.skip_message
+    assert "gone.tar (cannot be read: No such file or directory)" in skipped.skip_message
+    assert "download.tar.gz (a compressed archive: unpack it to .tar shards)" in skipped.skip_message
 
 
 def trained_runs(instance) -> int:
