@@ -10,11 +10,13 @@ sensor, which starts stopped unless `owl ui --automations`).
   baseline: the next tick tries again."""
 
 import os
+import re
 
 import dagster as dg
 
 from owl_pipeline import constants as C
 from owl_pipeline.pipeline.graph import STEPS
+from owl_pipeline.safe_text import printable
 
 DEFAULT_CRON = "0 3 * * 1"
 DEFAULT_MIN_NEW_ROWS = 1000
@@ -22,12 +24,50 @@ TRAINED_ON = C.ASSET_STAGE1  # the step whose last training defines "the data th
 RECENT_MATERIALIZATIONS = 500  # how far back the curated set stage 1 read is looked for
 
 
+CRON_ENV, MIN_NEW_ROWS_ENV = "OWL_RETRAIN_CRON", "OWL_RETRAIN_MIN_NEW_ROWS"
+_CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12),
+                ("day of week", 0, 7))
+_CRON_NAMES = {"jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+               "sun", "mon", "tue", "wed", "thu", "fri", "sat"}
+_CRON_ALIASES = {"@hourly", "@daily", "@weekly", "@monthly"}
+_CRON_PART = re.compile(r"^(\*|[0-9a-z]+(-[0-9a-z]+)?)(/[0-9]+)?$")
+
+
+class AutomationSettingError(ValueError):
+    """An automation setting from the environment is not valid; the message names the variable."""
+
+
+def _cron_problem(cron: str) -> str | None:
+    """Why ``cron`` is not a five-field cron string (or one of Dagster's @hourly ... @monthly), or None."""
+    if cron.strip().lower() in _CRON_ALIASES:
+        return None
+    fields = cron.split()
+    if len(fields) != 5:
+        return f"{len(fields)} fields, not the five of minute hour day-of-month month day-of-week"
+    for text, (name, low, high) in zip(fields, _CRON_FIELDS):
+        for part in text.lower().split(","):
+            numbers = [int(n) for n in re.findall(r"(?<![/0-9])[0-9]+", part)]
+            words = set(re.findall(r"[a-z]+", part))
+            if not _CRON_PART.match(part) or words - _CRON_NAMES or any(not low <= n <= high for n in numbers):
+                return f"the {name} field {text!r} is not a cron field ({low}-{high}, *, a-b, */n, lists)"
+    return None
+
+
 def retrain_cron() -> str:
-    return os.environ.get("OWL_RETRAIN_CRON", DEFAULT_CRON)
+    cron = os.environ.get(CRON_ENV, DEFAULT_CRON)
+    problem = _cron_problem(cron)
+    if problem:
+        raise AutomationSettingError(f"{CRON_ENV}='{printable(cron, limit=80)}': {problem}; e.g. "
+                                     f"{DEFAULT_CRON!r} (Mondays 03:00 UTC)")
+    return cron
 
 
 def min_new_rows() -> int:
-    return int(os.environ.get("OWL_RETRAIN_MIN_NEW_ROWS", str(DEFAULT_MIN_NEW_ROWS)))
+    text = os.environ.get(MIN_NEW_ROWS_ENV, str(DEFAULT_MIN_NEW_ROWS)).strip()
+    if not re.fullmatch(r"[0-9]{1,12}", text) or int(text) < 1:
+        raise AutomationSettingError(f"{MIN_NEW_ROWS_ENV}='{printable(text, limit=80)}': expected a whole number "
+                                     f"of new curated rows, at least 1 (default {DEFAULT_MIN_NEW_ROWS})")
+    return int(text)
 
 
 def _metadata_value(materialization: dg.AssetMaterialization | None, key: str):

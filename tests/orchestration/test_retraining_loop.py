@@ -17,8 +17,9 @@ from owl_pipeline.config import SyntheticConfig
 from owl_pipeline.data.synthetic import generate_corpus
 from owl_pipeline.orchestration.assets import ALL_ASSETS
 from owl_pipeline.orchestration.automation import ingest_job, new_shards_sensor
-from owl_pipeline.orchestration.conditions import (TRAINING_CHAIN, curated_rows_now, curated_rows_trained_on,
-                                                   retrain_condition)
+from owl_pipeline.orchestration.conditions import (TRAINING_CHAIN, AutomationSettingError, curated_rows_now,
+                                                   curated_rows_trained_on, min_new_rows, retrain_condition,
+                                                   retrain_cron)
 from owl_pipeline.orchestration.partitions import SHARD_DROPS
 from owl_pipeline.orchestration.resources import MlflowResource, ProjectResource, TrainingLauncher
 from owl_pipeline.orchestration.run import materialize_pipeline
@@ -115,6 +116,29 @@ def test_a_dangling_link_in_the_inbox_never_hides_a_new_shard_and_an_archive_is_
     assert isinstance(skipped, dg.SkipReason) and "no new shards" in skipped.skip_message
     assert "gone.tar (cannot be read: No such file or directory)" in skipped.skip_message
     assert "download.tar.gz (a compressed archive: unpack it to .tar shards)" in skipped.skip_message
+
+
+@pytest.mark.parametrize("value", ["abc", "1e3", "-5", "0", "2.5", ""])
+def test_a_bad_min_new_rows_setting_names_the_variable(monkeypatch, value):
+    monkeypatch.setenv("OWL_RETRAIN_MIN_NEW_ROWS", value)
+    with pytest.raises(AutomationSettingError, match=r"OWL_RETRAIN_MIN_NEW_ROWS='.*': expected a whole number of "
+                                                     r"new curated rows, at least 1"):
+        min_new_rows()
+
+
+@pytest.mark.parametrize("cron", ["every monday", "61 3 * * 1", "0 3 * * 1 2026", "0 3 * * funday", "0 3 ? * 1"])
+def test_a_bad_cron_setting_names_the_variable(monkeypatch, cron):
+    monkeypatch.setenv("OWL_RETRAIN_CRON", cron)
+    with pytest.raises(AutomationSettingError, match=r"OWL_RETRAIN_CRON='.*': .*e\.g\. '0 3 \* \* 1'"):
+        retrain_cron()
+
+
+def test_good_automation_settings_are_taken_as_given(monkeypatch):
+    for cron in ("0 3 * * 1", "*/15 * * * mon-fri", "@daily", "0 0 1,15 * *"):
+        monkeypatch.setenv("OWL_RETRAIN_CRON", cron)
+        assert retrain_cron() == cron
+    monkeypatch.setenv("OWL_RETRAIN_MIN_NEW_ROWS", "2500")
+    assert min_new_rows() == 2500
 
 
 def trained_runs(instance) -> int:
