@@ -172,8 +172,10 @@ def cmd_eval(args) -> int:
     config = EvaluationConfig(max_new_tokens=args.max_new_tokens, reference_answers=args.reference,
                               judge_model=args.judge, human_ratings=args.ratings)
     files = evaluate_model(args.model, args.owleval, Path(args.out), config, args.model_id, log=_log)
-    for model_id, scores in files.report.scores_by_model().items():
-        print(f"{model_id:<20}" + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    from owl_pipeline.safe_text import printable
+
+    for model_id, scores in files.report.scores_by_model().items():  # names from answer files: shown escaped
+        print(f"{printable(model_id, limit=60):<20}" + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     summary = files.report.headline()
     if C.ACCURACY_BY_TYPE in summary:
         print("accuracy by type: " + " ".join(f"{k} {v:.3f}" for k, v in summary[C.ACCURACY_BY_TYPE].items()))
@@ -324,11 +326,23 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     _stop_cleanly_on_sigterm()
+    from owl_pipeline.locks import LockHeldError
+
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ConnectionError) as error:  # ConnectionError: MLflow store unreachable
-        print(f"owl {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, ConnectionError, LockHeldError) as error:  # ConnectionError: MLflow
+        print(f"owl {args.command}: error: {error}{_workspace_hint(error)}", file=sys.stderr)
         return 2
+
+
+def _workspace_hint(error: Exception) -> str:
+    """Under `dvc exp run`, a settings error comes after DVC removed the stage's outputs: how to get them back."""
+    from owl_pipeline.config import ConfigError
+
+    if not (isinstance(error, ConfigError) and os.environ.get("DVC_EXP_NAME")):
+        return ""
+    return ("\n(dvc exp run removed this stage's outputs before it ran: run it again with a valid value, or get "
+            "the workspace back with `git checkout params.yaml && dvc checkout`)")
 
 
 def run() -> None:

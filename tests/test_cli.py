@@ -67,6 +67,27 @@ def test_an_unreachable_tracking_server_is_a_clear_error(tmp_path, monkeypatch, 
     assert "cannot reach the MLflow tracking store" in capsys.readouterr().err
 
 
+def test_a_step_already_running_is_said_in_one_line(tmp_path, capsys):
+    from owl_pipeline.locks import StepLock
+    from owl_pipeline.pipeline.project import load_project
+
+    project = load_project(tmp_path, None)
+    project.lock_path("raw_shards").parent.mkdir(parents=True)
+    with StepLock(project.lock_path("raw_shards"), what=f"step raw_shards of {project.root}"):
+        assert main(["step", "raw_shards", "--project", str(tmp_path), "--no-tracking"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("owl step: error: step raw_shards of") and "is already running (process" in error
+    assert len(error.strip().splitlines()) == 1
+
+
+def test_a_bad_setting_under_an_experiment_says_how_to_get_the_workspace_back(tmp_path, monkeypatch, capsys):
+    (tmp_path / "params.yaml").write_text("stage2: {lr: -1}\n")
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-bad-lr")
+    assert main(["step", "raw_shards", "--project", str(tmp_path), "--no-tracking"]) == 2
+    error = capsys.readouterr().err
+    assert "lr must be > 0" in error and "git checkout params.yaml && dvc checkout" in error
+
+
 @pytest.mark.slow  # a training step's process: 10 s
 def test_sigterm_stops_a_training_step_and_marks_its_mlflow_run_killed(tmp_path):
     import os

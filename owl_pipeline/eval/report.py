@@ -23,6 +23,7 @@ from owl_pipeline.eval.judge import LLMJudge, grade_score
 from owl_pipeline.eval.owleval import EvalSet, Question, normalize, read_answers
 from owl_pipeline.eval.similarity import SimilarityScorer
 from owl_pipeline.files import atomic_write_text
+from owl_pipeline.safe_text import printable
 
 GROUND_TRUTH_FILE = "reference_answer.jsonl"
 
@@ -117,6 +118,7 @@ class ModelReport:
 def score_answer_set(answer_set: AnswerSet, eval_set: EvalSet, scorers: Scorers, ground_truth: dict[int, str],
                      reference: dict[int, str] | None, problems: list[str]) -> ModelReport:
     report = ModelReport(answer_set.model_id, answer_set.ours)
+    shown = printable(answer_set.model_id, limit=60)  # from an answer file: never a terminal escape in a problem
     similarity = (scorers.similarity.score(answer_set.answers, reference)
                   if scorers.similarity is not None and reference else {})
     for question in eval_set.questions:
@@ -126,16 +128,16 @@ def score_answer_set(answer_set: AnswerSet, eval_set: EvalSet, scorers: Scorers,
         answer = answer_set.answers[qid]
         row: dict = {"answer": answer, C.METRIC_SIMILARITY: similarity.get(qid)}
         if not answer.strip():
-            problems.append(f"{answer_set.model_id}: empty answer to question {qid}")
+            problems.append(f"{shown}: empty answer to question {qid}")
         if qid in ground_truth:
             row[C.METRIC_ACCURACY] = normalize(answer) == normalize(ground_truth[qid])
         if scorers.judge is not None:
             judgment = scorers.judge.grade(question.question, answer, (reference or {}).get(qid))
             row.update({C.METRIC_JUDGE: judgment.grade, "judge_reply": judgment.reply})
             if judgment.cut:
-                problems.append(f"{answer_set.model_id}: the answer to question {qid} was cut to fit the judge")
+                problems.append(f"{shown}: the answer to question {qid} was cut to fit the judge")
             if judgment.grade is None:
-                problems.append(f"{answer_set.model_id}: the judge gave no grade for question {qid} "
+                problems.append(f"{shown}: the judge gave no grade for question {qid} "
                                 f"(reply {judgment.reply[:60]!r})")
         if scorers.human is not None:
             row[C.METRIC_HUMAN] = scorers.human.grades.get((answer_set.model_id, qid))
@@ -162,7 +164,7 @@ def build_report(eval_set: EvalSet, our_answers: list[dict], our_model_id: str, 
                                  + list(reference.values()))
     models = []
     for answer_set in answer_sets:
-        log(f"owleval: scoring {answer_set.model_id} ({len(answer_set.answers)} answers)")
+        log(f"owleval: scoring {printable(answer_set.model_id, limit=60)} ({len(answer_set.answers)} answers)")
         models.append(score_answer_set(answer_set, eval_set, scorers, ground_truth, reference, problems))
     return {
         "eval_set": str(eval_set.folder), "questions": len(eval_set.questions), "our_model": our_model_id,

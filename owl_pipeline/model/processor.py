@@ -119,6 +119,13 @@ class ImageTransform:
         return left, top, left + w, top + h
 
 
+def _prompt_turns(question: str, images: list, history: list[tuple[str, str]]) -> list[Turn]:
+    turns = [Turn(HUMAN, IMAGE_TOKEN) for _ in images]
+    for past_question, past_answer in history:
+        turns += [Turn(HUMAN, past_question), Turn(AI, past_answer)]
+    return [*turns, Turn(HUMAN, question)]
+
+
 class OwlProcessor:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, config: ProcessorConfig | None = None):
         self.tokenizer = prepare_tokenizer(tokenizer)
@@ -140,11 +147,24 @@ class OwlProcessor:
 
     def encode_prompt(self, question: str, images: list[Image.Image],
                       history: list[tuple[str, str]] | None = None) -> EncodedSample:
-        """A generation prompt: images first, earlier (question, answer) turns, then the question and ``AI: ``."""
-        turns = [Turn(HUMAN, IMAGE_TOKEN) for _ in images]
-        for past_question, past_answer in history or []:
-            turns += [Turn(HUMAN, past_question), Turn(AI, past_answer)]
-        return self.encode_turns_prompt([*turns, Turn(HUMAN, question)], images)
+        """A generation prompt: images first, earlier (question, answer) turns, then the question and ``AI: ``.
+        Where the history does not fit ``max_length`` beside them, its oldest turns are dropped whole: cutting the
+        prompt's end would lose the question being asked."""
+        history = list(history or [])
+        kept = len(history)
+        if history and self._prompt_length(question, images, history) > self.config.max_length:
+            low, high = 0, kept - 1  # the most newest turns that fit, found in log(len(history)) encodings
+            while low < high:
+                middle = (low + high + 1) // 2
+                fits = self._prompt_length(question, images, history[kept - middle:]) <= self.config.max_length
+                low, high = (middle, high) if fits else (low, middle - 1)
+            history = history[kept - low:] if low else []
+        return self.encode_turns_prompt(_prompt_turns(question, images, history), images)
+
+    def _prompt_length(self, question: str, images: list[Image.Image], history: list[tuple[str, str]]) -> int:
+        text, spans = render_conversation(_prompt_turns(question, images, history))
+        ids, is_target = self._tokenize_with_targets(text + "\n" + AI_PREFIX, spans)
+        return len(self._expand_images(ids, is_target, len(images))[0])
 
     def encode_turns_prompt(self, turns: list[Turn], images: list[Image.Image]) -> EncodedSample:
         """A generation prompt from whole turns (the last a Human turn), ending with ``AI: ``."""

@@ -45,3 +45,13 @@ def test_a_nan_score_fails_the_blocking_check(tmp_path):
     next(m for m in document["models"] if m["ours"])["scores"]["all"]["accuracy"] = float("nan")
     reread = OwlEvalReport(json.loads(json.dumps(document)))  # report.json holds NaN as Python's json writes it
     assert reread.gate_problems("accuracy", questions, True) == ["the 'accuracy' score is nan, not finite"]
+
+
+def test_a_model_id_with_terminal_escapes_is_shown_escaped(tmp_path):
+    questions = eval_set(tmp_path)
+    (tmp_path / "answer" / "evil_answer.jsonl").write_text(
+        json.dumps({"question_id": 0, "answer": "", "model_id": "\x1b[2J\x1b[31mevil"}) + "\n")
+    lines = []
+    document = build_report(questions, [], "ours", Scorers(), log=lines.append)
+    shown = [line for line in lines + document["problems"] if "evil" in line]
+    assert shown and all("\x1b" not in line and "\\x1b[31mevil" in line for line in shown)

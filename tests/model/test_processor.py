@@ -54,6 +54,17 @@ def test_prompt_ends_where_training_answers_begin(processor, tokenizer, red_imag
     assert tokenizer.decode(prompt.input_ids[-3:]).endswith("AI: ")  # official: a space after the colon
 
 
+def test_a_history_longer_than_the_prompt_loses_its_oldest_turns_never_the_question(processor, tokenizer,
+                                                                                    red_image):
+    history = [(f"Question number {i}?", f"answer number {i}") for i in range(3000)]
+    prompt = processor.encode_prompt("What color is it?", [red_image], history=history)
+    assert len(prompt.input_ids) <= processor.config.max_length
+    assert tokenizer.decode(prompt.input_ids[-12:]).endswith("What color is it?\nAI: ")
+    assert "number 2999" in tokenizer.decode(prompt.input_ids) and "number 0?" not in tokenizer.decode(
+        prompt.input_ids)
+    assert prompt.input_ids.count(processor.image_token_id) == processor.config.num_image_tokens
+
+
 def test_several_images_and_text_only(processor, red_image, noise_image):
     two = processor.encode([IMG, IMG, Turn(HUMAN, "Same?"), Turn(AI, "no")], [red_image, noise_image])
     assert two.pixel_values.shape[0] == 2
