@@ -4,6 +4,7 @@ import json
 import re
 from pathlib import Path
 
+import lance
 import pytest
 import torch
 import yaml
@@ -90,6 +91,31 @@ def test_a_second_run_reuses_what_did_not_change(project, capfd):
     for name in ("raw_pairs", "curated_pairs", "base_llm", "stage1_model", "stage2_model", "owleval_report",
                  "registered_model"):
         assert f"{name}: inputs and settings unchanged since the last run; reusing its result" in out, name
+
+
+def test_a_copied_project_reuses_every_step_resumes_training_and_appends_a_drop(project, tmp_path, capfd):
+    """A project folder copied elsewhere (times kept, as cp -a, rsync -a or shutil do): its records, fingerprints
+    and ingested-shards record name paths inside it relative to it, so nothing is redone (issue 42, item 9)."""
+    import shutil
+
+    copy = shutil.copytree(project, tmp_path / "elsewhere" / "project", symlinks=True)
+    capfd.readouterr()
+    assert main(["run", "--project", str(copy), "--no-tracking"]) == 0
+    out = "".join(capfd.readouterr())
+    for name in ("raw_pairs", "curated_pairs", "base_llm", "stage1_model", "stage2_model", "owleval_report"):
+        assert f"{name}: inputs and settings unchanged since the last run; reusing its result" in out, name
+    assert main(["train", "--stage", "2", "--project", str(copy), "--no-tracking", "--force"]) == 0
+    assert "resuming from step-0000004" in capfd.readouterr().out
+    assert not list((copy / "assets" / "stage2_model").glob("checkpoints.superseded-*"))
+    (copy / "inbox").mkdir()
+    shards = sorted((copy / "assets" / "raw_shards" / "shards").glob("*.tar"))
+    shutil.copy(shards[0], copy / "inbox" / "drop-1.tar")
+    rows = lance.dataset(str(copy / "assets" / "raw_pairs.lance")).count_rows()
+    assert main(["step", "raw_pairs", "--project", str(copy), "--no-tracking"]) == 0
+    assert "ingest (append)" in "".join(capfd.readouterr())
+    added = lance.dataset(str(copy / "assets" / "raw_pairs.lance")).count_rows() - rows
+    assert added == lance.dataset(str(project / "assets" / "raw_pairs.lance")).to_table(
+        filter="shard = '00000.tar'").num_rows
 
 
 def test_forcing_a_finished_stage_resumes_from_its_last_checkpoint(project, capsys):

@@ -257,11 +257,12 @@ class FilterReport:
     seconds: float
     lance_version: int | None = None
     computed: dict[str, int] = field(default_factory=dict)  # rows whose score we computed, per column
+    source_version: int | None = None  # the version of the source that was filtered (read when filtering began)
 
     def to_dict(self) -> dict:
         return {"rows_in": self.counts.rows_in, "rows_out": self.counts.rows_out, "removed": self.counts.removed,
                 "failed": self.counts.failed, "seconds": self.seconds, "lance_version": self.lance_version,
-                "computed": self.computed}
+                "computed": self.computed, "source_version": self.source_version}
 
 
 def stored_images(images: pa.Array | pa.ChunkedArray, config: FilterConfig) -> pa.Array | pa.ChunkedArray:
@@ -335,4 +336,4 @@ def filter_pairs(source: str | Path, output: str | Path, config: FilterConfig, l
         from owl_pipeline.data.report_plots import plot_filter_histograms
 
         plot_filter_histograms(score_panels(table), keep, histogram_path)
-    return FilterReport(counts, time.perf_counter() - start, written.version, computed)
+    return FilterReport(counts, time.perf_counter() - start, written.version, computed, dataset.version)

@@ -332,4 +332,4 @@ def filter_pairs_ray(source: str | Path, output: str | Path, config: FilterConfi
             sample = _histogram_sample(ray, masks, rows)
             keep = sample["keep"].to_numpy(zero_copy_only=False)
             plot_filter_histograms(score_panels(sample), keep, histogram_path)
-    return FilterReport(counts, time.perf_counter() - start, version, computed)
+    return FilterReport(counts, time.perf_counter() - start, version, computed, dataset.version)

@@ -1,7 +1,9 @@
 """When the pipeline runs on its own: Dagster declarative automation (evaluated by the ``retrain_automation``
 sensor, which starts stopped unless `owl ui --automations`).
 
-- ``curated_pairs`` is eager: a new ``raw_pairs`` partition (a shard dropped in the inbox) refilters the set.
+- ``curated_pairs`` is eager: a new ``raw_pairs`` partition (a shard dropped in the inbox) refilters the set;
+  and whenever ``raw_pairs`` has a newer Lance version than the one last filtered, it refilters once nothing
+  writing either runs (a drop that lands while a refilter runs is not forgotten).
 - The training chain (every step downstream of ``curated_pairs``: base_llm, stage1, stage2, evaluation,
   registration) runs after a tick of ``OWL_RETRAIN_CRON`` (default Monday 03:00 UTC), once the curated set has
   at least ``OWL_RETRAIN_MIN_NEW_ROWS`` (default 1000) rows more than the set stage 1 was last trained on. Both
@@ -118,12 +120,60 @@ class CuratedSetGrew(dg.AutomationCondition):
                                    true_subset=context.candidate_subset if grew else context.get_empty_subset())
 
 
+def _latest_metadata(instance: dg.DagsterInstance, asset: str, key: str):
+    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+    return _metadata_value(event.asset_materialization if event else None, key)
+
+
+class FilteredAnOlderTable(dg.AutomationCondition):
+    """True when raw_pairs' newest materialization wrote a Lance version newer than the one curated_pairs last
+    filtered, and came after the last curated_pairs run was started. Eager's "since last handled" is reset by a
+    refilter that ends after a drop landed, though that refilter read the table before the drop: this asks what
+    was filtered, so no drop waits for good. A refilter that failed on the newest table is not tried again
+    until the table changes (as eager does)."""
+
+    @property
+    def name(self) -> str:
+        return "filtered_an_older_raw_pairs"
+
+    @property
+    def description(self) -> str:
+        return "raw_pairs has a newer version than curated_pairs last filtered, written after its last run began"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        instance = context.asset_graph_view.instance
+        raw = instance.get_latest_materialization_event(dg.AssetKey(C.ASSET_RAW_PAIRS))
+        written = _metadata_value(raw.asset_materialization if raw else None, "lance_version")
+        filtered = _latest_metadata(instance, C.ASSET_CURATED_PAIRS, "source_version")
+        older = written is not None and (filtered is None or int(filtered) < int(written))
+        return dg.AutomationResult(context=context, true_subset=context.candidate_subset
+                                   if older and _after_last_refilter(instance, raw.timestamp)
+                                   else context.get_empty_subset())
+
+
+def _after_last_refilter(instance: dg.DagsterInstance, timestamp: float) -> bool:
+    """Whether ``timestamp`` is later than the creation of the last run planned to write curated_pairs."""
+    planned = instance.get_latest_planned_materialization_info(dg.AssetKey(C.ASSET_CURATED_PAIRS))
+    record = instance.get_run_record_by_id(planned.run_id) if planned else None
+    return record is None or record.create_timestamp.timestamp() < timestamp
+
+
+def _busy() -> dg.AutomationCondition:
+    return dg.AutomationCondition.in_progress() | dg.AutomationCondition.any_deps_in_progress()
+
+
+def refilter_condition() -> dg.AutomationCondition:
+    """Eager, and besides: whenever raw_pairs holds rows the curated set has not filtered, once nothing that
+    writes either is running."""
+    return (dg.AutomationCondition.eager() | (FilteredAnOlderTable() & ~_busy())).with_label(
+        "refilter: eager, or raw_pairs newer than what was filtered")
+
+
 def retrain_condition(cron: str, min_rows: int) -> dg.AutomationCondition:
     """After a cron tick (until the chain is requested), once the curated set grew enough, unless a run of it
     or of an input is under way."""
     tick = dg.AutomationCondition.cron_tick_passed(cron, cron_timezone="UTC").since_last_handled()
-    busy = dg.AutomationCondition.in_progress() | dg.AutomationCondition.any_deps_in_progress()
-    return (tick.with_label(f"a tick of {cron} passed") & CuratedSetGrew(min_rows) & ~busy).with_label(
+    return (tick.with_label(f"a tick of {cron} passed") & CuratedSetGrew(min_rows) & ~_busy()).with_label(
         f"retrain: cron {cron} and >= {min_rows} new curated rows")
 
 
@@ -141,7 +191,7 @@ TRAINING_CHAIN = downstream_of(C.ASSET_CURATED_PAIRS)
 def automation_condition(name: str) -> dg.AutomationCondition | None:
     """The condition of asset ``name``: eager filtering, the retraining chain's cron-and-growth, or none."""
     if name == C.ASSET_CURATED_PAIRS:
-        return dg.AutomationCondition.eager()
+        return refilter_condition()
     if name in TRAINING_CHAIN:
         return retrain_condition(retrain_cron(), min_new_rows())
     return None

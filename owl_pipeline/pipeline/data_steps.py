@@ -23,10 +23,6 @@ from owl_pipeline.pipeline.steps import GROUP_DATA, INGEST_POOL, pipeline_step
 Log = Callable[[str], None]
 
 
-def lance_version(path) -> int:
-    return lance.dataset(str(path)).version
-
-
 @dataclass(kw_only=True)
 class RawShardsResult(StepResult):
     pairs: int | None = None  # shapes world: caption pairs generated
@@ -164,7 +160,7 @@ def curated_pairs(project: Project, log: Log = print, tracking=None) -> CuratedP
                               histogram_path=project.filter_histograms)
     return CuratedPairsResult(name=C.ASSET_CURATED_PAIRS, outputs={"lance": str(project.curated_pairs),
                                                                    "histogram": str(project.filter_histograms)},
-                              **report.to_dict(), source_version=lance_version(project.raw_pairs),
+                              **report.to_dict(),
                               engine=project.config.engine[C.ASSET_CURATED_PAIRS])
 
 

@@ -42,6 +42,12 @@ class Project:
         path = Path(value)
         return path if path.is_absolute() else self.root / path
 
+    def relative(self, path: str | Path) -> str:
+        """How records and fingerprints name ``path``: relative to the project where it lies inside it (so a moved
+        or copied project still matches them), else absolute."""
+        resolved = Path(path).resolve()
+        return resolved.relative_to(self.root).as_posix() if resolved.is_relative_to(self.root) else str(resolved)
+
     # --- the paths other rooms read -------------------------------------------------------------------
     def record_path(self, step: str) -> Path:
         """The step's last run: its metadata, outputs and inputs digest."""

@@ -51,6 +51,16 @@ class StepRecord:
     metadata: dict[str, Any]
     outputs: dict[str, str]
     inputs_digest: str | None = None
+    root: str | None = None  # the project folder it was written in
+
+    def outputs_at(self, root: Path) -> dict[str, str]:
+        """The outputs, those inside the project folder it was written in moved to ``root`` (a moved or copied
+        project); anything else (a models:/ URI, a path outside) as written."""
+        if not self.root:
+            return dict(self.outputs)
+        old = Path(self.root)
+        return {key: str(root / Path(value).relative_to(old)) if Path(value).is_relative_to(old) else value
+                for key, value in self.outputs.items()}
 
     @classmethod
     def read(cls, path: Path, warn: Callable[[str], None] = print) -> StepRecord | None:
@@ -62,7 +72,7 @@ class StepRecord:
             warn(f"warning: ignoring {path}: not a step record; the step runs again")
             return None
         return cls(metadata=data.get("metadata", {}), outputs=data.get("outputs", {}),
-                   inputs_digest=data.get("inputs_digest"))
+                   inputs_digest=data.get("inputs_digest"), root=data.get("root"))
 
     def write(self, path: Path) -> Path:
         return atomic_write_json(path, asdict(self))

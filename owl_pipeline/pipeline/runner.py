@@ -29,8 +29,8 @@ from owl_pipeline.pipeline.training_runs import write_history
 Log = Callable[[str], None]
 
 
-def _file_stats(paths: list[Path]) -> list[tuple[str, int, int]]:
-    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p.is_file()]
+def _file_stats(project: Project, paths: list[Path]) -> list[tuple[str, int, int]]:
+    return [(project.relative(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p.is_file()]
 
 
 def asset_stamp(project: Project, name: str) -> Any:
@@ -42,7 +42,7 @@ def asset_stamp(project: Project, name: str) -> Any:
     for marker in (path / C.OWL_CONFIG_FILE, path / C.OWLEVAL_REPORT_JSON, path / MANIFEST_FILE):
         if marker.is_file():
             return marker.stat().st_mtime_ns
-    return _file_stats(find_shards(path)) if path.is_dir() else None
+    return _file_stats(project, find_shards(path)) if path.is_dir() else None
 
 
 def inputs_digest(definition: Step, project: Project) -> str:
@@ -51,7 +51,7 @@ def inputs_digest(definition: Step, project: Project) -> str:
     external = definition.external(project) if definition.external else []
     return config_hash({"params": params_of(project, definition.name), "code": definition.code_digest(),
                         "reads": {name: asset_stamp(project, name) for name in definition.reads},
-                        "external": _file_stats(external),
+                        "external": _file_stats(project, external),
                         **({"environment": {k: os.environ.get(k) for k in definition.environment}}
                            if definition.environment else {})})
 
@@ -63,7 +63,7 @@ def _reusable(definition: Step, project: Project, record: StepRecord | None, dig
     written = definition.writes(project) if definition.writes else None
     if written is not None and not written.exists():
         return None
-    result = definition.result.from_metadata(definition.name, record.metadata, record.outputs)
+    result = definition.result.from_metadata(definition.name, record.metadata, record.outputs_at(project.root))
     return result if result.worth_reusing() else None
 
 
@@ -124,8 +124,8 @@ def _run_or_reuse(definition: Step, project: Project, tracking, log: Log, force:
     else:
         result = definition.run(project, log=log, tracking=tracking, **part)
     if is_main_process():
-        StepRecord(result.metadata(), result.outputs, PARTIAL + digest if part else digest).write(
-            project.record_path(name))
+        StepRecord(result.metadata(), result.outputs, PARTIAL + digest if part else digest,
+                   root=str(project.root)).write(project.record_path(name))
         write_metrics(definition, project, result)
         _write_what_dvc_expects(definition, project, result)
         if not part:  # a part run leaves other shards of its deps unread: DVC must still run the stage whole

@@ -91,7 +91,8 @@ class Step:
     def last_result(self, project: Project, warn: Callable[[str], None] = print) -> StepResult | None:
         """The step's last result as its record in ``assets/reports/`` holds it (typed); None if it never ran."""
         record = StepRecord.read(project.record_path(self.name), warn=warn)
-        return None if record is None else self.result.from_metadata(self.name, record.metadata, record.outputs)
+        return None if record is None else self.result.from_metadata(self.name, record.metadata,
+                                                                       record.outputs_at(project.root))
 
 
 _REGISTERED: dict[str, Step] = {}

@@ -240,7 +240,7 @@ def _train_from(run: StageRun, project: Project, log: Log, tracker: Tracker | No
     model, processor = from_pretrained(previous)
     train = run.dataset_cls(run.data, processor, train=True, seed=config.seed)
     evaluation = run.dataset_cls(run.data, processor, train=False, seed=config.seed) if config.eval_every else None
-    start_fresh_if_changed(run.output, {"input": str(source), "input_mtime": source.stat().st_mtime_ns,
+    start_fresh_if_changed(run.output, {"input": project.relative(source), "input_mtime": source.stat().st_mtime_ns,
                                          "data_version": lance.dataset(str(run.data)).version,
                                          "stage": dataclasses.asdict(config),
                                          "model": project.config.model.to_dict()}, log)

@@ -195,3 +195,65 @@ def test_drops_become_partitions_and_only_enough_new_rows_after_the_tick_retrain
 
     raw = lance.dataset(str(root / "assets/raw_pairs.lance")).to_table(columns=["shard"])
     assert len(set(raw["shard"].to_pylist())) == 3 + 3  # base's three shards and the three drops, each once
+
+
+def _materialize(defs, instance, assets: list[str], partition: str | None = None) -> None:
+    job = defs.resolve_implicit_global_asset_job_def()
+    assert job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey(a) for a in assets],
+                                  partition_key=partition).success
+
+
+@pytest.mark.slow  # a project's data steps, two drops and three refilters: 40 s
+def test_a_drop_that_lands_while_the_curated_set_is_refiltered_is_filtered_next(tmp_path, monkeypatch):
+    """Drop 2 starts a refilter; drop 3 is ingested while it runs (after it read the table); the refilter ends
+    after drop 3's partition run. The next evaluation must refilter again: eager alone had forgotten drop 3."""
+    import threading
+
+    from owl_pipeline.pipeline import data_steps
+
+    root = tmp_path / "project"
+    (root / "inbox").mkdir(parents=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    monkeypatch.setenv("DAGSTER_HOME", str(root / "dagster_home"))
+    (root / "dagster_home").mkdir()
+    drops = drop_shards(tmp_path / "downloads")
+    filtered, drop_ingested = threading.Event(), threading.Event()
+    real_filter = data_steps.filter_pairs
+
+    def filter_then_wait(*args, **kwargs):  # the refilter reads and writes, then ends after drop 3 is in
+        report = real_filter(*args, **kwargs)
+        filtered.set()
+        drop_ingested.wait(120)
+        return report
+
+    with dg.DagsterInstance.get() as instance:
+        daemon = Daemon(definitions(root, min_rows=10**9), instance, root)
+        instance.add_dynamic_partitions(SHARD_DROPS.name, ["base"])
+        _materialize(daemon.defs, instance, ["raw_shards"])
+        _materialize(daemon.defs, instance, ["raw_pairs"], partition="base")
+        _materialize(daemon.defs, instance, ["curated_pairs"])
+        daemon.automation_tick(MONDAY)  # the first evaluation
+        daemon.drop(drops[0], "drop-1.tar", MONDAY + datetime.timedelta(minutes=1))  # ingested, refiltered
+
+        monkeypatch.setattr(data_steps, "filter_pairs", filter_then_wait)
+        shutil.copy(drops[1], root / "inbox" / "drop-2.tar")  # drop 2 starts this refilter
+        (root / "inbox" / "drop-2.tar.done").touch()
+        assert [r.partition_key for r in daemon.sensor_tick()] == ["inbox/drop-2.tar"]
+        result = {}
+        refilter = threading.Thread(target=lambda: result.update(ticked=daemon.automation_tick(
+            MONDAY + datetime.timedelta(minutes=2))))
+        refilter.start()
+        assert filtered.wait(120)
+        shutil.copy(drops[2], root / "inbox" / "drop-3.tar")  # drop 3 lands while it runs, after it read the table
+        (root / "inbox" / "drop-3.tar.done").touch()
+        assert [r.partition_key for r in daemon.sensor_tick()] == ["inbox/drop-3.tar"]
+        assert daemon.automation_tick(MONDAY + datetime.timedelta(minutes=3)) == (set(), True)  # one is running
+        drop_ingested.set()
+        refilter.join(120)
+        assert result["ticked"] == ({"curated_pairs"}, True)
+        monkeypatch.setattr(data_steps, "filter_pairs", real_filter)
+        assert daemon.automation_tick(MONDAY + datetime.timedelta(minutes=4)) == ({"curated_pairs"}, True)
+        assert daemon.automation_tick(MONDAY + datetime.timedelta(minutes=5)) == (set(), True)  # nothing left
+
+    curated = lance.dataset(str(root / "assets/curated_pairs.lance")).to_table(columns=["shard"])
+    assert {"drop-1.tar", "drop-2.tar", "drop-3.tar"} <= set(curated["shard"].to_pylist())
