@@ -245,7 +245,8 @@ class OwlEvalReport:
         by_type = Counter(wanted[q] for q in missing)
         what = ", ".join(f"{n} {kind}" for kind, n in sorted(by_type.items()))
         return (f"the report covers {len(covered & set(wanted))} of the eval set's {len(wanted)} questions"
-                + (f" (missing: {what})" if missing else "") + (f", and {len(extra)} it does not have" if extra else ""))
+                + (f" (missing: {what})" if missing else "")
+                + (f", and {len(extra)} it does not have" if extra else ""))
 
     def gate_problems(self, metric: str, eval_set: EvalSet, has_references: bool) -> list[str]:
         """Why these scores cannot go before the registration gate (the blocking check's findings), or []."""

@@ -2,7 +2,6 @@
 
 
 from collections import Counter
-from pathlib import Path
 
 import dagster as dg
 import lance

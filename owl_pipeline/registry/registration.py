@@ -258,8 +258,9 @@ def register_model(tracking: MlflowTracking, model_dir: Path, name: str, scores:
     into that run as a LoggedModel with the scores as its metrics and registered from it, so the registry
     links back to the run's params, metrics and datasets; without, a run of its own holds it. The scores were
     measured on the eval set ``eval_set_digest`` names (its DVC md5): only a champion measured on the same set is
-    compared against, and only scores of the whole set (``coverage``: why they are not) may promote. ``promotion_off`` (a reason, e.g. a DVC experiment) keeps champion where it is: the gate's
-    verdict is still recorded."""
+    compared against, and only scores of the whole set (``coverage``: why they are not) may promote.
+    ``promotion_off`` (a reason, e.g. a DVC experiment) keeps champion where it is: the gate's verdict is still
+    recorded."""
     check_registry(tracking)
     version_tags = {**(tags or {}), **{SCORE_TAG_PREFIX + k: str(v) for k, v in scores.items()},
                     **({EVAL_SET_DIGEST_TAG: eval_set_digest} if eval_set_digest else {})}
