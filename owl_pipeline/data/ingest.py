@@ -468,7 +468,9 @@ class IngestedRecord:
     names: dict[str, str] = field(default_factory=dict)  # shard id -> the ``shard`` column of its rows
 
     @classmethod
-    def read(cls, output: Path, log) -> IngestedRecord:
+    def read(cls, output: Path, root: Path, log) -> IngestedRecord:
+        """The record of the dataset's current version; shards named by an absolute path inside ``root`` (as
+        records written before shards were named relative to the project) are renamed as ``shard_id`` names them."""
         if not (output / "_versions").is_dir():
             return cls()
         data = read_json_or_none(output / INGESTED_SHARDS_FILE, warn=log)
@@ -476,7 +478,12 @@ class IngestedRecord:
             return cls()
         if data.get("version") != lance.dataset(str(output)).version:
             return cls()
-        return cls(data["version"], data["shards"], dict(data.get("incomplete") or {}), dict(data.get("names") or {}))
+
+        def ids(mapping) -> dict:
+            return {shard_id(Path(name), root) if Path(name).is_absolute() else name: value
+                    for name, value in dict(mapping or {}).items()}
+
+        return cls(data["version"], ids(data["shards"]), dict(data.get("incomplete") or {}), ids(data.get("names")))
 
 
 def ingest(shards: list[Path], output: str | Path, log=print, incremental: bool = True,
@@ -548,23 +555,43 @@ def _cut_copies(shards: list[Path], record: IngestedRecord, stats: dict[str, lis
     return cut
 
 
-def _ingest_locked(shards: list[Path], output: Path, log, incremental: bool, max_pixels: int,
-                   write_shards: WriteShards, defer: Collection[Path], root: Path) -> IngestReport:
-    record = IngestedRecord.read(output, log) if incremental else IngestedRecord()
-    known = record.shards
-    if known and defer:
-        waiting = {shard_id(p, root) for p in defer} - set(known)
-        shards = [p for p in shards if shard_id(p, root) not in waiting]
+@dataclass
+class _Plan:
+    """What one ingestion reads: the shards the dataset is made of afterwards, the ones read now, their stats as
+    the record will hold them, the cut copies whose earlier rows stand for them, and what is not a shard."""
+
+    shards: list[Path]
+    todo: list[Path]
+    stats: dict[str, list[int]]
+    cut: dict[Path, str]
+    odd: dict[Path, str]
+    append: bool
+
+
+def _plan(shards: list[Path], record: IngestedRecord, defer: Collection[Path], root: Path) -> _Plan:
     odd = {Path(p): why for p in shards if (why := why_not_a_shard(p))}
     shards = [p for p in shards if Path(p) not in odd]
     stats = _shard_stats(shards, root)
     cut = _cut_copies(shards, record, stats, root)
-    stats.update({shard_id(p, root): known[shard_id(p, root)] for p in cut})  # as recorded: its rows stand for it
-    unchanged = bool(known) and all(stats.get(name) == stat for name, stat in known.items())
-    todo = [p for p in shards if shard_id(p, root) not in known] if unchanged else [p for p in shards if p not in cut]
+    stats.update({shard_id(p, root): record.shards[shard_id(p, root)] for p in cut})  # its rows stand for it
+    known = record.shards
+    if not (known and all(stats.get(name) == stat for name, stat in known.items())):
+        # Re-read whole: every shard, the deferred ones too (a table re-read without them would lose their rows).
+        return _Plan(shards, [p for p in shards if p not in cut], stats, cut, odd, append=False)
+    waiting = {shard_id(p, root) for p in defer} - set(known)  # new shards left for their own runs
+    shards = [p for p in shards if shard_id(p, root) not in waiting]
+    return _Plan(shards, [p for p in shards if shard_id(p, root) not in known],
+                 {name: stat for name, stat in stats.items() if name not in waiting}, cut, odd, append=True)
+
+
+def _ingest_locked(shards: list[Path], output: Path, log, incremental: bool, max_pixels: int,
+                   write_shards: WriteShards, defer: Collection[Path], root: Path) -> IngestReport:
+    record = IngestedRecord.read(output, root, log) if incremental else IngestedRecord()
+    plan = _plan(shards, record, defer, root)
+    shards, todo, cut, unchanged = plan.shards, plan.todo, plan.cut, plan.append
     report = IngestReport(shards=len(todo), mode="append" if unchanged else "full",
                           shards_already_ingested=len(shards) - len(todo), max_pixels=max_pixels)
-    for path, why in odd.items():
+    for path, why in plan.odd.items():
         report.skip("not_a_regular_file", shard=path.name, detail=why)
         log(f"ingest: {printable(path.name)} is not read: {why}")
     for path, why in cut.items():
@@ -579,23 +606,31 @@ def _ingest_locked(shards: list[Path], output: Path, log, incremental: bool, max
     row_names = {shard_id(p, root): names[p] for p in todo}
     for path in set(shards) - set(todo):  # rows kept from before carry the name they were written with
         row_names[shard_id(path, root)] = record.names.get(shard_id(path, root), names[path])
-    written = False
-    try:
-        version = write_shards(todo, names, output, report, append=unchanged, log=log).version
-        written = True
-    except EmptyDatasetError:
-        if not (unchanged or cut):
-            raise
-        version = report.lance_version = lance.dataset(str(output)).version  # new shards all unreadable: counted
-        log(f"ingest: no readable rows in the {len(todo)} shards read; {output} stays at version {version}")
-    if cut and not unchanged:  # re-read whole: the cut shards' rows come from the version that held them
-        kept = [row_names[shard_id(p, root)] for p in cut]
-        version = report.lance_version = _write_earlier_rows(output, record.version, kept, append=written)
+    version = _write_planned(plan, record.version, [row_names[shard_id(p, root)] for p in cut], names, output,
+                             report, write_shards, log)
     for name, why in report.incomplete_shards.items():
         log(f"ingest: shard {printable(name)} is incomplete ({why}); it is read again when the file changes")
-    atomic_write_json(output / INGESTED_SHARDS_FILE, {"version": version, "shards": stats,
+    atomic_write_json(output / INGESTED_SHARDS_FILE, {"version": version, "shards": plan.stats,
                                                       "incomplete": report.incomplete_shards, "names": row_names})
     return report
+
+
+def _write_planned(plan: _Plan, recorded_version: int | None, cut_names: list[str], names: dict[Path, str],
+                   output: Path, report: IngestReport, write_shards: WriteShards, log) -> int:
+    """Read and write the plan's shards; in a whole re-read, the cut shards' rows come from the version that held
+    them. The dataset's version now."""
+    written = False
+    try:
+        version = write_shards(plan.todo, names, output, report, append=plan.append, log=log).version
+        written = True
+    except EmptyDatasetError:
+        if not (plan.append or plan.cut):
+            raise
+        version = report.lance_version = lance.dataset(str(output)).version  # new shards all unreadable: counted
+        log(f"ingest: no readable rows in the {len(plan.todo)} shards read; {output} stays at version {version}")
+    if plan.cut and not plan.append:
+        version = report.lance_version = _write_earlier_rows(output, recorded_version, cut_names, append=written)
+    return version
 
 
 def _write_earlier_rows(output: Path, version: int, shards: list[str], append: bool) -> int:

@@ -23,7 +23,7 @@ def _faults_left(owl_project, dataset) -> dict[str, int]:
     faults = CorpusManifest.load(owl_project.raw_shards).faults
     folder = owl_project.shard_folder().resolve()
     # The names the rows were written with (the record's; the current files' where it has none).
-    names = IngestedRecord.read(owl_project.raw_pairs, log=lambda line: None).names or {
+    names = IngestedRecord.read(owl_project.raw_pairs, owl_project.root, log=lambda line: None).names or {
         shard_id(path, owl_project.root): name for path, name in shard_names(shard_files(owl_project)).items()}
     generated = {name for sid, name in names.items() if (owl_project.root / sid).resolve().parent == folder}
     rows = dataset.to_table(columns=["shard", "key"]).to_pydict()

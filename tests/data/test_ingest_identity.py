@@ -92,3 +92,29 @@ def test_a_moved_project_knows_its_shards(tmp_path):
                     root=moved, defer=moved_shards)
     assert report.mode == "append" and report.shards_already_ingested == 2 and report.rows_written == 3
     assert len(table_rows(tmp_path / "moved" / "assets" / "raw.lance")) == 9
+
+
+def test_a_record_naming_shards_by_absolute_path_still_knows_them_in_a_partition_run(tmp_path):
+    """A record written before shards were named relative to the project: the drop's partition run appends."""
+    base = download(tmp_path / "assets" / "shards", shards=2, per_shard=3)
+    uri = tmp_path / "assets" / "raw.lance"
+    ingest(base, uri, log=quiet, root=tmp_path)
+    record = json.loads((uri / INGESTED_SHARDS_FILE).read_text())
+    record["shards"] = {str(tmp_path / name): stat for name, stat in record["shards"].items()}
+    del record["names"]
+    (uri / INGESTED_SHARDS_FILE).write_text(json.dumps(record))
+    drop = download(tmp_path / "inbox", shards=1, per_shard=3)
+    report = ingest(base + drop, uri, log=quiet, root=tmp_path, defer=base)
+    assert report.mode == "append" and report.rows_written == 3 and len(table_rows(uri)) == 9
+
+
+def test_a_partition_run_that_must_reread_the_table_reads_the_deferred_shards_too(tmp_path):
+    """Whatever the record says, a whole re-read never leaves rows of a deferred shard out of the table."""
+    base = download(tmp_path / "shards", shards=2, per_shard=3)
+    uri = tmp_path / "raw.lance"
+    ingest(base, uri, log=quiet)
+    (uri / INGESTED_SHARDS_FILE).write_text(json.dumps({"version": lance.dataset(str(uri)).version,
+                                                        "shards": {"/elsewhere/00000.tar": [1, 2]}}))
+    drop = download(tmp_path / "inbox", shards=1, per_shard=3)
+    report = ingest(base + drop, uri, log=quiet, defer=base)
+    assert report.mode == "full" and len(table_rows(uri)) == 9
