@@ -11,6 +11,7 @@ from typing import Any
 from owl_pipeline.config.data import FilterConfig, InstructionFile, SyntheticConfig
 from owl_pipeline.config.loading import from_mapping, read_yaml, require
 from owl_pipeline.config.model import PRESETS, OwlConfig
+from owl_pipeline.config.recipes import with_recipe
 from owl_pipeline.config.training import BaseLLMConfig, StageConfig
 from owl_pipeline.constants import DEFAULT_MAX_IMAGE_PIXELS
 
@@ -90,6 +91,7 @@ class PipelineConfig:
     """The whole pipeline (``params.yaml``). Relative paths are relative to the project folder."""
 
     assets_dir: str = "assets"
+    recipe: str | None = None  # a named recipe under this file's sections (config/recipes.py): official-stage2
     raw_shards: str | None = None  # a folder of img2dataset shards; None generates shapes world
     instructions: list[InstructionFile] | None = None  # None uses shapes world's three files
     owleval_dir: str | None = None  # None uses shapes world's eval set
@@ -125,7 +127,7 @@ class PipelineConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PipelineConfig:
-        return from_mapping(cls, read_yaml(path), "params")
+        return from_mapping(cls, with_recipe(read_yaml(path), "params"), "params")
 
     def to_dict(self) -> dict[str, Any]:
         """Every value, the model section with its preset named (as params.yaml spells it)."""

@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 from owl_pipeline.config.loading import require
 from owl_pipeline.config.model import LLMConfig, VisionConfig
 
+LR_SCHEDULES = ("cosine", "linear", "constant")
+OPTIMIZERS = ("adamw", "adamw_hf")
+
+
 @dataclass
 class StageConfig:
     """One run of the training loop. The defaults are the paper's stage-1 recipe (ARCHITECTURE.md section 3);
@@ -19,6 +23,13 @@ class StageConfig:
     lr: float = 1e-4
     min_lr: float = 0.0  # the cosine schedule's floor
     warmup_steps: int = 2000
+    # After a linear warmup from 0: "cosine" down to min_lr, "linear" down to 0 (the HF Trainer's default), or
+    # "constant"; at schedule_steps (null: max_steps), the schedule's horizon where a recipe sets its own.
+    lr_schedule: str = "cosine"
+    schedule_steps: int | None = None
+    # "adamw": torch's AdamW; "adamw_hf": the AdamW transformers 4.x shipped and its Trainer used by default (the
+    # official recipe's): eps added to sqrt(v) before the bias correction, weight decay applied after the update.
+    optimizer: str = "adamw"
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.98)
     grad_clip: float | None = 1.0
@@ -65,6 +76,13 @@ class StageConfig:
         require(self.num_workers is None or self.num_workers >= 0, "num_workers must be >= 0 or null")
         require(self.max_steps == 0 or 0 <= self.warmup_steps <= self.max_steps,
                 f"warmup_steps ({self.warmup_steps}) must be within [0, max_steps={self.max_steps}]")
+        require(self.lr_schedule in LR_SCHEDULES,
+                f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        require(self.schedule_steps is None or self.schedule_steps >= max(self.warmup_steps, 1),
+                f"schedule_steps must be null or at least warmup_steps ({self.warmup_steps}) and 1, "
+                f"got {self.schedule_steps}")
+        require(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                                              f"got {self.optimizer!r}")
         require(self.compile in (True, False, "auto"), f"compile must be auto, true or false, got {self.compile!r}")
         require(self.mixed_precision in ("auto", "no", "bf16", "fp16"),
                 f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
@@ -78,6 +96,11 @@ class StageConfig:
                 f"loss_chunk_positions must be > 0 or null, got {self.loss_chunk_positions}")
         require(not (self.group_by_length and self.text_only_fraction is not None),
                 "group_by_length and text_only_fraction cannot be combined (pick one sampler)")
+
+    @property
+    def horizon(self) -> int:
+        """The step the schedule ends at (its decay reaches the floor there)."""
+        return self.max_steps if self.schedule_steps is None else self.schedule_steps
 
     @classmethod
     def stage2_recipe(cls, **overrides) -> StageConfig:

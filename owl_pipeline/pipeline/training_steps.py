@@ -266,7 +266,7 @@ def stage1_model(project: Project, log: Log = print, tracking=None) -> TrainingR
                           functools.partial(_train_from, _stage_run(project, C.STAGE_PRETRAIN), project, log))
 
 
-@pipeline_step(C.ASSET_STAGE2, reads=(C.ASSET_STAGE1, C.ASSET_INSTRUCTIONS), params=("model", "stage2"),
+@pipeline_step(C.ASSET_STAGE2, reads=(C.ASSET_STAGE1, C.ASSET_INSTRUCTIONS), params=("recipe", "model", "stage2"),
                writes=lambda p: p.stage2 / C.MODEL_DIR,
                description="Stage 2: LoRA on the LLM with the mixed instructions",
                group=GROUP_TRAINING, kinds=("pytorch",), trains=True, tracked=True, metrics=("final_loss",),
