@@ -125,18 +125,20 @@ def local_ray():
 # with a long module at the end. The workers share the cores' threads (a worker's torch: cores / workers).
 RAY_TESTS = ("tests/data/test_ray_engine.py", "tests/train/test_ray_train.py",
              "tests/orchestration/test_dagster.py::test_data_steps_and_training_on_ray")
-# Longest first (a unit's seconds under two workers, measured): the units left for the end are the short ones,
-# so the workers finish together. A unit not named here takes under 10 s.
+# Longest first (a unit's seconds under two workers, measured in one run in a machine's slower hours): the units
+# left for the end are the short ones, so the workers finish together. A unit not named here takes under 12 s.
 LONGEST_FIRST = (
-    "ray",  # 230-280
-    "tests/test_dvc_repro.py",  # 180-250
-    "tests/train/test_pretrain_llm.py",  # 125-140
-    "tests/train/test_training.py", "tests/test_bench_train_step.py", "tests/eval/test_report.py",  # 30-37 each
-    "tests/orchestration/test_retraining_loop.py", "tests/orchestration/test_dagster.py",
-    "tests/registry/test_registration.py", "tests/train/test_pretrain_vision.py",  # 25-38 each
-    "tests/train/test_fast_paths.py", "tests/train/test_mixed_ranks.py", "tests/test_pipeline.py",
-    "tests/train/test_distributed.py", "tests/orchestration/test_ui.py",  # 15-30 each
-    "tests/test_cli.py", "tests/data/test_ingest_hardening.py", "tests/train/test_checkpoint_damage.py")  # 9-15
+    "ray",  # 335
+    "tests/test_dvc_repro.py",  # 300
+    "tests/train/test_pretrain_llm.py",  # 180
+    "tests/registry/test_registration.py",  # 90
+    "tests/orchestration/test_dagster.py", "tests/orchestration/test_retraining_loop.py",  # 60-66 each
+    "tests/train/test_training.py", "tests/train/test_fast_paths.py",  # 54-56 each
+    "tests/test_pipeline.py", "tests/train/test_distributed.py", "tests/train/test_pretrain_vision.py",
+    "tests/test_bench_train_step.py", "tests/train/test_mixed_ranks.py", "tests/eval/test_report.py",  # 39-47 each
+    "tests/orchestration/test_ui.py", "tests/test_cli.py", "tests/data/test_ingest_hardening.py",  # 20-37 each
+    "tests/train/test_checkpoint_damage.py", "tests/train/test_official_recipe.py",
+    "tests/orchestration/test_pools_and_retries.py")  # 12-14 each
 
 
 def xdist_scope_of(nodeid: str) -> str:

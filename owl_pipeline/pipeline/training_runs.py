@@ -4,6 +4,7 @@ that keeps a resume to the same run (checkpoints of a run with other inputs are 
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -118,19 +119,43 @@ def log_model_reference(run, model_dir: Path) -> None:
         run.log_artifact(path)
 
 
+SUPERSEDED = f"{C.CHECKPOINT_DIR}.superseded-"
+KEEP_SUPERSEDED = 1  # set-aside checkpoint folders kept per stage, the newest (GBs each on a GPU); older ones go
+
+
+def _set_aside_name(output: Path) -> Path:
+    """A new dated name (a second set-aside within the same second gets a counter)."""
+    stem = output / f"{SUPERSEDED}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    aside, number = stem, 1
+    while aside.exists():
+        number += 1
+        aside = stem.with_name(f"{stem.name}-{number}")
+    return aside
+
+
+def _drop_old_set_asides(output: Path, log: Log) -> None:
+    folders = sorted(output.glob(f"{SUPERSEDED}*"), key=lambda path: (path.stat().st_mtime_ns, path.name))
+    for old in folders[:-KEEP_SUPERSEDED]:
+        shutil.rmtree(old)
+        log(f"{output.name}: deleted {old.name}, the oldest set-aside checkpoints (KEEP_SUPERSEDED is "
+            f"{KEEP_SUPERSEDED})")
+
+
 def start_fresh_if_changed(output: Path, fingerprint: dict, log: Log) -> None:
-    """Checkpoints in ``output`` from a run with other inputs or settings are moved aside (kept under a dated
-    name, never deleted), so a resume only ever continues the same run; the fingerprint of this run is
-    recorded. Called once everything the run needs is built: a run that cannot start moves nothing."""
+    """Checkpoints in ``output`` from a run with other inputs or settings are moved aside under a dated name, so a
+    resume only ever continues the same run; the newest ``KEEP_SUPERSEDED`` set-aside folders are kept, older ones
+    deleted (each said in the log). The fingerprint of this run is recorded. Called once everything the run needs
+    is built: a run that cannot start moves nothing."""
     if is_main_process():
         digest = config_hash(fingerprint)
         marker = output / FINGERPRINT_FILE
         known = read_json_or_none(marker, warn=log)
         checkpoints = output / C.CHECKPOINT_DIR
         if checkpoints.is_dir() and (not isinstance(known, dict) or known.get("fingerprint") != digest):
-            aside = output / f"{C.CHECKPOINT_DIR}.superseded-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            aside = _set_aside_name(output)
             checkpoints.rename(aside)
             log(f"{output.name}: inputs or settings changed since the last run; starting over "
-                f"(its checkpoints are kept in {aside.name}; delete it when no longer needed)")
+                f"(its checkpoints are kept in {aside.name}; the newest {KEEP_SUPERSEDED} set aside are kept)")
+            _drop_old_set_asides(output, log)
         atomic_write_json(marker, {"fingerprint": digest, **fingerprint})
     wait_for_everyone()

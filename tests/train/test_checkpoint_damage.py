@@ -92,7 +92,7 @@ def test_non_finite_weights_are_never_saved(model, processor, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_changed_settings_move_old_checkpoints_aside_never_delete(tmp_path):
+def test_changed_settings_move_old_checkpoints_aside(tmp_path):
     from owl_pipeline.pipeline.training_runs import start_fresh_if_changed
 
     (tmp_path / "checkpoints/step-0000003").mkdir(parents=True)
@@ -103,6 +103,18 @@ def test_changed_settings_move_old_checkpoints_aside_never_delete(tmp_path):
     aside = list(tmp_path.glob("checkpoints.superseded-*"))
     assert len(aside) == 1 and (aside[0] / "step-0000003/trainer_state.json").is_file()
     assert len(lines) == 1 and aside[0].name in lines[0]
+
+
+def test_only_the_newest_set_aside_checkpoints_are_kept(tmp_path):
+    from owl_pipeline.pipeline.training_runs import start_fresh_if_changed
+
+    lines = []
+    for lr in (1, 2, 3):  # three experiments in a row, each with other settings, within a second
+        (tmp_path / f"checkpoints/step-000000{lr}").mkdir(parents=True)
+        start_fresh_if_changed(tmp_path, {"lr": lr}, lines.append)
+    aside = list(tmp_path.glob("checkpoints.superseded-*"))
+    assert len(aside) == 1 and (aside[0] / "step-0000003").is_dir()
+    assert sum("deleted checkpoints.superseded-" in line for line in lines) == 2
 
 
 def test_a_run_that_cannot_start_moves_nothing(tmp_path):
