@@ -223,10 +223,15 @@ def cmd_ui(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="owl", description="mPLUG-Owl training pipeline")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from owl_pipeline import constants as C
 
-    info = sub.add_parser("info", help="parameter counts of a model preset or config")
+    parser = argparse.ArgumentParser(prog="owl", description="mPLUG-Owl training pipeline")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:  # its --help shows the defaults
+        return commands.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+
+    info = command("info", help="parameter counts of a model preset or config")
     info.add_argument("--preset", default="tiny", help="tiny | owl-1b | owl-7b")
     info.add_argument("--config", help="a model YAML (overrides --preset)")
     info.set_defaults(func=cmd_info)
@@ -238,33 +243,36 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--force", action="store_true",
                              help="run even when inputs and settings are unchanged since the last run")
 
-    run = sub.add_parser("run", help="run the whole pipeline (the embedded default unless params say otherwise)")
+    run = command("run", help="run the whole pipeline (the embedded default unless params say otherwise)")
     project_args(run)
     run.add_argument("-v", "--verbose", action="store_true", help="also print Dagster's DEBUG events")
     run.set_defaults(func=cmd_run)
 
-    step = sub.add_parser("step", help="run one step of the pipeline (what dvc.yaml's stages call)")
-    step.add_argument("name")
+    step = command("step", help="run one step of the pipeline (what dvc.yaml's stages call)")
+    step.add_argument("name", metavar="NAME", help=f"the step: {', '.join(C.ASSET_ORDER)}")
     project_args(step)
     step.add_argument("--dagster-pipes", action="store_true",
                       help="report to the Dagster run that launched this process (dagster-pipes)")
     step.set_defaults(func=cmd_step)
 
-    train = sub.add_parser("train", help="run one training stage (0: base LLM, 1: pretraining, 2: instructions)")
-    train.add_argument("--stage", type=int, choices=(0, 1, 2), required=True)
+    train = command("train", help="run one training stage (0: base LLM, 1: pretraining, 2: instructions)")
+    train.add_argument("--stage", type=int, choices=(0, 1, 2), required=True,
+                       help="0: the base LLM, 1: vision and abstractor on pairs, 2: LoRA on the instructions")
     project_args(train)
     train.set_defaults(func=cmd_train)
 
-    chat = sub.add_parser("chat", help="ask a saved model about an image")
+    chat = command("chat", help="ask a saved model about an image")
     chat.add_argument("question")
     chat.add_argument("--image", action="append", required=True, help="an image path (repeat for several)")
-    chat.add_argument("--model", default="assets/stage2_model/model", help="a folder written by save_pretrained")
+    chat.add_argument("--model", default="assets/stage2_model/model",
+                      help="a folder written by save_pretrained (the default is relative to the current folder)")
     chat.add_argument("--max-new-tokens", type=int, default=512)
     chat.add_argument("--sample", action="store_true", help="top-k 3 sampling, as the official demo")
     chat.set_defaults(func=cmd_chat)
 
-    evaluate = sub.add_parser("eval", help="answer (and score) an OwlEval folder with a saved model")
-    evaluate.add_argument("--model", default="assets/stage2_model/model")
+    evaluate = command("eval", help="answer (and score) an OwlEval folder with a saved model")
+    evaluate.add_argument("--model", default="assets/stage2_model/model",
+                          help="a folder written by save_pretrained (the default is relative to the current folder)")
     evaluate.add_argument("--owleval", required=True, help="a folder in the official layout")
     evaluate.add_argument("--out", default="owleval_out", help="folder for answers.jsonl, report.{json,html}, "
                           "rating_sheet.csv, judge_cache.jsonl")
@@ -276,34 +284,34 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--ratings", help="a filled rating sheet (CSV) to fold into the report")
     evaluate.set_defaults(func=cmd_eval)
 
-    convert = sub.add_parser("convert", help="convert an official mPLUG-Owl checkpoint to our model folder or back")
+    convert = command("convert", help="convert an official mPLUG-Owl checkpoint to our model folder or back")
     convert.add_argument("direction", choices=("official-to-owl", "owl-to-official"))
     convert.add_argument("source", help="the checkpoint folder to read")
     convert.add_argument("output", help="the folder to write")
     convert.set_defaults(func=cmd_convert)
 
-    pretrain = sub.add_parser("pretrain-llm", help="train the embedded default's base LLM (shipped as "
+    pretrain = command("pretrain-llm", help="train the embedded default's base LLM (shipped as "
                               "owl_pipeline/bundled/shapes-world-llm) from a seed")
-    pretrain.add_argument("--out", default=str(Path(__file__).resolve().parent / "bundled" / "shapes-world-llm"),
-                          help="the folder to write (default: the bundled one)")
+    pretrain.add_argument("--out", required=True, help="the folder to write (to ship it as the embedded default, "
+                          "a release step: owl_pipeline/bundled/shapes-world-llm)")
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.set_defaults(func=cmd_pretrain_llm)
 
-    vision = sub.add_parser("pretrain-vision", help="pretrain the embedded default's vision tower, a tiny CLIP "
+    vision = command("pretrain-vision", help="pretrain the embedded default's vision tower, a tiny CLIP "
                             "(shipped as owl_pipeline/bundled/shapes-world-clip), from a seed")
-    vision.add_argument("--out", default=str(Path(__file__).resolve().parent / "bundled" / "shapes-world-clip"),
-                        help="the folder to write (default: the bundled one)")
+    vision.add_argument("--out", required=True, help="the folder to write (to ship it as the embedded default, "
+                        "a release step: owl_pipeline/bundled/shapes-world-clip)")
     vision.add_argument("--seed", type=int, default=0)
     vision.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     vision.set_defaults(func=cmd_pretrain_vision)
 
-    ui = sub.add_parser("ui", help="the Dagster UI and the MLflow UI for this project (Ctrl-C stops both)")
-    ui.add_argument("--project", default=".")
+    ui = command("ui", help="the Dagster UI and the MLflow UI for this project (Ctrl-C stops both)")
+    ui.add_argument("--project", default=".", help="project folder (assets/, mlruns/, dagster_home/, params.yaml)")
     ui.add_argument("--dagster-port", type=int, default=3000)
     ui.add_argument("--mlflow-port", type=int, default=5000)
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
     ui.add_argument("--automations", action="store_true",
-                    help="start the weekly schedule and the data sensors running (default: stopped)")
+                    help="start the inbox sensor and the retraining automation running (default: stopped)")
     ui.set_defaults(func=cmd_ui)
     return parser
 

@@ -43,6 +43,9 @@ ASSET_STAGE1 = "stage1_model"
 ASSET_STAGE2 = "stage2_model"
 ASSET_OWLEVAL = "owleval_report"
 ASSET_REGISTERED = "registered_model"
+# In the pipeline's order, for the CLI's help (pipeline/graph.PIPELINE_ORDER is the same, from the steps' table)
+ASSET_ORDER = (ASSET_RAW_SHARDS, ASSET_RAW_PAIRS, ASSET_CURATED_PAIRS, ASSET_INSTRUCTIONS, ASSET_BASE_LLM,
+               ASSET_STAGE1, ASSET_STAGE2, ASSET_OWLEVAL, ASSET_REGISTERED)
 
 # A training step's folder: its final model (the asset's version, DVC-cached) and its checkpoints (kept across
 # reruns so a killed run resumes; never cached).

@@ -67,6 +67,21 @@ def test_an_unreachable_tracking_server_is_a_clear_error(tmp_path, monkeypatch, 
     assert "cannot reach the MLflow tracking store" in capsys.readouterr().err
 
 
+def test_the_help_names_the_steps_shows_defaults_and_pretraining_needs_a_folder(capsys):
+    from owl_pipeline import constants as C
+    from owl_pipeline.pipeline.graph import PIPELINE_ORDER
+
+    assert C.ASSET_ORDER == PIPELINE_ORDER
+    with pytest.raises(SystemExit):
+        main(["step", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert ", ".join(PIPELINE_ORDER) in shown and "(default: .)" in shown
+    for command in ("pretrain-llm", "pretrain-vision"):  # never into the installed package by default
+        with pytest.raises(SystemExit) as stopped:
+            main([command])
+        assert stopped.value.code == 2 and "--out" in capsys.readouterr().err
+
+
 def test_a_step_already_running_is_said_in_one_line(tmp_path, capsys):
     from owl_pipeline.locks import StepLock
     from owl_pipeline.pipeline.project import load_project

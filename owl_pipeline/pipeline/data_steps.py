@@ -73,7 +73,7 @@ class InstructionDataResult(StepResult):
 @pipeline_step(C.ASSET_RAW_SHARDS, reads=(), params=("raw_shards", "synthetic"),
                writes=lambda p: p.raw_shards if p.generated else None,  # your shards: read where they are
                description="Shapes world generated, or your img2dataset shards", group=GROUP_DATA,
-               kinds=("lance",), external=lambda p: [] if p.generated else shard_files(p),
+               kinds=("webdataset",), external=lambda p: [] if p.generated else shard_files(p),
                watches=lambda p: [] if p.generated else [p.shard_folder()],
                code=("data/synthetic.py", "data/scenes.py", "data/image_hash.py"), result=RawShardsResult)
 def raw_shards(project: Project, log: Log = print, tracking=None) -> RawShardsResult:

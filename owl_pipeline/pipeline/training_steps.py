@@ -56,7 +56,8 @@ def _pretrained_model_files(project: Project) -> list[Path]:
 
 @pipeline_step(C.ASSET_BASE_LLM, reads=(C.ASSET_CURATED_PAIRS, C.ASSET_INSTRUCTIONS), params=("model", "base_llm"),
                writes=lambda p: p.base_llm / C.MODEL_DIR,
-               description="The LLM the stages build on (trained here on the embedded default)",
+               description="The LLM the stages build on: shapes world's shipped one, your pretrained LLM, a "
+                           "converted mPLUG-Owl checkpoint, or a tiny one trained here",
                group=GROUP_TRAINING, kinds=("pytorch",), trains=True, tracked=True, pool=TRAINING_POOL,
                metrics=("final_loss",),
                external=_pretrained_model_files, code=(*TRAINING_CODE, "data/text_corpus.py", "model/convert.py"),
