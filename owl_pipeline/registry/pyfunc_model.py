@@ -2,7 +2,8 @@
 (this file is the model's code; no pickle), with the saved Owl folder as its one artifact.
 
 Input: a DataFrame with ``image`` (base64-encoded image bytes), ``question``, and optionally ``history``
-(JSON: [[question, answer], ...] of earlier turns on the same image). Output: one answer per row.
+(JSON: [[question, answer], ...] of earlier turns on the same image, or the same as role/content messages:
+[{"role": "user", "content": ...}, {"role": "assistant", "content": ...}, ...]). Output: one answer per row.
 
 What it accepts (``ServingLimits``, fixed when the model is logged: registry.serve_* in params.yaml):
 - images as base64 bytes only; a file path only when the model was logged with an ``image_root`` and the
@@ -85,7 +86,24 @@ def _image_bytes(value: str, limits: ServingLimits) -> bytes:
 
 
 HISTORY_TURN_TOKENS = 8  # the "Human: " / "AI: " prefixes, newlines and the answer's end token of one turn
-HISTORY_FORMAT = "history must be JSON: [[question, answer], ...] with texts"
+HISTORY_FORMAT = ('history must be JSON: [[question, answer], ...] or [{"role": "user", "content": question}, '
+                  '{"role": "assistant", "content": answer}, ...], with texts')
+_ASKED, _ANSWERED = {"user", "human"}, {"assistant", "ai", "gpt"}
+
+
+def _as_pairs(turns) -> list[tuple[str, str]] | None:
+    """The turns as (question, answer) pairs, from either accepted form; None if they are neither."""
+    if not isinstance(turns, list):
+        return None
+    if all(isinstance(t, (list, tuple)) and len(t) == 2 and all(isinstance(x, str) for x in t) for t in turns):
+        return [(q, a) for q, a in turns]
+    messages = [(t.get("role"), t.get("content")) if isinstance(t, dict) else (None, None) for t in turns]
+    if len(messages) % 2 or not all(isinstance(text, str) for _, text in messages):
+        return None
+    asked, answered = messages[0::2], messages[1::2]
+    if not all(role in _ASKED for role, _ in asked) or not all(role in _ANSWERED for role, _ in answered):
+        return None
+    return [(question, answer) for (_, question), (_, answer) in zip(asked, answered)]
 
 
 def parse_history(value) -> list[tuple[str, str]]:
@@ -95,10 +113,10 @@ def parse_history(value) -> list[tuple[str, str]]:
         turns = json.loads(value) if isinstance(value, str) else value
     except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
         raise rejected(HISTORY_FORMAT) from None
-    if not isinstance(turns, list) or not all(isinstance(t, (list, tuple)) and len(t) == 2
-                                              and all(isinstance(x, str) for x in t) for t in turns):
+    pairs = _as_pairs(turns)
+    if pairs is None:
         raise rejected(HISTORY_FORMAT)
-    return [(q, a) for q, a in turns]
+    return pairs
 
 
 class OwlChatModel(PythonModel):

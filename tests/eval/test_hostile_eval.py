@@ -144,6 +144,23 @@ def test_no_rows_a_deep_or_malformed_history_and_missing_columns_are_one_plain_4
                                            params={"max_new_tokens": "many"})
 
 
+def test_a_history_as_role_and_content_messages_is_read_as_the_pairs_it_holds():
+    """Issue 43 item 11: the form chat clients send, beside [[question, answer], ...]."""
+    import json
+
+    from owl_pipeline.registry.pyfunc_model import parse_history
+
+    messages = [{"role": "user", "content": "What color?"}, {"role": "assistant", "content": "red"},
+                {"role": "human", "content": "And the shape?"}, {"role": "ai", "content": "a circle"}]
+    assert parse_history(json.dumps(messages)) == [("What color?", "red"), ("And the shape?", "a circle")]
+    assert parse_history(json.dumps([["What color?", "red"]])) == [("What color?", "red")]
+    for bad in (messages[:3], [messages[1], messages[0]], [{"role": "user", "content": 5}, messages[1]],
+                [{"role": "system", "content": "x"}, messages[1]]):
+        with pytest.raises(MlflowException) as caught:
+            parse_history(json.dumps(bad))
+        assert caught.value.get_http_status_code() == 400 and '{"role": "user"' in caught.value.message
+
+
 def test_a_long_history_loses_its_oldest_turns_never_the_question(served):
     """Issue 24 item 12: turns and tokens of history are capped, oldest first; the question and its AI: stay."""
     import json
