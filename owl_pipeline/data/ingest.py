@@ -501,8 +501,9 @@ def ingest(shards: list[Path], output: str | Path, log=print, incremental: bool 
     inside it are recorded by their path relative to it, so a moved or copied project still knows them.
 
     ``defer``: shards among ``shards`` left for an ingestion of their own (a Dagster partition run); one already
-    in the dataset is kept (its rows stay, and it is re-read if the dataset is re-read whole), a new one is not
-    read now. Where the dataset's shards are unknown (no record), every shard is read."""
+    in the dataset is kept (its rows stay), a new one is not read now. Where the dataset must be re-read whole
+    (a shard changed or went away, or no record names its shards), every shard is read, the deferred ones too:
+    a table re-read without them would lose their rows."""
     output = Path(output)
     root = Path(root or output.parent).resolve()
     # Waits for another ingestion into the same dataset, then plans again (its shards are then known).
