@@ -22,10 +22,17 @@ def ui_commands(project_root: Path, dagster_port: int, mlflow_port: int, host: s
     }
 
 
+# Two warnings every start printed that say nothing to a user of `owl ui`: Dagster's note that `dagster dev` has a
+# successor (`dg dev`, which needs a dg project layout), and Starlette's about the WSGI bridge MLflow's server uses.
+QUIET_WARNINGS = ("ignore:Function `dev_command` is superseded:FutureWarning",
+                  "ignore:starlette.middleware.wsgi is deprecated:UserWarning")
+
+
 def ui_environment(project_root: Path, automations: bool = False) -> dict[str, str]:
+    filters = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), *QUIET_WARNINGS]))
     environment = {**os.environ, "DAGSTER_HOME": str(project_root / "dagster_home"),
                    "OWL_PROJECT_ROOT": str(project_root), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-                   "DAGSTER_DISABLE_TELEMETRY": "1"}
+                   "DAGSTER_DISABLE_TELEMETRY": "1", "PYTHONWARNINGS": filters}
     if automations:
         environment["OWL_AUTOMATIONS"] = "on"
     return environment

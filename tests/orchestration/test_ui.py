@@ -56,3 +56,5 @@ def test_owl_ui_serves_both_and_stops_on_ctrl_c(tmp_path):
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listens any more
     assert (tmp_path / "dagster_home").is_dir()
+    printed = (tmp_path / "ui.log").read_text()
+    assert "SupersessionWarning" not in printed and "StarletteDeprecationWarning" not in printed  # issue 43 item 4
