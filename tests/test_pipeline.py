@@ -186,6 +186,8 @@ def test_mlflow_sees_model_development_with_sources_datasets_and_the_model_from_
     assert trained_by.info.run_name == "stage2_model" and first.source.startswith("models:/")
     logged = client.get_logged_model(first.source.removeprefix("models:/"))  # the LoggedModel it came from
     assert logged.source_run_id == first.run_id and logged.name == "model"
+    # ... and it names the version, so MLflow's LoggedModel page links to it (issue 43 item 9)
+    assert json.loads(logged.tags["mlflow.modelVersions"]) == [{"name": "owl-tiny-test", "version": "1"}]
     assert "eval.accuracy" in trained_by.data.metrics and trained_by.inputs.dataset_inputs
     # the scores are the LoggedModel's metrics, measured on the eval set whose digest the version carries
     scored = {m.key: m for m in logged.metrics}

@@ -36,6 +36,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.types import ColSpec, Schema
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 from PIL import Image
 
 from owl_pipeline.registry import pyfunc_model
@@ -289,6 +290,14 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _link_logged_model(tracking: MlflowTracking, model_id: str, name: str, version: str) -> None:
+    """Name the version on its LoggedModel (tag ``mlflow.modelVersions``), as ``mlflow.register_model`` does, so
+    the LoggedModel's page links to it instead of saying "Not registered"."""
+    logged = tracking.client.get_logged_model(model_id)
+    versions = json.loads(logged.tags.get(MLFLOW_MODEL_VERSIONS) or "[]") + [{"name": name, "version": version}]
+    tracking.client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(versions)})
+
+
 def _local_store_file(uri: str) -> Path | None:
     """The file or folder of a local tracking store (``sqlite:///PATH``, ``file:PATH`` or a plain path); None for
     a server."""
@@ -336,6 +345,8 @@ def _create_version(tracking: MlflowTracking, name: str, source: str, run_id: st
         client.create_registered_model(name, description="mPLUG-Owl-style model trained by owl-pipeline")
     version = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id)
     try:
+        if model_id:
+            _link_logged_model(tracking, model_id, name, str(version.version))
         client.set_registered_model_alias(name, CANDIDATE, version.version)
         with _fluent_api_on(tracking):
             problem = serving_problem(name)
