@@ -14,6 +14,13 @@ from pathlib import Path
 from typing import Any
 
 
+def name_in(root: Path, path: str | Path) -> str:
+    """How records name ``path``: relative to ``root`` (resolved) where it lies inside it, so a moved or copied
+    project still matches them; else its absolute path."""
+    resolved = Path(path).resolve()
+    return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else str(resolved)
+
+
 def update_with_file(digest, path: str | Path) -> None:
     """Feed ``path``'s bytes to a hashlib ``digest`` in 16 MiB blocks (weights can be larger than memory)."""
     with open(path, "rb") as stream:

@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 
 from owl_pipeline.data.images import DEFAULT_MAX_PIXELS, ImageRejected, image_size
 from owl_pipeline.data.lance_io import EmptyDatasetError, write_lance
-from owl_pipeline.files import atomic_write_json, read_json_or_none
+from owl_pipeline.files import atomic_write_json, name_in, read_json_or_none
 from owl_pipeline.locks import StepLock
 from owl_pipeline.safe_text import printable
 
@@ -446,10 +446,8 @@ INGEST_LOCK_WAIT_SECONDS = 3600.0
 
 
 def shard_id(path: Path, root: Path) -> str:
-    """How the record names a shard file: relative to ``root`` (the project) where it lies inside it, so a moved
-    or copied project still knows its shards; else its absolute path."""
-    resolved = Path(path).resolve()
-    return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else str(resolved)
+    """How the record names a shard file: by its place in the project ``root`` (files.name_in)."""
+    return name_in(root, path)
 
 
 def _shard_stats(shards: list[Path], root: Path) -> dict[str, list[int]]:

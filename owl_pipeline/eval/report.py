@@ -250,7 +250,8 @@ class OwlEvalReport:
 
     def gate_problems(self, metric: str, eval_set: EvalSet, has_references: bool) -> list[str]:
         """Why these scores cannot go before the registration gate (the blocking check's findings), or []."""
-        scores, value = self.scores(), self.scores().get(metric)
+        scores = self.scores()
+        value = scores.get(metric)
         found = [(self.questions == 0, "no questions"), (self.answered() == 0, "no question got an answer"),
                  (has_references and C.METRIC_ACCURACY not in scores, "references exist but no accuracy"),
                  (value is None, f"no {metric!r} score for the registration gate"),

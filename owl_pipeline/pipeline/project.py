@@ -7,6 +7,7 @@ from pathlib import Path
 from owl_pipeline import constants as C
 from owl_pipeline.config import PipelineConfig
 from owl_pipeline.data.instructions import InstructionSource
+from owl_pipeline.files import name_in
 
 PARAMS_FILE = "params.yaml"
 BUNDLED = Path(__file__).resolve().parents[1] / "bundled"  # models that ship with owl-pipeline
@@ -43,10 +44,8 @@ class Project:
         return path if path.is_absolute() else self.root / path
 
     def relative(self, path: str | Path) -> str:
-        """How records and fingerprints name ``path``: relative to the project where it lies inside it (so a moved
-        or copied project still matches them), else absolute."""
-        resolved = Path(path).resolve()
-        return resolved.relative_to(self.root).as_posix() if resolved.is_relative_to(self.root) else str(resolved)
+        """How records and fingerprints name ``path``: by its place in the project (files.name_in)."""
+        return name_in(self.root, path)
 
     # --- the paths other rooms read -------------------------------------------------------------------
     def record_path(self, step: str) -> Path:
