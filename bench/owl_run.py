@@ -1,44 +1,62 @@
-"""Wall time and peak memory of `owl run` on the embedded default: from a clean folder (with each training
-step's own time), then again with nothing changed (every step should reuse its last result).
+"""`owl run` on the embedded default, one clean folder per seed: accuracy overall and per question type, each
+training step's seconds, wall time and peak memory, a row per seed and the worst of them.
 
-    python bench/owl_run.py [--params params.yaml] [--seed N] [--keep DIR]
+    python bench/owl_run.py [--params params.yaml] [--seeds 0 1 2] [--keep DIR] [--again]
+    python bench/owl_run.py --params params.yaml --set model.abstractor.num_queries=16 --seeds 0 1 2
 
-``--seed N`` sets ``synthetic.seed``, ``stage1.seed`` and ``stage2.seed`` (another corpus, eval set and run).
+A seed sets ``synthetic.seed``, ``stage1.seed`` and ``stage2.seed`` (another corpus, eval set and run). ``--set``
+overrides a params value for this bench only (dotted key, a YAML value), as ``dvc exp run -S`` does. ``--again``
+runs each folder a second time with nothing changed (every step should reuse its last result) and times that.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+TYPES = ("color", "count", "position", "shape")
+STEPS = ("stage1_model", "stage2_model", "owleval_report")
 
 
-def timed_run(project: Path) -> tuple[float, float, str]:
-    """Seconds, peak RSS in MiB of the `owl run` process (children's max so far), and its summary lines."""
+@dataclass
+class SeedRun:
+    seed: int | None
+    seconds: float
+    peak_mib: float
+    accuracy: float
+    by_type: dict[str, float]
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    again_seconds: float | None = None
+
+
+def timed_run(project: Path) -> tuple[float, float]:
+    """Seconds and peak RSS in MiB of one `owl run` (its process tree's largest process, from wait4)."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "owl_pipeline.cli", "run", "--project", str(project)],
-                          capture_output=True, text=True, cwd=ROOT)
+    log = (project / "owl_run.log").open("a")
+    child = subprocess.Popen([sys.executable, "-m", "owl_pipeline.cli", "run", "--project", str(project)],
+                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"owl run failed:\n{done.stderr[-3000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    summary = done.stdout[done.stdout.index("owl run:"):] if "owl run:" in done.stdout else ""
-    return seconds, peak, summary
+    if child.returncode != 0:
+        raise SystemExit(f"owl run failed in {project}; its log: {project / 'owl_run.log'}")
+    return seconds, usage.ru_maxrss / 1024
 
 
 def step_seconds(project: Path) -> dict[str, float]:
-    """The training steps' own seconds, from their records."""
+    """Each step's own seconds, from its record."""
     seconds = {}
-    for name in ("base_llm", "stage1_model", "stage2_model"):
+    for name in STEPS:
         record = project / "assets" / "reports" / f"{name}.json"
         if record.is_file():
             value = json.loads(record.read_text()).get("metadata", {}).get("seconds")
@@ -47,30 +65,84 @@ def step_seconds(project: Path) -> dict[str, float]:
     return seconds
 
 
+def scores(project: Path) -> tuple[float, dict[str, float]]:
+    """Overall accuracy and accuracy per question type, from the OwlEval report."""
+    from owl_pipeline.eval.report import OwlEvalReport
+
+    report = OwlEvalReport.read(project / "assets" / "owleval_report" / "report.json")
+    headline = report.headline()
+    return headline["accuracy"], headline.get("accuracy_by_type", {})
+
+
+
+def write_params(source: Path, project: Path, seed: int | None, overrides: list[str]) -> None:
+    params = yaml.safe_load(source.read_text())
+    for item in overrides:
+        key, _, value = item.partition("=")
+        *path, last = key.split(".")
+        section = params
+        for part in path:
+            section = section.setdefault(part, {})
+        section[last] = yaml.safe_load(value)
+    if seed is not None:
+        for section in ("synthetic", "stage1", "stage2"):
+            params.setdefault(section, {})["seed"] = seed
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run_seed(project: Path, source: Path, seed: int | None, overrides: list[str], again: bool) -> SeedRun:
+    project.mkdir(parents=True, exist_ok=True)
+    write_params(source, project, seed, overrides)
+    seconds, peak = timed_run(project)
+    accuracy, by_type = scores(project)
+    run = SeedRun(seed, seconds, peak, accuracy, by_type, step_seconds(project))
+    if again:
+        run.again_seconds = timed_run(project)[0]
+    return run
+
+
+def print_table(runs: list[SeedRun]) -> None:
+    header = (f"{'seed':>5}{'overall':>9}" + "".join(f"{t:>10}" for t in TYPES)
+              + f"{'stage 1 s':>11}{'stage 2 s':>11}{'eval s':>8}{'run s':>8}{'peak MiB':>10}")
+    print(header)
+    for run in runs:
+        print(row(str(run.seed), run.accuracy, run.by_type, run.step_seconds, run.seconds, run.peak_mib))
+    if len(runs) > 1:
+        worst_types = {t: min(r.by_type.get(t, float("nan")) for r in runs) for t in TYPES}
+        worst_steps = {s: max(r.step_seconds.get(s, 0.0) for r in runs) for s in STEPS}
+        print(row("worst", min(r.accuracy for r in runs), worst_types, worst_steps,
+                  max(r.seconds for r in runs), max(r.peak_mib for r in runs)))
+    for run in runs:
+        if run.again_seconds is not None:
+            print(f"seed {run.seed}: again, nothing changed: {run.again_seconds:.1f} s")
+
+
+def row(label: str, accuracy: float, by_type: dict, steps: dict, seconds: float, peak: float) -> str:
+    return (f"{label:>5}{accuracy:>9.3f}" + "".join(f"{by_type.get(t, float('nan')):>10.3f}" for t in TYPES)
+            + "".join(f"{steps.get(s, float('nan')):>{w}.1f}" for s, w in zip(STEPS, (11, 11, 8)))
+            + f"{seconds:>8.1f}{peak:>10.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
-    parser.add_argument("--keep", help="project folder to keep (default: a temporary one)")
-    parser.add_argument("--seed", type=int, help="the corpus's and both stages' seed (default: the params')")
+    parser.add_argument("--keep", help="folder to keep the projects in, one per seed (default: a temporary one)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the params' own)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a params value, e.g. stage2.max_steps=400 (repeatable)")
+    parser.add_argument("--again", action="store_true", help="run each folder again with nothing changed")
     args = parser.parse_args()
+    runs = []
     with tempfile.TemporaryDirectory() as folder:
-        project = Path(args.keep or folder)
-        project.mkdir(parents=True, exist_ok=True)
-        params = yaml.safe_load(Path(args.params).read_text())
-        if args.seed is not None:
-            for section in ("synthetic", "stage1", "stage2"):
-                params.setdefault(section, {})["seed"] = args.seed
-        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        first = timed_run(project)
-        steps = step_seconds(project)
-        second = timed_run(project)
-    print(first[2])
-    title = 'owl run' + (f' (seed {args.seed})' if args.seed is not None else '')
-    print(f"{title:<28}{'seconds':>9}{'peak RSS MiB':>14}")
-    print(f"{'clean folder':<28}{first[0]:>9.1f}{first[1]:>14.0f}")
-    for name, seconds in steps.items():
-        print(f"{'  ' + name:<28}{seconds:>9.1f}")
-    print(f"{'again, nothing changed':<28}{second[0]:>9.1f}{second[1]:>14.0f}  (peak is the max over both runs)")
+        base = Path(args.keep or folder)
+        for seed in args.seeds or [None]:
+            project = base / (f"seed-{seed}" if seed is not None else "params")
+            runs.append(run_seed(project, Path(args.params), seed, args.set, args.again))
+            print(row(str(seed), runs[-1].accuracy, runs[-1].by_type, runs[-1].step_seconds, runs[-1].seconds,
+                      runs[-1].peak_mib), flush=True)
+    if args.set:
+        print("with " + " ".join(args.set))
+    print_table(runs)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import os
 import shutil
 import tarfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -392,21 +393,27 @@ def write_instructions(folder: Path, config: SyntheticConfig) -> dict[str, int]:
 
 
 # --- the OwlEval-format eval set --------------------------------------------------------------------------
-def write_eval_set(folder: Path, config: SyntheticConfig) -> int:
-    """OwlEval layout with one question of each type per image, and a two-turn dialogue on every third."""
+def eval_scenes(config: SyntheticConfig) -> Iterator[tuple[str, scenes.Scene, list[tuple[scenes.QA, str]]]]:
+    """Each eval image's name, scene, and questions with their category (single_turn, multi_turn): what
+    `write_eval_set` writes, and what an error analysis needs to know of a held-out question."""
     rng = np.random.default_rng([config.seed, 4])
-    (folder / "cases").mkdir(parents=True, exist_ok=True)
-    (folder / "answer").mkdir(parents=True, exist_ok=True)
-    questions, answers = [], []
     for number in range(1, config.num_eval_images + 1):
         scene = scenes.random_scene(rng)
-        image = f"{number}.jpg"
-        size = config.image_size
-        (folder / "cases" / image).write_bytes(jpeg_bytes(scenes.render(scene, size, size)))
         items = [(qa, "single_turn") for qa in scenes.questions(scene, rng)]
         if number % 3 == 0:
             target = scene.shapes[int(rng.integers(len(scene.shapes)))]
             items += [(qa, "multi_turn") for qa in scenes.follow_up(target)]
+        yield f"{number}.jpg", scene, items
+
+
+def write_eval_set(folder: Path, config: SyntheticConfig) -> int:
+    """OwlEval layout with one question of each type per image, and a two-turn dialogue on every third."""
+    (folder / "cases").mkdir(parents=True, exist_ok=True)
+    (folder / "answer").mkdir(parents=True, exist_ok=True)
+    questions, answers = [], []
+    for image, scene, items in eval_scenes(config):
+        size = config.image_size
+        (folder / "cases" / image).write_bytes(jpeg_bytes(scenes.render(scene, size, size)))
         for qa, category in items:
             question_id = len(questions) + 1
             ability = _ABILITY[qa.kind] + (",f" if category == "multi_turn" else "")
