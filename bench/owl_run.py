@@ -25,7 +25,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TYPES = ("color", "count", "position", "shape")
-STEPS = ("stage1_model", "stage2_model", "owleval_report")
+STEPS = ("stage1_model", "stage2_model")
 
 
 @dataclass
@@ -54,7 +54,7 @@ def timed_run(project: Path) -> tuple[float, float]:
 
 
 def step_seconds(project: Path) -> dict[str, float]:
-    """Each step's own seconds, from its record."""
+    """Each training stage's own seconds, from its record (the rest of a run: data, evaluation, registration)."""
     seconds = {}
     for name in STEPS:
         record = project / "assets" / "reports" / f"{name}.json"
@@ -102,25 +102,28 @@ def run_seed(project: Path, source: Path, seed: int | None, overrides: list[str]
 
 
 def print_table(runs: list[SeedRun]) -> None:
-    header = (f"{'seed':>5}{'overall':>9}" + "".join(f"{t:>10}" for t in TYPES)
-              + f"{'stage 1 s':>11}{'stage 2 s':>11}{'eval s':>8}{'run s':>8}{'peak MiB':>10}")
-    print(header)
+    print(f"{'seed':>5}{'overall':>9}" + "".join(f"{t:>10}" for t in TYPES)
+          + f"{'stage 1 s':>11}{'stage 2 s':>11}{'rest s':>8}{'run s':>8}{'peak MiB':>10}")
     for run in runs:
-        print(row(str(run.seed), run.accuracy, run.by_type, run.step_seconds, run.seconds, run.peak_mib))
+        print(row(str(run.seed), run.accuracy, run.by_type, seconds_shown(run), run.peak_mib))
     if len(runs) > 1:
         worst_types = {t: min(r.by_type.get(t, float("nan")) for r in runs) for t in TYPES}
-        worst_steps = {s: max(r.step_seconds.get(s, 0.0) for r in runs) for s in STEPS}
-        print(row("worst", min(r.accuracy for r in runs), worst_types, worst_steps,
-                  max(r.seconds for r in runs), max(r.peak_mib for r in runs)))
+        worst_seconds = [max(column) for column in zip(*(seconds_shown(r) for r in runs))]
+        print(row("worst", min(r.accuracy for r in runs), worst_types, worst_seconds, max(r.peak_mib for r in runs)))
     for run in runs:
         if run.again_seconds is not None:
             print(f"seed {run.seed}: again, nothing changed: {run.again_seconds:.1f} s")
 
 
-def row(label: str, accuracy: float, by_type: dict, steps: dict, seconds: float, peak: float) -> str:
+def seconds_shown(run: SeedRun) -> list[float]:
+    """Stage 1, stage 2, the rest (data, evaluation, registration) and the whole run."""
+    stages = [run.step_seconds.get(s, float("nan")) for s in STEPS]
+    return [*stages, run.seconds - sum(stages), run.seconds]
+
+
+def row(label: str, accuracy: float, by_type: dict, seconds: list[float], peak: float) -> str:
     return (f"{label:>5}{accuracy:>9.3f}" + "".join(f"{by_type.get(t, float('nan')):>10.3f}" for t in TYPES)
-            + "".join(f"{steps.get(s, float('nan')):>{w}.1f}" for s, w in zip(STEPS, (11, 11, 8)))
-            + f"{seconds:>8.1f}{peak:>10.0f}")
+            + "".join(f"{value:>{width}.1f}" for value, width in zip(seconds, (11, 11, 8, 8))) + f"{peak:>10.0f}")
 
 
 def main() -> None:
@@ -138,8 +141,8 @@ def main() -> None:
         for seed in args.seeds or [None]:
             project = base / (f"seed-{seed}" if seed is not None else "params")
             runs.append(run_seed(project, Path(args.params), seed, args.set, args.again))
-            print(row(str(seed), runs[-1].accuracy, runs[-1].by_type, runs[-1].step_seconds, runs[-1].seconds,
-                      runs[-1].peak_mib), flush=True)
+            print(row(str(seed), runs[-1].accuracy, runs[-1].by_type, seconds_shown(runs[-1]), runs[-1].peak_mib),
+                  flush=True)
     if args.set:
         print("with " + " ".join(args.set))
     print_table(runs)

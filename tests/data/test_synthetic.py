@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 
 from owl_pipeline.config import SyntheticConfig
 from owl_pipeline.data import scenes
-from owl_pipeline.data.synthetic import CorpusManifest, generate_corpus
+from owl_pipeline.data.synthetic import CorpusManifest, eval_scenes, generate_corpus
 
 from ..conftest import SMALL, quiet
 
@@ -122,3 +122,17 @@ def test_without_similarity_scores_the_shipped_clip_scores_them_and_the_threshol
     kept = set(lance.dataset(str(project.curated_pairs)).to_table(columns=["key"])["key"].to_pylist())
     mismatched, clean = manifest.keys_with("mismatched_caption"), manifest.keys_with(CLEAN)
     assert mismatched and not mismatched & kept and len(clean & kept) >= 0.9 * len(clean)
+
+
+def test_the_eval_scenes_regenerate_the_written_eval_set(corpus):
+    """An error analysis (bench/shapes_errors.py) reads each held-out question's scene from eval_scenes: it must
+    be the scene the written question and reference answer were made from."""
+    root, _ = corpus
+    written = [json.loads(line) for line in (root / "owleval/questions.jsonl").read_text().splitlines()]
+    answers = (root / "owleval/answer/reference_answer.jsonl").read_text().splitlines()
+    references = [json.loads(line) for line in answers]
+    regenerated = [(image, qa, category) for image, _, items in eval_scenes(SyntheticConfig(**SMALL))
+                   for qa, category in items]
+    assert [(q["image"], q["question"], q["category"]) for q in written] == [
+        (image, qa.question, category) for image, qa, category in regenerated]
+    assert [r["answer"] for r in references] == [qa.answer for _, qa, _ in regenerated]
