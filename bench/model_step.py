@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from transformers.utils import logging as transformers_logging  # noqa: E402
 
 from owl_pipeline.config import OwlConfig  # noqa: E402
 from owl_pipeline.constants import AI_PREFIX, HUMAN_PREFIX, IMAGE_TOKEN, SYSTEM_PROMPT  # noqa: E402
@@ -145,6 +146,7 @@ def main() -> None:
                         help="bf16: the forward under CPU bf16 autocast")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    transformers_logging.disable_progress_bar()
     print(f"{args.params or 'tiny preset'}, {args.threads} threads, torch {torch.__version__}")
     print(f"{'stage':>5} {'queries':>8} {'precision':>9} {'batch':>6} {'seq':>5} {'trainable':>10} {'ms/step':>9} "
           f"{'samples/s':>10}")

@@ -23,6 +23,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from overrides import apply_overrides  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 TYPES = ("color", "count", "position", "shape")
 STEPS = ("stage1_model", "stage2_model")
@@ -76,14 +79,7 @@ def scores(project: Path) -> tuple[float, dict[str, float]]:
 
 
 def write_params(source: Path, project: Path, seed: int | None, overrides: list[str]) -> None:
-    params = yaml.safe_load(source.read_text())
-    for item in overrides:
-        key, _, value = item.partition("=")
-        *path, last = key.split(".")
-        section = params
-        for part in path:
-            section = section.setdefault(part, {})
-        section[last] = yaml.safe_load(value)
+    params = apply_overrides(yaml.safe_load(source.read_text()), overrides)
     if seed is not None:
         for section in ("synthetic", "stage1", "stage2"):
             params.setdefault(section, {})["seed"] = seed

@@ -23,6 +23,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
 
 import lance  # noqa: E402
 import yaml  # noqa: E402
@@ -35,17 +36,7 @@ from owl_pipeline.eval.owleval import answer_eval_set, load_eval_set, read_answe
 from owl_pipeline.eval.report import Scorers, build_report, headline  # noqa: E402
 from owl_pipeline.model.builders import from_pretrained  # noqa: E402
 from owl_pipeline.train.loop import MODEL_DIR  # noqa: E402
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    for item in overrides:
-        key, _, value = item.partition("=")
-        target = data
-        *parents, last = key.split(".")
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[last] = yaml.safe_load(value)
-    return data
+from overrides import apply_overrides  # noqa: E402
 
 
 def chance_accuracy(project: Project, eval_set, references) -> dict[str, float]:
