@@ -41,15 +41,16 @@ from owl_pipeline.pipeline.project import load_project  # noqa: E402
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
-def demo_model(seed: int = 0, preset: str = "tiny", queries: int | None = None) -> tuple[OwlModel, OwlProcessor]:
-    """The preset's model with a tokenizer trained on shapes-world text."""
+def demo_model(seed: int = 0, preset: str = "tiny", queries: int | None = None,
+               config: OwlConfig | None = None) -> tuple[OwlModel, OwlProcessor]:
+    """The preset's model (or ``config``'s) with a tokenizer trained on shapes-world text."""
     rng = np.random.default_rng(seed)
     texts = [SYSTEM_PROMPT, HUMAN_PREFIX, AI_PREFIX] * 20  # the template compresses to a few tokens
     for _ in range(200):
         scene = scenes.random_scene(rng)
         texts.append(scenes.caption(scene))
         texts += [f"{qa.question} {qa.answer}" for qa in scenes.questions(scene, rng)]
-    config = OwlConfig.from_name(preset)
+    config = config or OwlConfig.from_name(preset)
     if queries:
         config.abstractor.num_queries = queries
     tokenizer = train_bpe_tokenizer(texts, vocab_size=config.llm.vocab_size)
@@ -78,16 +79,15 @@ def params_model(params: str, queries: int | None = None, seed: int = 0) -> tupl
 
     project = load_project(ROOT, params)
     config = copy.deepcopy(project.config.model)
-    if queries:
-        config.abstractor.num_queries = queries
     for part in (config.vision, config.llm):
         if part.pretrained:
             part.pretrained = project.resolve_pretrained(part.pretrained)
-    if config.llm.pretrained:
-        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(config.llm.pretrained))
-        processor = OwlProcessor(tokenizer, processor_config_for(config, train_hflip=False))
-    else:
-        return demo_model(seed, config.name, queries)
+    if not config.llm.pretrained:  # an LLM built here: a tokenizer trained here too
+        return demo_model(seed, queries=queries, config=config)
+    if queries:
+        config.abstractor.num_queries = queries
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(config.llm.pretrained))
+    processor = OwlProcessor(tokenizer, processor_config_for(config, train_hflip=False))
     torch.manual_seed(seed)
     return build_model(config, processor), processor
 

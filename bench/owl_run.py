@@ -45,13 +45,12 @@ class SeedRun:
 def timed_run(project: Path) -> tuple[float, float]:
     """Seconds and peak RSS in MiB of one `owl run` (its process tree's largest process, from wait4)."""
     start = time.perf_counter()
-    log = (project / "owl_run.log").open("a")
-    child = subprocess.Popen([sys.executable, "-m", "owl_pipeline.cli", "run", "--project", str(project)],
-                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
+    with (project / "owl_run.log").open("a") as log:
+        child = subprocess.Popen([sys.executable, "-m", "owl_pipeline.cli", "run", "--project", str(project)],
+                                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        _, status, usage = os.wait4(child.pid, 0)  # wait4: this child's own peak memory
     seconds = time.perf_counter() - start
-    if child.returncode != 0:
+    if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"owl run failed in {project}; its log: {project / 'owl_run.log'}")
     return seconds, usage.ru_maxrss / 1024
 
@@ -75,7 +74,6 @@ def scores(project: Path) -> tuple[float, dict[str, float]]:
     report = OwlEvalReport.read(project / "assets" / "owleval_report" / "report.json")
     headline = report.headline()
     return headline["accuracy"], headline.get("accuracy_by_type", {})
-
 
 
 def write_params(source: Path, project: Path, seed: int | None, overrides: list[str]) -> None:
